@@ -1,0 +1,182 @@
+"""Windowed features, shared by training (whole series) and serving (one reading at a time).
+
+The feature vector of reading ``t`` of a stream is, for every sensor in order, the raw value
+followed by the configured statistics over the last ``window`` readings (``t`` included):
+
+==========  =====================================================
+``mean``    rolling mean
+``std``     rolling population standard deviation
+``min``     rolling minimum
+``max``     rolling maximum
+``delta``   ``x[t] - x[t-1]`` (0 for the first reading)
+``dev``     ``x[t] - mean`` (distance from the rolling mean)
+==========  =====================================================
+
+Before a stream has ``window`` readings its window is padded with its first reading, so the
+first feature vector of a stream is well defined and batch and streaming agree exactly.
+
+Only numpy is imported here: this module runs on the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_runtime.errors import InputError
+
+Array = npt.NDArray[np.float64]
+
+STATS: tuple[str, ...] = ("mean", "std", "min", "max", "delta", "dev")
+DEFAULT_STATS: tuple[str, ...] = STATS
+_BATCH_CHUNK = 8192
+
+
+class FeatureSpecError(InputError):
+    """A feature specification is invalid."""
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Which raw sensors, in which order, and which rolling statistics over which window."""
+
+    sensors: tuple[str, ...]
+    window: int = 16
+    stats: tuple[str, ...] = field(default=DEFAULT_STATS)
+
+    def __post_init__(self) -> None:
+        if not self.sensors:
+            raise FeatureSpecError("FeatureSpec needs at least one sensor name.")
+        if len(set(self.sensors)) != len(self.sensors):
+            raise FeatureSpecError(f"FeatureSpec sensors must be unique, got {list(self.sensors)}.")
+        if not isinstance(self.window, int) or isinstance(self.window, bool) or self.window < 1:
+            raise FeatureSpecError(f"FeatureSpec window must be an integer >= 1, got {self.window!r}.")
+        unknown = [s for s in self.stats if s not in STATS]
+        if unknown:
+            raise FeatureSpecError(f"Unknown statistics {unknown}; choose from {list(STATS)}.")
+
+    @property
+    def n_sensors(self) -> int:
+        return len(self.sensors)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.sensors) * (1 + len(self.stats))
+
+    def feature_names(self) -> list[str]:
+        names = []
+        for sensor in self.sensors:
+            names.append(sensor)
+            names.extend(f"{sensor}__{stat}" for stat in self.stats)
+        return names
+
+    def to_dict(self) -> dict[str, object]:
+        return {"sensors": list(self.sensors), "window": self.window, "stats": list(self.stats)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> FeatureSpec:
+        sensors = data.get("sensors")
+        stats = data.get("stats", list(DEFAULT_STATS))
+        window = data.get("window", 16)
+        if not isinstance(sensors, list) or not all(isinstance(s, str) for s in sensors):
+            raise FeatureSpecError(f"feature spec 'sensors' must be a list of names, got {sensors!r}.")
+        if not isinstance(stats, list) or not all(isinstance(s, str) for s in stats):
+            raise FeatureSpecError(f"feature spec 'stats' must be a list of names, got {stats!r}.")
+        if not isinstance(window, int) or isinstance(window, bool):
+            raise FeatureSpecError(f"feature spec 'window' must be an integer, got {window!r}.")
+        return cls(sensors=tuple(sensors), window=window, stats=tuple(stats))
+
+
+def _stats_of_windows(values: Array, windows: Array, previous: Array, stats: Sequence[str]) -> Array:
+    """Features for rows ``values`` (n, s) given their windows (n, s, w) and previous values (n, s)."""
+    n, s = values.shape
+    out = np.empty((n, s, 1 + len(stats)), dtype=np.float64)
+    out[:, :, 0] = values
+    mean = windows.mean(axis=-1)
+    for k, stat in enumerate(stats, start=1):
+        if stat == "mean":
+            out[:, :, k] = mean
+        elif stat == "std":
+            out[:, :, k] = np.sqrt(((windows - mean[..., None]) ** 2).mean(axis=-1))
+        elif stat == "min":
+            out[:, :, k] = windows.min(axis=-1)
+        elif stat == "max":
+            out[:, :, k] = windows.max(axis=-1)
+        elif stat == "delta":
+            out[:, :, k] = values - previous
+        elif stat == "dev":
+            out[:, :, k] = values - mean
+    return out.reshape(n, s * (1 + len(stats)))
+
+
+def _features(spec: FeatureSpec, x: Array, history: Array, last: Array) -> Array:
+    """Features of readings ``x`` that follow ``history`` (the ``window - 1`` readings before, oldest first)."""
+    n = x.shape[0]
+    padded = np.concatenate([history, x], axis=0)
+    previous = np.concatenate([last[None, :], x[:-1]], axis=0)
+    # (n, s, w): row t holds the window of readings t-w+1 .. t.
+    windows = np.lib.stride_tricks.sliding_window_view(padded, spec.window, axis=0)
+    out = np.empty((n, spec.n_features), dtype=np.float64)
+    for start in range(0, n, _BATCH_CHUNK):
+        stop = min(start + _BATCH_CHUNK, n)
+        out[start:stop] = _stats_of_windows(
+            x[start:stop], np.ascontiguousarray(windows[start:stop]), previous[start:stop], spec.stats
+        )
+    return out
+
+
+def _as_readings(spec: FeatureSpec, readings: npt.ArrayLike) -> Array:
+    x = np.asarray(readings, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != spec.n_sensors:
+        raise ValueError(
+            f"readings must have shape (n, {spec.n_sensors}) for sensors {list(spec.sensors)}, got {x.shape}."
+        )
+    return x
+
+
+def batch_features(spec: FeatureSpec, readings: npt.ArrayLike) -> Array:
+    """Features of every reading of one stream, oldest first: (n, n_sensors) -> (n, n_features)."""
+    x = _as_readings(spec, readings)
+    if x.shape[0] == 0:
+        return np.empty((0, spec.n_features), dtype=np.float64)
+    return _features(spec, x, np.repeat(x[:1], spec.window - 1, axis=0), x[0])
+
+
+class StreamWindow:
+    """The bounded history of one stream: the last ``window - 1`` readings, oldest first.
+
+    ``push`` computes exactly what :func:`batch_features` computes for the same readings.
+    """
+
+    __slots__ = ("_count", "_history", "_last", "spec")
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        self.spec = spec
+        self._history = np.empty((spec.window - 1, spec.n_sensors), dtype=np.float64)
+        self._last = np.empty(spec.n_sensors, dtype=np.float64)
+        self._count = 0
+
+    def push(self, readings: npt.ArrayLike) -> Array:
+        """Append readings (n, n_sensors) and return their features (n, n_features)."""
+        x = _as_readings(self.spec, readings)
+        n = x.shape[0]
+        if n == 0:
+            return np.empty((0, self.spec.n_features), dtype=np.float64)
+        if self._count == 0:
+            self._history[:] = x[0]
+            self._last[:] = x[0]
+        out = _features(self.spec, x, self._history, self._last)
+        keep = self.spec.window - 1
+        if keep:
+            self._history[:] = np.concatenate([self._history, x], axis=0)[-keep:]
+        self._last[:] = x[-1]
+        self._count += n
+        return out
+
+    @property
+    def count(self) -> int:
+        """How many readings this stream has seen."""
+        return self._count

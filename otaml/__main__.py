@@ -1,0 +1,5 @@
+import sys
+
+from otaml.cli import main
+
+sys.exit(main())

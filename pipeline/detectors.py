@@ -1,0 +1,154 @@
+"""Anomaly detectors: scikit-learn pipelines (scaling + detector) whose ``score_samples`` is higher = more anomalous.
+
+=============== ====================================================================================
+``iforest``     :class:`IsolationForestDetector`: IsolationForest, score = ``-IsolationForest.score_samples``
+``pca``         :class:`PCAReconstructionDetector`: mean squared residual of a PCA reconstruction
+``autoencoder`` :class:`AutoencoderDetector`: MLPRegressor x -> x through a bottleneck, mean squared error
+=============== ====================================================================================
+
+Every pipeline starts with a :class:`~sklearn.preprocessing.StandardScaler` and all three convert to ONNX
+(see :mod:`pipeline.onnx_export`). Call :func:`anomaly_scores` to score with any of them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from sklearn.base import BaseEstimator
+from sklearn.ensemble import IsolationForest
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.neural_network import MLPRegressor
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from edge_runtime.errors import InputError
+
+DETECTORS: tuple[str, ...] = ("iforest", "pca", "autoencoder")
+
+Array = npt.NDArray[np.float64]
+
+
+class UnknownDetector(InputError):
+    """A detector name that is not one of :data:`DETECTORS`."""
+
+
+class IsolationForestDetector(BaseEstimator):  # type: ignore[misc]
+    """IsolationForest whose score is its anomaly score ``-score_samples`` (about 0.5 is the usual boundary)."""
+
+    def __init__(self, n_estimators: int = 100, max_samples: int | str = "auto", random_state: int | None = 0) -> None:
+        self.n_estimators = n_estimators
+        self.max_samples = max_samples
+        self.random_state = random_state
+
+    def fit(self, X: npt.ArrayLike, y: Any = None) -> IsolationForestDetector:
+        X = validate_data(self, X, dtype=np.float64)
+        self.forest_ = IsolationForest(
+            n_estimators=self.n_estimators, max_samples=self.max_samples, random_state=self.random_state
+        ).fit(X)
+        return self
+
+    def score_samples(self, X: npt.ArrayLike) -> Array:
+        check_is_fitted(self, "forest_")
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        return np.asarray(-self.forest_.score_samples(X), dtype=np.float64)
+
+
+class PCAReconstructionDetector(BaseEstimator):  # type: ignore[misc]
+    """Mean squared residual of projecting onto the top principal components (a linear detector).
+
+    The residual of ``x`` is ``(x - mean) @ P`` with ``P = I - Vᵀ V`` (``V`` the kept components), so the
+    score is one matrix product and a mean of squares; the ONNX graph computes exactly that.
+    ``n_components`` as a float in (0, 1) keeps the components explaining that share of the variance.
+    """
+
+    def __init__(self, n_components: float | int = 0.9) -> None:
+        self.n_components = n_components
+
+    def fit(self, X: npt.ArrayLike, y: Any = None) -> PCAReconstructionDetector:
+        X = validate_data(self, X, dtype=np.float64)
+        n, d = X.shape
+        if n < 2:
+            raise InputError(f"PCA detector needs at least 2 training rows, got {n}.")
+        self.mean_ = X.mean(axis=0)
+        _, s, vt = np.linalg.svd(X - self.mean_, full_matrices=False)
+        variance = s**2
+        share = np.cumsum(variance) / max(float(variance.sum()), np.finfo(np.float64).tiny)
+        if isinstance(self.n_components, float) and 0.0 < self.n_components < 1.0:
+            k = int(np.searchsorted(share, self.n_components) + 1)
+        else:
+            k = int(self.n_components)
+        # Keep at least one dimension out of the subspace, or every residual would be zero.
+        self.n_components_ = max(1, min(k, d - 1)) if d > 1 else 1
+        self.components_ = vt[: self.n_components_]
+        self.projection_ = np.eye(d) - self.components_.T @ self.components_
+        return self
+
+    def score_samples(self, X: npt.ArrayLike) -> Array:
+        check_is_fitted(self, "projection_")
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        residual = (X - self.mean_) @ self.projection_
+        return np.asarray((residual**2).mean(axis=1), dtype=np.float64)
+
+
+class AutoencoderDetector(BaseEstimator):  # type: ignore[misc]
+    """A small MLP autoencoder (MLPRegressor x -> x); score = mean squared reconstruction error.
+
+    ``hidden_layer_sizes`` should narrow to a bottleneck, e.g. ``(32, 8, 32)``.
+    """
+
+    def __init__(
+        self,
+        hidden_layer_sizes: tuple[int, ...] = (32, 8, 32),
+        max_iter: int = 60,
+        batch_size: int = 256,
+        random_state: int | None = 0,
+    ) -> None:
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.max_iter = max_iter
+        self.batch_size = batch_size
+        self.random_state = random_state
+
+    def fit(self, X: npt.ArrayLike, y: Any = None) -> AutoencoderDetector:
+        X = validate_data(self, X, dtype=np.float64)
+        self.mlp_ = MLPRegressor(
+            hidden_layer_sizes=self.hidden_layer_sizes,
+            activation="tanh",
+            max_iter=self.max_iter,
+            batch_size=min(self.batch_size, X.shape[0]),
+            early_stopping=X.shape[0] >= 200,
+            n_iter_no_change=5,
+            random_state=self.random_state,
+        )
+        with warnings.catch_warnings():
+            # A capped number of epochs is the point (training time); not converging fully is expected.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            self.mlp_.fit(X, X)
+        return self
+
+    def score_samples(self, X: npt.ArrayLike) -> Array:
+        check_is_fitted(self, "mlp_")
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        return np.asarray(((X - self.mlp_.predict(X)) ** 2).mean(axis=1), dtype=np.float64)
+
+
+def make_detector(name: str, *, random_state: int = 0) -> Pipeline:
+    """A fresh, unfitted pipeline (StandardScaler + detector) for ``name``, one of :data:`DETECTORS`."""
+    detector: BaseEstimator
+    if name == "iforest":
+        detector = IsolationForestDetector(random_state=random_state)
+    elif name == "pca":
+        detector = PCAReconstructionDetector()
+    elif name == "autoencoder":
+        detector = AutoencoderDetector(random_state=random_state)
+    else:
+        raise UnknownDetector(f"Unknown detector {name!r}; choose one of {list(DETECTORS)} (or 'all').")
+    return Pipeline([("scale", StandardScaler()), ("detect", detector)])
+
+
+def anomaly_scores(pipeline: Pipeline, features: npt.ArrayLike) -> Array:
+    """Scores of a fitted pipeline, higher = more anomalous, float64 (n,)."""
+    return np.asarray(pipeline.score_samples(features), dtype=np.float64)

@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from edge_runtime.bundle import (
+    MODEL_JSON,
+    MODEL_ONNX,
+    BundleError,
+    GoldenVectors,
+    ModelCard,
+    OnnxInfo,
+    bundle_digest,
+    load_bundle,
+    write_bundle,
+)
+from edge_runtime.features import FeatureSpec
+
+ONNX_BYTES = b"not really onnx, the bundle module does not parse it"
+
+
+def make_card(**overrides: object) -> ModelCard:
+    fields: dict[str, object] = {
+        "name": "pump",
+        "version": "3",
+        "detector": "iforest",
+        "features": FeatureSpec(("temperature", "pressure"), window=4),
+        "threshold": 0.5,
+        "onnx": OnnxInfo(sha256=hashlib.sha256(ONNX_BYTES).hexdigest(), opset=17),
+        "golden": GoldenVectors(readings=[[1.0, 2.0], [1.5, 2.5]], scores=[0.1, 0.2], tolerance=1e-4),
+        "metrics": {"f1": 0.9},
+        "mlflow": {"run_id": "abc", "model_uri": "models:/pump/3"},
+    }
+    fields.update(overrides)
+    return ModelCard(**fields)  # type: ignore[arg-type]
+
+
+def test_write_then_load_round_trips(tmp_path: Path) -> None:
+    card = make_card()
+    bundle = write_bundle(tmp_path / "b", card, ONNX_BYTES)
+    assert bundle.card == card
+    assert (tmp_path / "b" / MODEL_ONNX).read_bytes() == ONNX_BYTES
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no temporary leftovers
+
+
+def test_rewriting_a_bundle_replaces_it_whole(tmp_path: Path) -> None:
+    write_bundle(tmp_path / "b", make_card(), ONNX_BYTES)
+    write_bundle(tmp_path / "b", make_card(version="4"), ONNX_BYTES)
+    assert load_bundle(tmp_path / "b").card.version == "4"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_write_refuses_a_card_whose_hash_does_not_match(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="does not match"):
+        write_bundle(tmp_path / "b", make_card(), ONNX_BYTES + b"x")
+    assert not (tmp_path / "b").exists()
+
+
+def test_tampered_model_is_refused_with_both_hashes(tmp_path: Path) -> None:
+    write_bundle(tmp_path / "b", make_card(), ONNX_BYTES)
+    (tmp_path / "b" / MODEL_ONNX).write_bytes(ONNX_BYTES + b"tampered")
+    with pytest.raises(BundleError, match="changed or corrupted"):
+        load_bundle(tmp_path / "b")
+
+
+def _edit_card(path: Path, edit: object) -> None:
+    data = json.loads((path / MODEL_JSON).read_text())
+    edit(data)  # type: ignore[operator]
+    (path / MODEL_JSON).write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d.pop("name"), "missing field 'name'"),
+        (lambda d: d.update(schema_version=99), "schema_version 99 is not supported"),
+        (lambda d: d["score"].update(threshold="high"), "threshold"),
+        (lambda d: d["score"].update(semantics="lower_is_worse"), "semantics"),
+        (lambda d: d["onnx"].update(sha256="xyz"), "64 lowercase hex"),
+        (lambda d: d["onnx"].update(quantization="int4"), "quantization"),
+        (lambda d: d["onnx"].update(file="../evil.onnx"), "plain file name"),
+        (lambda d: d["golden"].update(scores=[0.1]), "as many scores as readings"),
+        (lambda d: d["golden"].update(readings=[[1.0], [2.0]]), "must list 2 values"),
+        (lambda d: d["features"].update(window=True), "window"),
+        (lambda d: d["features"].update(sensors=[]), "at least one sensor"),
+    ],
+)
+def test_invalid_cards_name_the_field(tmp_path: Path, edit: object, message: str) -> None:
+    write_bundle(tmp_path / "b", make_card(), ONNX_BYTES)
+    _edit_card(tmp_path / "b", edit)
+    with pytest.raises(BundleError, match=message):
+        load_bundle(tmp_path / "b")
+
+
+def test_missing_directory_and_files_are_explained(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="does not exist"):
+        load_bundle(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BundleError, match=r"no model\.json"):
+        load_bundle(tmp_path / "empty")
+    (tmp_path / "empty" / MODEL_JSON).write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        load_bundle(tmp_path / "empty")
+
+
+def test_digest_changes_with_either_file(tmp_path: Path) -> None:
+    write_bundle(tmp_path / "a", make_card(), ONNX_BYTES)
+    write_bundle(tmp_path / "b", make_card(version="4"), ONNX_BYTES)
+    assert bundle_digest(tmp_path / "a").startswith("sha256:")
+    assert bundle_digest(tmp_path / "a") != bundle_digest(tmp_path / "b")
+    assert bundle_digest(tmp_path / "a") == load_bundle(tmp_path / "a").digest
+
+
+def test_public_dict_hides_golden_readings() -> None:
+    public = make_card().public_dict()
+    assert public["golden"] == {"count": 2, "tolerance": 1e-4}
+    assert public["onnx"]["quantization"] == "none"

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge_runtime.features import FeatureSpec, FeatureSpecError, StreamWindow, batch_features
+
+
+def _readings(n: int, s: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, s)).cumsum(axis=0)
+
+
+def test_feature_names_follow_sensor_order_then_stats() -> None:
+    spec = FeatureSpec(("a", "b"), window=4, stats=("mean", "delta"))
+    assert spec.feature_names() == ["a", "a__mean", "a__delta", "b", "b__mean", "b__delta"]
+    assert spec.n_features == 6
+
+
+def test_batch_statistics_match_a_naive_rolling_window() -> None:
+    spec = FeatureSpec(("a", "b"), window=5)
+    x = _readings(40, 2)
+    feats = batch_features(spec, x).reshape(40, 2, 1 + len(spec.stats))
+    for t in (0, 3, 4, 20, 39):
+        window = np.array([x[max(i, 0)] for i in range(t - 4, t + 1)])  # padded with the first reading
+        window[: max(0, 4 - t)] = x[0]
+        expected = {
+            "mean": window.mean(axis=0),
+            "std": window.std(axis=0),
+            "min": window.min(axis=0),
+            "max": window.max(axis=0),
+            "delta": x[t] - x[max(t - 1, 0)],
+            "dev": x[t] - window.mean(axis=0),
+        }
+        np.testing.assert_allclose(feats[t, :, 0], x[t])
+        for k, stat in enumerate(spec.stats, start=1):
+            np.testing.assert_allclose(feats[t, :, k], expected[stat], rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 60),
+    window=st.integers(1, 12),
+    sensors=st.integers(1, 4),
+    cuts=st.lists(st.integers(0, 60), max_size=6),
+    seed=st.integers(0, 2**16),
+)
+def test_streaming_in_any_chunks_equals_batch_exactly(
+    n: int, window: int, sensors: int, cuts: list[int], seed: int
+) -> None:
+    spec = FeatureSpec(tuple(f"s{i}" for i in range(sensors)), window=window)
+    x = _readings(n, sensors, seed)
+    stream = StreamWindow(spec)
+    bounds = sorted({0, n, *[c for c in cuts if c <= n]})
+    parts = [stream.push(x[a:b]) for a, b in itertools.pairwise(bounds)]
+    np.testing.assert_array_equal(np.concatenate(parts), batch_features(spec, x))
+    assert stream.count == n
+
+
+def test_stream_memory_is_bounded_by_the_window() -> None:
+    spec = FeatureSpec(("a",), window=8)
+    stream = StreamWindow(spec)
+    for chunk in np.array_split(_readings(10_000, 1), 100):
+        stream.push(chunk)
+    assert stream._history.shape == (7, 1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"sensors": ()}, "at least one sensor"),
+        ({"sensors": ("a", "a")}, "unique"),
+        ({"sensors": ("a",), "window": 0}, "window"),
+        ({"sensors": ("a",), "stats": ("median",)}, "Unknown statistics"),
+    ],
+)
+def test_invalid_specs_say_what_is_wrong(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(FeatureSpecError, match=message):
+        FeatureSpec(**kwargs)  # type: ignore[arg-type]
+
+
+def test_wrong_reading_width_is_refused() -> None:
+    spec = FeatureSpec(("a", "b"))
+    with pytest.raises(ValueError, match=r"shape \(n, 2\)"):
+        StreamWindow(spec).push([[1.0, 2.0, 3.0]])
+
+
+def test_spec_round_trips_through_dict() -> None:
+    spec = FeatureSpec(("a", "b"), window=7, stats=("std", "max"))
+    assert FeatureSpec.from_dict(spec.to_dict()) == spec

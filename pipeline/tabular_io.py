@@ -111,6 +111,19 @@ def _csv_ready(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (os.umask is racy across threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
 def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write ``frame`` as CSV or Parquet (by extension), atomically; returns the path written."""
     path = Path(path)
@@ -126,6 +139,7 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
                 frame.to_parquet(fh, index=False)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -1,0 +1,258 @@
+"""Promotion against a real MLflow (sqlite here; the PostgreSQL-backed server in the integration tier)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_runtime.bundle import Bundle, load_bundle
+from edge_runtime.errors import InputError, NotFound, TemporaryError
+from edge_runtime.verify import RollbackAuthorisation
+from registry.promotion import (
+    ImageOutcome,
+    ImageTarget,
+    PromotionRefused,
+    history,
+    list_versions,
+    promote,
+    rollback,
+)
+from tests.conftest import require
+from tests.registry.mlflow_versions import RELAXED_GATES, register_version
+
+STRICT_GATES = """
+[default]
+min_metrics = { test_f1 = 0.95 }
+max_bundle_bytes = 1000
+max_latency_p50_ms = 10_000.0
+max_latency_p99_ms = 10_000.0
+"""
+
+
+@pytest.fixture(scope="module")
+def shared_tracking(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One sqlite store for the module: creating its schema costs seconds, so tests share it."""
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    gates = root / "gates.toml"
+    gates.write_text(RELAXED_GATES)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OTAML_GATES", str(gates))
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.chdir(root)
+        yield uri
+
+
+@pytest.fixture
+def pump(shared_tracking: str, request: pytest.FixtureRequest) -> str:
+    """A model name of this test's own in the shared store."""
+    return "pump-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:60]
+
+
+def alias_version(name: str, alias: str) -> str:
+    from mlflow import MlflowClient
+
+    return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+
+
+@dataclass
+class FakePublisher:
+    """Records publish calls; the real one (bake + sign + tag) runs in the integration tier."""
+
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    fail: bool = False
+
+    def publish(self, **kwargs: Any) -> ImageOutcome:
+        if self.fail:
+            raise TemporaryError("registry down; retry later")
+        bundle = load_bundle(kwargs["bundle_dir"])  # the bundle that ships is the version's own
+        self.calls.append({**kwargs, "card_version": bundle.card.version})
+        return ImageOutcome(
+            repository="127.0.0.1:5000/pump",
+            digest="sha256:" + "c" * 64,
+            version_tag=f"model-v{kwargs['version']}",
+            channel_tag=kwargs["channel"],
+            signature_tag="sha256-" + "c" * 64 + ".sig",
+        )
+
+
+def test_promotion_passes_gates_sets_alias_and_records_approval(pump: str, model_bundle: Bundle) -> None:
+    version = register_version(pump, model_bundle.path)
+    report = promote(pump, version, "staging", approver="alice")
+    assert report.gates is not None
+    assert report.gates.passed
+    assert alias_version(pump, "staging") == version
+    assert "no image registry configured" in report.notes[0]
+    # models:/NAME@alias resolves to the promoted version's bundle.
+    import mlflow
+
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{pump}@staging"))
+    assert load_bundle(local).card.onnx.sha256 == model_bundle.card.onnx.sha256
+    (row,) = list_versions(pump)
+    assert row.aliases == ("staging",)
+    assert row.approval("staging")["approved_by"] == "alice"
+    assert row.gate_summary("staging") == "passed"
+    (event,) = history(pump)
+    assert event["action"] == "promote"
+    assert (event["version"], event["channel"], event["approver"], event["forced"]) == (
+        version,
+        "staging",
+        "alice",
+        False,
+    )
+
+
+def test_failing_gates_refuse_with_every_reason_and_move_nothing(
+    pump: str, model_bundle: Bundle, tmp_path: Path
+) -> None:
+    gates = tmp_path / "gates.toml"
+    gates.write_text(STRICT_GATES)
+    version = register_version(pump, model_bundle.path, metrics={"test_f1": 0.6, "parity_fp32_agreement": 1.0})
+    with pytest.raises(PromotionRefused) as info:
+        promote(pump, version, "production", approver="alice", gates_file=gates)
+    message = str(info.value)
+    assert "metric:test_f1" in message
+    assert "bundle_size" in message
+    assert "--force --reason" in message
+    assert {r.name for r in info.value.report.failures} == {"metric:test_f1", "bundle_size"}
+    assert list_versions(pump)[0].aliases == ()
+    assert history(pump) == []
+
+
+def test_force_needs_a_reason_and_both_are_recorded(pump: str, model_bundle: Bundle, tmp_path: Path) -> None:
+    gates = tmp_path / "gates.toml"
+    gates.write_text(STRICT_GATES)
+    version = register_version(pump, model_bundle.path)
+    with pytest.raises(InputError, match="--reason"):
+        promote(pump, version, "production", approver="alice", gates_file=gates, force=True)
+    report = promote(
+        pump, version, "production", approver="alice", gates_file=gates, force=True, reason="hotfix INC-42"
+    )
+    assert report.forced
+    assert alias_version(pump, "production") == version
+    approval = list_versions(pump)[0].approval("production")
+    assert (approval["forced"], approval["reason"]) == ("true", "hotfix INC-42")
+    assert json.loads(approval["gates"])["passed"] is False
+    (event,) = history(pump)
+    assert event["forced"] is True
+    assert event["reason"] == "hotfix INC-42"
+    assert event["gates"]["bundle_size"] == "fail"
+
+
+def test_publisher_gets_the_versions_bundle_and_its_outcome_is_recorded(pump: str, model_bundle: Bundle) -> None:
+    version = register_version(pump, model_bundle.path)
+    publisher = FakePublisher()
+    report = promote(pump, version, "production", approver="alice", publisher=publisher)
+    (call,) = publisher.calls
+    assert (call["name"], call["version"], call["channel"], call.get("rollback")) == (
+        pump,
+        version,
+        "production",
+        None,
+    )
+    assert report.image is not None
+    assert list_versions(pump)[0].approval("production")["image"] == f"127.0.0.1:5000/pump@sha256:{'c' * 64}"
+    assert history(pump)[0]["image"].endswith("c" * 64)
+
+
+def test_a_failed_publish_leaves_alias_and_history_untouched(pump: str, model_bundle: Bundle) -> None:
+    version = register_version(pump, model_bundle.path)
+    with pytest.raises(TemporaryError):
+        promote(pump, version, "production", approver="alice", publisher=FakePublisher(fail=True))
+    assert list_versions(pump)[0].aliases == ()
+    assert history(pump) == []
+
+
+def test_rollback_moves_alias_back_with_a_recorded_authorisation(pump: str, model_bundle: Bundle) -> None:
+    v1 = register_version(pump, model_bundle.path)
+    v2 = register_version(pump, model_bundle.path)
+    promote(pump, v1, "production", approver="alice")
+    promote(pump, v2, "production", approver="alice")
+    assert alias_version(pump, "production") == v2
+    with pytest.raises(InputError, match="--reason"):
+        rollback(pump, v1, "production", approver="bob", reason=" ")
+    publisher = FakePublisher()
+    report = rollback(pump, v1, "production", approver="bob", reason="v2 false alarms", publisher=publisher)
+    assert alias_version(pump, "production") == v1
+    assert report.previous_version == v2
+    authorisation = publisher.calls[0]["rollback"]
+    assert isinstance(authorisation, RollbackAuthorisation)
+    assert (authorisation.from_version, authorisation.to_version, authorisation.authorised_by) == (v2, v1, "bob")
+    events = history(pump)
+    assert [e["action"] for e in events] == ["promote", "promote", "rollback"]
+    assert events[-1]["previous_version"] == v2
+    assert events[-1]["reason"] == "v2 false alarms"
+
+
+def test_unknown_model_or_version_and_channel_are_clear_errors(pump: str, model_bundle: Bundle) -> None:
+    with pytest.raises(NotFound, match="otaml models list"):
+        promote(pump, "1", "staging", approver="alice")
+    version = register_version(pump, model_bundle.path)
+    with pytest.raises(NotFound, match="no version '9'"):
+        promote(pump, "9", "staging", approver="alice")
+    with pytest.raises(InputError, match="Channel 'prod'"):
+        promote(pump, version, "prod", approver="alice")
+    with pytest.raises(NotFound):
+        history("nope")
+
+
+def test_image_target_needs_all_three_settings(tmp_path: Path) -> None:
+    assert ImageTarget.from_options(env={}) is None
+    with pytest.raises(InputError, match="OTAML_SIGNING_KEY"):
+        ImageTarget.from_options(env={"OTAML_BASE_IMAGE": "h:5000/base:1", "OTAML_IMAGE_REPO": "h:5000/pump"})
+    target = ImageTarget.from_options(
+        signing_key=str(tmp_path / "k"),
+        env={"OTAML_BASE_IMAGE": "h:5000/base:1", "OTAML_IMAGE_REPO": "h:5000/pump", "OTAML_SIGNATURE_DAYS": "30"},
+    )
+    assert target is not None
+    assert target.expires_in is not None
+    assert target.expires_in.days == 30
+
+
+def _server_uri(request: pytest.FixtureRequest) -> str:
+    """The PostgreSQL-backed ``mlflow server`` of tests/fixtures/mlflow_server.py (its tracking URI)."""
+    try:
+        server = request.getfixturevalue("mlflow_server")
+    except pytest.FixtureLookupError:
+        require(False, "the mlflow_server fixture (tests/fixtures/mlflow_server.py)", "PostgreSQL + mlflow server")
+    for attr in ("tracking_uri", "uri", "url"):
+        if isinstance(getattr(server, attr, None), str):
+            return str(getattr(server, attr))
+    return str(server)
+
+
+@pytest.mark.integration
+def test_gates_force_and_rollback_against_a_postgresql_backed_mlflow_server(
+    request: pytest.FixtureRequest, model_bundle: Bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri = _server_uri(request)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    (tmp_path / "gates.toml").write_text(RELAXED_GATES)
+    monkeypatch.setenv("OTAML_GATES", str(tmp_path / "gates.toml"))
+    monkeypatch.chdir(tmp_path)
+    name = f"pump-pg-{tmp_path.name}".lower().replace("_", "-")
+    v1 = register_version(name, model_bundle.path, tracking_uri=uri)
+    v2 = register_version(name, model_bundle.path, tracking_uri=uri, metrics={"test_f1": 0.1})
+    promote(name, v1, "production", approver="alice", tracking_uri=uri)
+    with pytest.raises(PromotionRefused, match="metric:test_f1"):
+        promote(name, v2, "production", approver="alice", tracking_uri=uri)
+    forced = promote(name, v2, "production", approver="carol", force=True, reason="INC-7", tracking_uri=uri)
+    assert forced.forced
+    rollback(name, v1, "production", approver="bob", reason="f1 regression", tracking_uri=uri)
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    assert str(client.get_model_version_by_alias(name, "production").version) == v1
+    events = history(name, tracking_uri=uri)
+    assert [(e["action"], e["version"], e["forced"]) for e in events] == [
+        ("promote", v1, False),
+        ("promote", v2, True),
+        ("rollback", v1, False),
+    ]

@@ -1,0 +1,146 @@
+"""``POST /v1/score`` as a bare ASGI app: the hot path of the service.
+
+The service's middleware hands score requests straight to :class:`ScoreEndpoint`, skipping the
+framework's routing, dependency solving and exception middlewares (measured ~150 µs of ~450 µs per
+single-reading request). FastAPI still declares the route, for the OpenAPI schema, and delegates to the
+same :meth:`ScoreEndpoint.handle`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.metrics import Metrics
+from edge_runtime.score_request import RequestError, parse_score_request
+from edge_runtime.scoring import GoldenResult, Scorer
+from edge_runtime.settings import ServeSettings
+
+log = logging.getLogger("edge_runtime.server")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class ClientGone(Exception):
+    """The client disconnected before its body arrived: nothing to answer."""
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # built once, not per response
+
+
+def json_bytes(data: object) -> bytes:
+    return _ENCODER.encode(data).encode()
+
+
+def error_body(code: str, message: str) -> bytes:
+    return json_bytes({"error": {"code": code, "message": message}})
+
+
+async def read_body(headers: Iterable[tuple[bytes, bytes]], receive: Receive, limit: int) -> bytes:
+    """The request body, refusing (413) as soon as it exceeds ``limit`` bytes: never buffers more."""
+    for name, value in headers:
+        if name == b"content-length":
+            declared = value.decode("latin-1")
+            if not declared.isdigit():
+                raise RequestError(400, "invalid_content_length", f"Content-Length {declared!r} is not a number.")
+            if int(declared) > limit:
+                raise RequestError(
+                    413,
+                    "body_too_large",
+                    f"The body has {declared} bytes; the limit is {limit} bytes. Send smaller batches.",
+                )
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        body += message.get("body", b"")
+        if len(body) > limit:
+            raise RequestError(
+                413, "body_too_large", f"The body exceeds the limit of {limit} bytes. Send smaller batches."
+            )
+        if not message.get("more_body", False):
+            return bytes(body)
+
+
+def _media_type(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    for name, value in headers:
+        if name == b"content-type":
+            return value.decode("latin-1").split(";", 1)[0].strip().lower()
+    return ""
+
+
+class ScoreEndpoint:
+    """Validates a whole request, then scores it on its stream's window; every bad input is a JSON 4xx."""
+
+    def __init__(self, scorer: Scorer, settings: ServeSettings, metrics: Metrics, golden: GoldenResult) -> None:
+        self.scorer = scorer
+        self.settings = settings
+        self.metrics = metrics
+        self.golden = golden
+        card = scorer.card
+        self._prefix = {"model": card.name, "version": card.version}
+
+    async def handle(self, headers: Iterable[tuple[bytes, bytes]], receive: Receive) -> tuple[int, bytes]:
+        """Status and JSON body for one request (raises :class:`ClientGone` if the client left)."""
+        if not self.golden.ok:
+            return 503, error_body("not_ready", f"The model is not ready: {self.golden.message}.")
+        headers = list(headers)
+        settings = self.settings
+        try:
+            media = _media_type(headers)
+            if media != "application/json":
+                raise RequestError(
+                    415, "unsupported_media_type", f"Content-Type {media or 'missing'!r}; send application/json."
+                )
+            body = await read_body(headers, receive, settings.max_body_bytes)
+            parsed = parse_score_request(
+                body,
+                self.scorer.card.features,
+                max_batch=settings.max_batch,
+                max_stream_id_length=settings.max_stream_id_length,
+            )
+        except RequestError as exc:
+            return exc.status, error_body(exc.code, exc.message)
+        streams = self.scorer.streams
+        evicted = streams.evicted
+        scores = self.scorer.score(parsed.stream, parsed.readings)
+        self.metrics.streams_evicted += streams.evicted - evicted
+        if not np.isfinite(scores).all():  # validation bounds the inputs, so this is a model defect
+            log.error("model returned non-finite scores", extra={"event": "non_finite_scores", "stream": parsed.stream})
+            return 500, error_body("model_error", "The model returned a non-finite score; report this bundle.")
+        threshold = self.scorer.threshold
+        anomalies = (scores > threshold).tolist()
+        self.metrics.observe_scores(len(anomalies), sum(anomalies))
+        data = {
+            **self._prefix,
+            "stream": parsed.stream,
+            "threshold": threshold,
+            "scores": scores.tolist(),
+            "anomalies": anomalies,
+        }
+        return 200, json_bytes(data)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            status, body = await self.handle(scope["headers"], receive)
+        except ClientGone:
+            return
+        except Exception:  # a bug, not bad input: answer and keep serving
+            log.exception("scoring failed", extra={"event": "score_failed"})
+            status, body = 500, error_body("internal_error", "Scoring failed unexpectedly; see the service log.")
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

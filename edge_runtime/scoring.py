@@ -1,0 +1,136 @@
+"""Scoring: one lean onnxruntime session, one feature window per stream (LRU-bounded), the golden self-test."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_runtime.bundle import Bundle, BundleError
+from edge_runtime.features import StreamWindow
+
+Scores = npt.NDArray[np.float64]
+
+
+def create_session(bundle: Bundle) -> object:
+    """An onnxruntime session tuned for a small device: no arena, one thread, sequential, no telemetry."""
+    import onnxruntime
+
+    onnxruntime.disable_telemetry_events()
+    options = onnxruntime.SessionOptions()
+    # The arena keeps freed buffers forever; without it RSS tracks what is really in use.
+    options.enable_cpu_mem_arena = False
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    # Avoid onnxruntime spinning a pool thread that is never used.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    try:
+        return onnxruntime.InferenceSession(
+            str(bundle.onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # onnxruntime raises its own untyped errors: convert at the boundary
+        raise BundleError(f"onnxruntime cannot load {bundle.onnx_path}: {exc}. Re-export the bundle.") from exc
+
+
+class StreamTable:
+    """Feature windows by stream id, at most ``max_streams``; the least recently used stream is evicted."""
+
+    def __init__(self, bundle: Bundle, max_streams: int) -> None:
+        if max_streams < 1:
+            raise ValueError(f"max_streams must be >= 1, got {max_streams}.")
+        self._spec = bundle.card.features
+        self._windows: OrderedDict[str, StreamWindow] = OrderedDict()
+        self.max_streams = max_streams
+        self.evicted = 0
+
+    def get(self, stream: str) -> StreamWindow:
+        """The window of ``stream`` (created empty if new), marked most recently used."""
+        window = self._windows.get(stream)
+        if window is not None:
+            self._windows.move_to_end(stream)
+            return window
+        window = self._windows[stream] = StreamWindow(self._spec)
+        while len(self._windows) > self.max_streams:
+            self._windows.popitem(last=False)
+            self.evicted += 1
+        return window
+
+    def peek(self, stream: str) -> StreamWindow | None:
+        """The window of ``stream`` without touching recency, or ``None``."""
+        return self._windows.get(stream)
+
+    def __len__(self) -> int:
+        return len(self._windows)
+
+    def __contains__(self, stream: object) -> bool:
+        return stream in self._windows
+
+
+@dataclass(frozen=True)
+class GoldenResult:
+    """The outcome of replaying the bundle's golden vectors."""
+
+    ok: bool
+    max_error: float
+    worst_index: int
+    message: str
+
+
+class Scorer:
+    """Scores readings of named streams with the bundle's model; ``readings`` must already be validated."""
+
+    def __init__(self, bundle: Bundle, session: object, max_streams: int = 1024) -> None:
+        self.bundle = bundle
+        self.card = bundle.card
+        self.threshold = bundle.card.threshold
+        self.streams = StreamTable(bundle, max_streams)
+        self._session = session
+        self._input = bundle.card.onnx.input_name
+        self._outputs = [bundle.card.onnx.output_name]
+
+    @classmethod
+    def load(cls, bundle: Bundle, max_streams: int = 1024) -> Scorer:
+        return cls(bundle, create_session(bundle), max_streams)
+
+    def model_scores(self, features: npt.NDArray[np.float64]) -> Scores:
+        """The model's scores of feature rows (n, n_features), as float64 (n,)."""
+        (out,) = self._session.run(self._outputs, {self._input: features.astype(np.float32)})  # type: ignore[attr-defined]
+        return np.asarray(out, dtype=np.float64).reshape(-1)
+
+    def score(self, stream: str, readings: npt.NDArray[np.float64]) -> Scores:
+        """Push ``readings`` (n, n_sensors) onto the stream's window and return their scores."""
+        return self.model_scores(self.streams.get(stream).push(readings))
+
+    def self_test(self) -> GoldenResult:
+        """Replay the golden readings from an empty history and compare with the expected scores."""
+        golden = self.card.golden
+        try:
+            features = StreamWindow(self.card.features).push(np.asarray(golden.readings, dtype=np.float64))
+            actual = self.model_scores(features)
+        except Exception as exc:  # any failure to run the model means the bundle cannot be served
+            return GoldenResult(False, float("inf"), -1, f"golden replay failed to run the model: {exc}")
+        expected = np.asarray(golden.scores, dtype=np.float64)
+        if actual.shape != expected.shape:
+            return GoldenResult(
+                False,
+                float("inf"),
+                -1,
+                f"model returned {actual.shape[0]} scores for {expected.shape[0]} golden readings",
+            )
+        errors = np.abs(actual - expected)
+        worst = int(np.argmax(errors))
+        max_error = float(errors[worst])
+        if not max_error <= golden.tolerance:  # also catches NaN
+            return GoldenResult(
+                False,
+                max_error,
+                worst,
+                f"golden vector {worst} scored {actual[worst]!r}, expected {expected[worst]!r} "
+                f"(error {max_error:.3g} > tolerance {golden.tolerance:g}); this runtime does not reproduce "
+                f"the model's scores, so it must not serve {self.card.name} v{self.card.version}",
+            )
+        return GoldenResult(True, max_error, worst, f"{len(expected)} golden vectors match (max error {max_error:.3g})")

@@ -1,0 +1,195 @@
+"""``python -m edge_runtime serve`` as a real process: start-up checks, uvicorn, metrics, SIGTERM drain."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from edge_runtime.bundle import MODEL_JSON, Bundle
+from tests.conftest import free_port, require
+from tests.fixtures.bundles import synthetic_readings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def serve_command(bundle: Path, port: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "edge_runtime", "serve", "--bundle", str(bundle), "--port", str(port), *extra]
+
+
+def run_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTAML_")}
+    env["PYTHONPATH"] = str(REPO)
+    env.update(extra)
+    return env
+
+
+def log_lines(stderr: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stderr.splitlines() if line.strip()]
+
+
+def wait_ready(url: str, proc: subprocess.Popen[str], timeout: float = 30.0) -> httpx.Response:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            return httpx.get(url + "/readyz", timeout=1.0)
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise AssertionError("server did not answer /readyz in time")
+
+
+@pytest.fixture
+def server(model_bundle: Bundle) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    port = free_port()
+    proc = subprocess.Popen(
+        serve_command(model_bundle.path, port), env=run_env(), stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        yield f"http://127.0.0.1:{port}", proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_tampered_onnx_refuses_to_start(model_bundle: Bundle, tmp_path: Path) -> None:
+    bundle = tmp_path / "tampered"
+    shutil.copytree(model_bundle.path, bundle)
+    with open(bundle / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    done = subprocess.run(serve_command(bundle, free_port()), env=run_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    (line,) = [entry for entry in log_lines(done.stderr) if entry["level"] == "error"]
+    assert line["event"] == "bundle_invalid"
+    assert "sha256" in str(line["msg"])
+    assert "Refusing to serve it" in str(line["msg"])
+
+
+def _wrong_golden(model_bundle: Bundle, tmp_path: Path) -> Path:
+    bundle = tmp_path / "wrong-golden"
+    shutil.copytree(model_bundle.path, bundle)
+    card = json.loads((bundle / MODEL_JSON).read_text())
+    card["golden"]["scores"][3] += 0.25
+    (bundle / MODEL_JSON).write_text(json.dumps(card))
+    return bundle
+
+
+def test_wrong_golden_vectors_exit_non_zero_with_a_clear_line(model_bundle: Bundle, tmp_path: Path) -> None:
+    bundle = _wrong_golden(model_bundle, tmp_path)
+    done = subprocess.run(serve_command(bundle, free_port()), env=run_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3
+    (line,) = [entry for entry in log_lines(done.stderr) if entry["level"] == "error"]
+    assert line["event"] == "golden_failed"
+    assert "golden vector 3" in str(line["msg"])
+
+
+def test_bad_env_value_exits_with_the_key_named(model_bundle: Bundle) -> None:
+    env = run_env(OTAML_MAX_BATCH="lots")
+    done = subprocess.run(
+        serve_command(model_bundle.path, free_port()), env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert "Config 'OTAML_MAX_BATCH' has value 'lots'" in done.stderr
+
+
+@pytest.mark.integration
+def test_wrong_golden_in_unready_mode_stays_up_with_503(model_bundle: Bundle, tmp_path: Path) -> None:
+    port = free_port()
+    bundle = _wrong_golden(model_bundle, tmp_path)
+    proc = subprocess.Popen(
+        serve_command(bundle, port, "--on-golden-failure", "unready"), env=run_env(), stderr=subprocess.PIPE, text=True
+    )
+    try:
+        ready = wait_ready(f"http://127.0.0.1:{port}", proc)
+        assert ready.status_code == 503
+        assert "golden vector 3" in ready.json()["reason"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+
+
+@pytest.mark.integration
+def test_real_server_scores_exposes_metrics_and_drains_on_sigterm(
+    server: tuple[str, subprocess.Popen[str]], model_bundle: Bundle
+) -> None:
+    url, proc = server
+    ready = wait_ready(url, proc)
+    assert ready.status_code == 200
+    assert ready.json()["bundle_digest"] == model_bundle.digest
+    scored = httpx.post(url + "/v1/score", json={"stream": "p", "readings": synthetic_readings(5).tolist()})
+    assert scored.status_code == 200
+    assert len(scored.json()["scores"]) == 5
+    metrics = httpx.get(url + "/metrics").text
+    assert "otaml_readings_scored_total 5" in metrics
+    assert 'otaml_http_requests_total{method="POST",route="/v1/score",status="200"} 1' in metrics
+    assert "process_resident_memory_bytes" in metrics
+
+    # An in-flight request: headers and half the body sent, then SIGTERM, then the rest of the body.
+    body = json.dumps({"stream": "p", "readings": synthetic_readings(3, seed=2).tolist()}).encode()
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        head = (
+            "POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        conn.sendall(head.encode() + body[:10])
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert proc.poll() is None, "the server must wait for the in-flight request"
+        conn.sendall(body[10:])
+        response = b""
+        while chunk := conn.recv(65536):
+            response += chunk
+    status_line, _, rest = response.partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 200 OK"
+    assert len(json.loads(rest.split(b"\r\n\r\n", 1)[1])["scores"]) == 3
+    assert proc.wait(timeout=30) == 0
+    stderr = proc.stderr.read() if proc.stderr else ""
+    events = [entry.get("event") for entry in log_lines(stderr)]
+    assert events[-1] == "stopped"
+    assert "POST /v1/score" not in stderr  # no access log unless asked
+
+
+@pytest.mark.integration
+def test_sigterm_as_pid_1_exits_zero(model_bundle: Bundle) -> None:
+    """In a container the server is PID 1, which ignores signals it has no handler for: it must still stop cleanly."""
+    unshare = shutil.which("unshare")
+    require(
+        unshare is not None and os.geteuid() == 0,
+        "unshare as root (a new PID namespace)",
+        "run as root with util-linux",
+    )
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(unshare), "--pid", "--fork", "--mount-proc", *serve_command(model_bundle.path, port)],
+        env=run_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert wait_ready(f"http://127.0.0.1:{port}", proc).status_code == 200
+        (server_pid,) = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        nspid = next(
+            line for line in Path(f"/proc/{server_pid}/status").read_text().splitlines() if line.startswith("NSpid")
+        )
+        assert nspid.split()[-1] == "1"
+        os.kill(server_pid, signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0  # unshare --fork exits with its child's status
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert log_lines(proc.stderr.read() if proc.stderr else "")[-1]["event"] == "stopped"

@@ -1,0 +1,323 @@
+"""The scoring service in-process (fastapi.testclient): every route and every kind of bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_runtime.bundle import Bundle
+from edge_runtime.features import StreamWindow, batch_features
+from edge_runtime.scoring import GoldenResult, Scorer
+from edge_runtime.server import ServiceMiddleware, create_app
+from edge_runtime.settings import ServeSettings
+from tests.edge_runtime.asgi import ASGIClient
+from tests.fixtures.bundles import SENSORS, onnx_scores, synthetic_readings
+
+JSON = {"content-type": "application/json"}
+
+
+def make_client(bundle: Bundle, golden: GoldenResult | None = None, **limits: Any) -> ASGIClient:
+    settings = ServeSettings(bundle=bundle.path, **limits)
+    scorer = Scorer.load(bundle, max_streams=settings.max_streams)
+    return ASGIClient(create_app(scorer, settings, golden))
+
+
+@pytest.fixture
+def client(model_bundle: Bundle) -> ASGIClient:
+    return make_client(model_bundle, max_batch=50, max_body_bytes=4096, max_stream_id_length=16)
+
+
+def post(client: ASGIClient, body: object, headers: dict[str, str] | None = None) -> Any:
+    return client.post("/v1/score", content=json.dumps(body), headers=headers or JSON)
+
+
+def history(client: ASGIClient, stream: str) -> tuple[int, bytes] | None:
+    window = client.app.state.scorer.streams.peek(stream)
+    if window is None:
+        return None
+    return window.count, window._history.tobytes() + window._last.tobytes()
+
+
+def test_score_readings_returns_scores_anomalies_and_model(client: ASGIClient, model_bundle: Bundle) -> None:
+    readings = synthetic_readings(10, seed=3).tolist()
+    readings[5] = [90.0, 4.0, 6.0]  # far outside anything seen in training
+    response = post(client, {"stream": "pump-1", "readings": readings})
+    assert response.status_code == 200
+    data = response.json()
+    card = model_bundle.card
+    assert (data["model"], data["version"], data["stream"]) == (card.name, card.version, "pump-1")
+    assert data["threshold"] == card.threshold
+    assert len(data["scores"]) == len(data["anomalies"]) == 10
+    assert data["anomalies"] == [s > card.threshold for s in data["scores"]]
+    assert data["anomalies"][5] is True
+    assert not any(data["anomalies"][:5])  # normal readings before the spike
+
+
+def test_records_keyed_by_name_equal_readings_in_order(client: ASGIClient) -> None:
+    readings = synthetic_readings(6, seed=4)
+    records = [dict(zip(reversed(SENSORS), reversed(row), strict=True)) for row in readings.tolist()]
+    by_records = post(client, {"stream": "a", "records": records}).json()["scores"]
+    by_readings = post(client, {"stream": "b", "readings": readings.tolist()}).json()["scores"]
+    assert by_records == by_readings
+
+
+def test_streaming_through_api_equals_batch_features_and_onnx(client: ASGIClient, model_bundle: Bundle) -> None:
+    readings = synthetic_readings(60, seed=5)
+    scores: list[float] = []
+    start = 0
+    for size in (1, 7, 1, 13, 2, 20, 16):  # uneven chunks, crossing window boundaries
+        chunk = readings[start : start + size].tolist()
+        scores += post(client, {"stream": "s", "readings": chunk}).json()["scores"]
+        start += size
+    expected = onnx_scores(model_bundle.onnx_path.read_bytes(), batch_features(model_bundle.card.features, readings))
+    np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-6)
+
+
+def test_streams_have_separate_histories(client: ASGIClient) -> None:
+    a, b = synthetic_readings(20, seed=6), synthetic_readings(20, seed=7)
+    post(client, {"stream": "a", "readings": a[:10].tolist()})
+    post(client, {"stream": "b", "readings": b[:10].tolist()})
+    interleaved = post(client, {"stream": "a", "readings": a[10:].tolist()}).json()["scores"]
+    fresh = make_client(client.app.state.scorer.bundle)
+    alone = post(fresh, {"stream": "a", "readings": a.tolist()}).json()["scores"][10:]
+    assert interleaved == alone
+
+
+def test_lru_evicts_least_recently_used_stream(model_bundle: Bundle) -> None:
+    c = make_client(model_bundle, max_streams=2)
+    for stream in ("a", "b", "a", "c"):  # "b" is least recently used when "c" arrives
+        assert post(c, {"stream": stream, "readings": [[60.0, 0.5, 3.0]]}).status_code == 200
+    streams = c.app.state.scorer.streams
+    assert len(streams) == 2
+    assert "a" in streams
+    assert "c" in streams
+    assert "b" not in streams
+    assert "otaml_streams_evicted_total 1" in c.get("/metrics").text
+
+
+def _bad_inputs() -> list[tuple[str, Any, dict[str, str] | None, int, str]]:
+    ok_row = [60.0, 0.5, 3.0]
+    return [
+        ("malformed json", b'{"stream": "s", "readings": [[1,2,3]', None, 400, "malformed_json"),
+        ("not utf-8", b'{"stream": "\xff"}', None, 400, "malformed_json"),
+        ("NaN literal", b'{"stream": "s", "readings": [[NaN, 1, 2]]}', None, 422, "non_finite_value"),
+        ("Infinity literal", b'{"stream": "s", "readings": [[Infinity, 1, 2]]}', None, 422, "non_finite_value"),
+        ("overflowing float", b'{"stream": "s", "readings": [[1e999, 1, 2]]}', None, 422, "non_finite_value"),
+        ("huge int", b'{"stream": "s", "readings": [[1' + b"0" * 400 + b", 1, 2]]}", None, 422, "non_finite_value"),
+        ("out of range", {"stream": "s", "readings": [[1e20, 0.5, 3.0]]}, None, 422, "value_out_of_range"),
+        ("string value", {"stream": "s", "readings": [["60", 0.5, 3.0]]}, None, 422, "invalid_value"),
+        ("null value", {"stream": "s", "readings": [[None, 0.5, 3.0]]}, None, 422, "invalid_value"),
+        ("bool value", {"stream": "s", "readings": [[True, 0.5, 3.0]]}, None, 422, "invalid_value"),
+        ("too few values", {"stream": "s", "readings": [ok_row, [1.0, 2.0]]}, None, 422, "wrong_reading_length"),
+        ("too many values", {"stream": "s", "readings": [[*ok_row, 1.0]]}, None, 422, "wrong_reading_length"),
+        ("row not a list", {"stream": "s", "readings": [5]}, None, 422, "wrong_reading_length"),
+        ("readings not a list", {"stream": "s", "readings": "1,2,3"}, None, 422, "invalid_readings"),
+        (
+            "unknown sensor",
+            {"stream": "s", "records": [{**dict(zip(SENSORS, ok_row, strict=True)), "rpm": 1}]},
+            None,
+            422,
+            "wrong_sensors",
+        ),
+        (
+            "missing sensor",
+            {"stream": "s", "records": [{"temperature": 60.0, "vibration": 0.5}]},
+            None,
+            422,
+            "wrong_sensors",
+        ),
+        ("record not object", {"stream": "s", "records": [ok_row]}, None, 422, "invalid_records"),
+        ("empty batch", {"stream": "s", "readings": []}, None, 422, "empty_batch"),
+        ("batch above max", {"stream": "s", "readings": [ok_row] * 51}, None, 422, "batch_too_large"),
+        ("missing stream", {"readings": [ok_row]}, None, 422, "missing_stream"),
+        ("stream not string", {"stream": 7, "readings": [ok_row]}, None, 422, "invalid_stream"),
+        ("empty stream", {"stream": "", "readings": [ok_row]}, None, 422, "invalid_stream"),
+        ("stream id too long", {"stream": "x" * 17, "readings": [ok_row]}, None, 422, "stream_id_too_long"),
+        ("no readings", {"stream": "s"}, None, 422, "missing_readings"),
+        ("both forms", {"stream": "s", "readings": [ok_row], "records": []}, None, 422, "ambiguous_readings"),
+        ("unknown field", {"stream": "s", "readings": [ok_row], "extra": 1}, None, 422, "unknown_field"),
+        ("array body", [ok_row], None, 422, "invalid_body"),
+        (
+            "wrong content type",
+            {"stream": "s", "readings": [ok_row]},
+            {"content-type": "text/plain"},
+            415,
+            "unsupported_media_type",
+        ),
+        ("no content type", {"stream": "s", "readings": [ok_row]}, {}, 415, "unsupported_media_type"),
+        (
+            "body above limit",
+            {"stream": "s", "readings": [ok_row] * 40, "pad": "x" * 5000},
+            None,
+            413,
+            "body_too_large",
+        ),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "code"), [c[1:] for c in _bad_inputs()], ids=[c[0] for c in _bad_inputs()]
+)
+def test_bad_input_is_a_clear_4xx_and_leaves_history_unchanged(
+    client: ASGIClient, body: Any, headers: dict[str, str] | None, status: int, code: str
+) -> None:
+    assert post(client, {"stream": "s", "readings": synthetic_readings(5).tolist()}).status_code == 200
+    before = history(client, "s")
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    response = client.post("/v1/score", content=content, headers=JSON if headers is None else headers)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert len(error["message"]) > 20
+    assert history(client, "s") == before
+    # and the service keeps serving
+    assert post(client, {"stream": "s", "readings": [[60.0, 0.5, 3.0]]}).status_code == 200
+
+
+def test_messages_say_what_is_expected(client: ASGIClient) -> None:
+    message = post(client, {"stream": "s", "readings": [[1.0, 2.0]]}).json()["error"]["message"]
+    assert "readings[0] has 2 values" in message
+    assert "expected 3" in message
+    assert "temperature" in message
+    message = post(client, {"stream": "s", "records": [{"temperature": 1, "vibration": 2, "rpm": 3}]}).json()
+    assert "['rpm']" in message["error"]["message"]
+    assert "['pressure']" in message["error"]["message"]
+    assert "limit is 50" in post(client, {"stream": "s", "readings": [[1, 2, 3]] * 51}).json()["error"]["message"]
+
+
+def test_chunked_body_above_limit_is_refused(client: ASGIClient) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"stream": "s", "readings": ['
+        for _ in range(400):
+            yield b"[60.0, 0.5, 3.0],"
+
+    response = client.post("/v1/score", content=chunks(), headers=JSON)
+    assert response.status_code == 413
+    assert "4096 bytes" in response.json()["error"]["message"]
+
+
+def test_body_reading_stops_at_the_limit(model_bundle: Bundle) -> None:
+    """The server must not buffer an unbounded body: it stops pulling chunks once past the limit."""
+    settings = ServeSettings(bundle=model_bundle.path, max_body_bytes=1000)
+    app = create_app(Scorer.load(model_bundle), settings)
+    pulled = 0
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal pulled
+        pulled += 1
+        return {"type": "http.request", "body": b"x" * 300, "more_body": pulled < 10_000}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/score",
+        "raw_path": b"/v1/score",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json")],
+        "server": ("test", 80),
+        "client": ("test", 1),
+    }
+    asyncio.run(app(scope, receive, send))  # type: ignore[arg-type]
+    assert sent[0]["status"] == 413
+    assert pulled == 4
+
+
+def test_healthz_readyz_and_model(client: ASGIClient, model_bundle: Bundle) -> None:
+    assert client.get("/healthz").json() == {"status": "alive"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["bundle_digest"] == model_bundle.digest
+    assert ready.json()["version"] == model_bundle.card.version
+    model = client.get("/v1/model").json()
+    assert model == {**model_bundle.card.public_dict(), "bundle_digest": model_bundle.digest}
+    assert "readings" not in model["golden"]
+
+
+def test_metrics_count_requests_readings_anomalies_and_memory(client: ASGIClient, model_bundle: Bundle) -> None:
+    post(client, {"stream": "m", "readings": [[60.0, 0.5, 3.0], [95.0, 5.0, 7.0]]})
+    post(client, {"stream": "m", "readings": []})
+    client.get("/nowhere")
+    text = client.get("/metrics").text
+    assert 'otaml_http_requests_total{method="POST",route="/v1/score",status="200"} 1' in text
+    assert 'otaml_http_requests_total{method="POST",route="/v1/score",status="422"} 1' in text
+    assert 'otaml_http_requests_total{method="GET",route="other",status="404"} 1' in text
+    assert 'otaml_http_request_duration_seconds_bucket{route="/v1/score",le="+Inf"} 2' in text
+    assert "otaml_readings_scored_total 2" in text
+    assert "otaml_anomalies_flagged_total 1" in text
+    assert f'otaml_model_info{{name="pump-anomaly",version="1",digest="{model_bundle.digest}"}} 1' in text
+    rss = next(line for line in text.splitlines() if line.startswith("process_resident_memory_bytes "))
+    assert int(rss.split()[1]) > 10_000_000
+
+
+def test_unknown_route_and_method_are_json_errors(client: ASGIClient) -> None:
+    missing = client.get("/v2/score")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "not_found"
+    wrong = client.get("/v1/score")
+    assert wrong.status_code == 405
+    assert wrong.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_failed_golden_means_not_ready_and_no_scoring(model_bundle: Bundle) -> None:
+    failed = GoldenResult(False, 0.3, 4, "golden vector 4 scored 0.9, expected 0.6")
+    c = make_client(model_bundle, golden=failed)
+    ready = c.get("/readyz")
+    assert ready.status_code == 503
+    assert "golden vector 4" in ready.json()["reason"]
+    assert c.get("/healthz").status_code == 200
+    refused = post(c, {"stream": "s", "readings": [[60.0, 0.5, 3.0]]})
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "not_ready"
+
+
+def test_wrong_golden_vectors_fail_the_self_test(model_bundle: Bundle) -> None:
+    card = model_bundle.card
+    wrong = dataclasses.replace(card.golden, scores=[s + 0.01 for s in card.golden.scores])
+    bundle = dataclasses.replace(model_bundle, card=dataclasses.replace(card, golden=wrong))
+    c = make_client(bundle)
+    assert c.get("/readyz").status_code == 503
+    assert "tolerance" in c.get("/readyz").json()["reason"]
+
+
+def test_golden_replay_matches_stream_window(model_bundle: Bundle) -> None:
+    scorer = Scorer.load(model_bundle)
+    result = scorer.self_test()
+    assert result.ok, result.message
+    features = StreamWindow(model_bundle.card.features).push(np.asarray(model_bundle.card.golden.readings))
+    np.testing.assert_allclose(scorer.model_scores(features), model_bundle.card.golden.scores, atol=1e-6)
+
+
+def test_openapi_describes_the_score_body(client: ASGIClient) -> None:
+    schema = client.get("/openapi.json").json()
+    body = schema["paths"]["/v1/score"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    readings = body["oneOf"][0]["properties"]["readings"]
+    assert readings["maxItems"] == 50
+    assert readings["items"]["minItems"] == 3
+    assert set(schema["paths"]) >= {"/v1/score", "/healthz", "/readyz", "/v1/model", "/metrics"}
+
+
+def test_framework_route_answers_like_the_fast_path(model_bundle: Bundle) -> None:
+    """Without the middleware (e.g. mounted elsewhere) FastAPI's route runs the same handler."""
+    fast = make_client(model_bundle)
+    plain = create_app(Scorer.load(model_bundle), ServeSettings(bundle=model_bundle.path))
+    plain.user_middleware = [m for m in plain.user_middleware if m.cls is not ServiceMiddleware]
+    routed = ASGIClient(plain)
+    body = {"stream": "r", "readings": synthetic_readings(4).tolist()}
+    assert post(routed, body).json() == post(fast, body).json()
+    bad = post(routed, {"stream": "r", "readings": [[1.0]]})
+    assert bad.status_code == 422
+    assert bad.json()["error"]["code"] == "wrong_reading_length"

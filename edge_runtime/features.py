@@ -146,17 +146,19 @@ def batch_features(spec: FeatureSpec, readings: npt.ArrayLike) -> Array:
 
 
 class StreamWindow:
-    """The bounded history of one stream: the last ``window - 1`` readings, oldest first.
+    """The bounded history of one stream: its last ``window`` readings, oldest first.
 
-    ``push`` computes exactly what :func:`batch_features` computes for the same readings.
+    ``push`` computes exactly what :func:`batch_features` computes for the same readings. A single
+    reading (the common case on a device) takes a fast path that reuses one preallocated window.
     """
 
-    __slots__ = ("_count", "_history", "_last", "spec")
+    __slots__ = ("_count", "_last", "_window", "spec")
 
     def __init__(self, spec: FeatureSpec) -> None:
         self.spec = spec
-        self._history = np.empty((spec.window - 1, spec.n_sensors), dtype=np.float64)
-        self._last = np.empty(spec.n_sensors, dtype=np.float64)
+        # (1, n_sensors, window): the same layout as one row of the batch path's windows.
+        self._window = np.empty((1, spec.n_sensors, spec.window), dtype=np.float64)
+        self._last = np.empty((1, spec.n_sensors), dtype=np.float64)
         self._count = 0
 
     def push(self, readings: npt.ArrayLike) -> Array:
@@ -166,13 +168,20 @@ class StreamWindow:
         if n == 0:
             return np.empty((0, self.spec.n_features), dtype=np.float64)
         if self._count == 0:
-            self._history[:] = x[0]
-            self._last[:] = x[0]
-        out = _features(self.spec, x, self._history, self._last)
-        keep = self.spec.window - 1
-        if keep:
-            self._history[:] = np.concatenate([self._history, x], axis=0)[-keep:]
-        self._last[:] = x[-1]
+            self._window[0] = x[0][:, None]
+            self._last[0] = x[0]
+        if n == 1:
+            window = self._window
+            window[0, :, :-1] = window[0, :, 1:]
+            window[0, :, -1] = x[0]
+            out = _stats_of_windows(x, window, self._last, self.spec.stats)
+        else:
+            history = self._window[0, :, 1:].T
+            out = _features(self.spec, x, history, self._last[0])
+            keep = min(n, self.spec.window)
+            self._window[0, :, : self.spec.window - keep] = self._window[0, :, keep:]
+            self._window[0, :, self.spec.window - keep :] = x[n - keep :].T
+        self._last[0] = x[-1]
         self._count += n
         return out
 
@@ -180,3 +189,7 @@ class StreamWindow:
     def count(self) -> int:
         """How many readings this stream has seen."""
         return self._count
+
+    def state(self) -> bytes:
+        """The whole history as bytes: equal states score the next readings identically."""
+        return self._count.to_bytes(8, "little") + self._window.tobytes() + self._last.tobytes()

@@ -36,7 +36,7 @@ class UnknownDetector(InputError):
     """A detector name that is not one of :data:`DETECTORS`."""
 
 
-class IsolationForestDetector(BaseEstimator):  # type: ignore[misc]
+class IsolationForestDetector(BaseEstimator):
     """IsolationForest whose score is its anomaly score ``-score_samples`` (about 0.5 is the usual boundary)."""
 
     def __init__(self, n_estimators: int = 100, max_samples: int | str = "auto", random_state: int | None = 0) -> None:
@@ -45,19 +45,19 @@ class IsolationForestDetector(BaseEstimator):  # type: ignore[misc]
         self.random_state = random_state
 
     def fit(self, X: npt.ArrayLike, y: Any = None) -> IsolationForestDetector:
-        X = validate_data(self, X, dtype=np.float64)
+        x: Array = validate_data(self, X, dtype=np.float64)
         self.forest_ = IsolationForest(
             n_estimators=self.n_estimators, max_samples=self.max_samples, random_state=self.random_state
-        ).fit(X)
+        ).fit(x)
         return self
 
     def score_samples(self, X: npt.ArrayLike) -> Array:
         check_is_fitted(self, "forest_")
-        X = validate_data(self, X, dtype=np.float64, reset=False)
-        return np.asarray(-self.forest_.score_samples(X), dtype=np.float64)
+        x: Array = validate_data(self, X, dtype=np.float64, reset=False)
+        return np.asarray(-self.forest_.score_samples(x), dtype=np.float64)
 
 
-class PCAReconstructionDetector(BaseEstimator):  # type: ignore[misc]
+class PCAReconstructionDetector(BaseEstimator):
     """Mean squared residual of projecting onto the top principal components (a linear detector).
 
     The residual of ``x`` is ``(x - mean) @ P`` with ``P = I - Vᵀ V`` (``V`` the kept components), so the
@@ -69,12 +69,12 @@ class PCAReconstructionDetector(BaseEstimator):  # type: ignore[misc]
         self.n_components = n_components
 
     def fit(self, X: npt.ArrayLike, y: Any = None) -> PCAReconstructionDetector:
-        X = validate_data(self, X, dtype=np.float64)
-        n, d = X.shape
+        x: Array = validate_data(self, X, dtype=np.float64)
+        n, d = x.shape
         if n < 2:
             raise InputError(f"PCA detector needs at least 2 training rows, got {n}.")
-        self.mean_ = X.mean(axis=0)
-        _, s, vt = np.linalg.svd(X - self.mean_, full_matrices=False)
+        self.mean_ = x.mean(axis=0)
+        _, s, vt = np.linalg.svd(x - self.mean_, full_matrices=False)
         variance = s**2
         share = np.cumsum(variance) / max(float(variance.sum()), np.finfo(np.float64).tiny)
         if isinstance(self.n_components, float) and 0.0 < self.n_components < 1.0:
@@ -89,20 +89,22 @@ class PCAReconstructionDetector(BaseEstimator):  # type: ignore[misc]
 
     def score_samples(self, X: npt.ArrayLike) -> Array:
         check_is_fitted(self, "projection_")
-        X = validate_data(self, X, dtype=np.float64, reset=False)
-        residual = (X - self.mean_) @ self.projection_
+        x: Array = validate_data(self, X, dtype=np.float64, reset=False)
+        residual = (x - self.mean_) @ self.projection_
         return np.asarray((residual**2).mean(axis=1), dtype=np.float64)
 
 
-class AutoencoderDetector(BaseEstimator):  # type: ignore[misc]
+class AutoencoderDetector(BaseEstimator):
     """A small MLP autoencoder (MLPRegressor x -> x); score = mean squared reconstruction error.
 
-    ``hidden_layer_sizes`` should narrow to a bottleneck, e.g. ``(32, 8, 32)``.
+    ``hidden_layer_sizes`` should narrow to a bottleneck narrower than the input, or the network can learn
+    the identity. ``None`` (default) derives it from the number of features ``d``:
+    ``(h, b, h)`` with ``b = max(1, d // 4)`` and ``h = clip(d, 2 b, 32)``; e.g. (28, 7, 28) for 28 features.
     """
 
     def __init__(
         self,
-        hidden_layer_sizes: tuple[int, ...] = (32, 8, 32),
+        hidden_layer_sizes: tuple[int, ...] | None = None,
         max_iter: int = 60,
         batch_size: int = 256,
         random_state: int | None = 0,
@@ -113,26 +115,38 @@ class AutoencoderDetector(BaseEstimator):  # type: ignore[misc]
         self.random_state = random_state
 
     def fit(self, X: npt.ArrayLike, y: Any = None) -> AutoencoderDetector:
-        X = validate_data(self, X, dtype=np.float64)
+        x: Array = validate_data(self, X, dtype=np.float64)
+        n = x.shape[0]
+        early_stopping = n >= 200
+        # Early stopping holds out ceil(10 %) of the rows; a batch larger than the rest would warn.
+        n_fit = n - int(np.ceil(0.1 * n)) if early_stopping else n
+        self.hidden_layer_sizes_ = self.hidden_layer_sizes or bottleneck_layers(x.shape[1])
         self.mlp_ = MLPRegressor(
-            hidden_layer_sizes=self.hidden_layer_sizes,
+            hidden_layer_sizes=self.hidden_layer_sizes_,
             activation="tanh",
             max_iter=self.max_iter,
-            batch_size=min(self.batch_size, X.shape[0]),
-            early_stopping=X.shape[0] >= 200,
+            batch_size=max(1, min(self.batch_size, n_fit)),
+            early_stopping=early_stopping,
             n_iter_no_change=5,
             random_state=self.random_state,
         )
         with warnings.catch_warnings():
             # A capped number of epochs is the point (training time); not converging fully is expected.
             warnings.simplefilter("ignore", ConvergenceWarning)
-            self.mlp_.fit(X, X)
+            self.mlp_.fit(x, x)
         return self
 
     def score_samples(self, X: npt.ArrayLike) -> Array:
         check_is_fitted(self, "mlp_")
-        X = validate_data(self, X, dtype=np.float64, reset=False)
-        return np.asarray(((X - self.mlp_.predict(X)) ** 2).mean(axis=1), dtype=np.float64)
+        x: Array = validate_data(self, X, dtype=np.float64, reset=False)
+        return np.asarray(((x - self.mlp_.predict(x)) ** 2).mean(axis=1), dtype=np.float64)
+
+
+def bottleneck_layers(n_features: int) -> tuple[int, int, int]:
+    """Default autoencoder layers for ``n_features`` inputs: (h, b, h) with ``b < n_features`` when possible."""
+    bottleneck = max(1, n_features // 4)
+    hidden = min(max(n_features, 2 * bottleneck), 32)
+    return (hidden, bottleneck, hidden)
 
 
 def make_detector(name: str, *, random_state: int = 0) -> Pipeline:

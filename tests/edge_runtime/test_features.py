@@ -65,7 +65,7 @@ def test_stream_memory_is_bounded_by_the_window() -> None:
     stream = StreamWindow(spec)
     for chunk in np.array_split(_readings(10_000, 1), 100):
         stream.push(chunk)
-    assert stream._history.shape == (7, 1)
+    assert len(stream.state()) == 8 + 8 * 8 + 8
 
 
 @pytest.mark.parametrize(
@@ -91,3 +91,13 @@ def test_wrong_reading_width_is_refused() -> None:
 def test_spec_round_trips_through_dict() -> None:
     spec = FeatureSpec(("a", "b"), window=7, stats=("std", "max"))
     assert FeatureSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_single_readings_mixed_with_chunks_equal_batch_exactly() -> None:
+    spec = FeatureSpec(("a", "b", "c"), window=6)
+    x = _readings(50, 3, seed=7)
+    stream = StreamWindow(spec)
+    sizes = [1, 1, 3, 1, 10, 1, 1, 1, 2, 20, 1, 8]
+    bounds = np.cumsum([0, *sizes])
+    parts = [stream.push(x[a:b]) for a, b in itertools.pairwise(bounds)]
+    np.testing.assert_array_equal(np.concatenate(parts), batch_features(spec, x))

@@ -41,7 +41,7 @@ def history(client: ASGIClient, stream: str) -> tuple[int, bytes] | None:
     window = client.app.state.scorer.streams.peek(stream)
     if window is None:
         return None
-    return window.count, window._history.tobytes() + window._last.tobytes()
+    return window.count, window.state()
 
 
 def test_score_readings_returns_scores_anomalies_and_model(client: ASGIClient, model_bundle: Bundle) -> None:

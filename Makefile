@@ -16,7 +16,12 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/otaml demo
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		scripts/host-deps.sh; \
+	else \
+		echo "make demo: not root on Debian/Ubuntu, so no Debian packages installed; the demo picks its mode and says why"; \
+	fi
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/otaml demo $(DEMO_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -6,7 +6,7 @@
 set -euo pipefail
 
 packages=(containerd runc docker-registry buildah skopeo umoci mmdebstrap
-          qemu-user-static binfmt-support postgresql wrk ca-certificates iproute2)
+          qemu-user-static binfmt-support postgresql wrk ca-certificates iproute2 iptables)
 
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
     echo "host-deps: need root on Debian/Ubuntu to install: ${packages[*]}" >&2

@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from edge_runtime.errors import NotFound, OtamlError, TemporaryError, VerificationFailed
+from edge_runtime.oci import (
+    OCI_INDEX,
+    OCI_MANIFEST,
+    RegistryAuthError,
+    RegistryClient,
+    base_url_for,
+    config_labels,
+    parse_reference,
+    select_platform,
+    sha256_digest,
+)
+
+DIGEST = "sha256:" + "0" * 64
+
+
+def client(handler: object, **kwargs: object) -> RegistryClient:
+    return RegistryClient("127.0.0.1:5000", "otaml/runtime", transport=httpx.MockTransport(handler), **kwargs)  # type: ignore[arg-type]
+
+
+def test_parse_reference_forms() -> None:
+    ref = parse_reference("127.0.0.1:5000/otaml/runtime:model-v3")
+    assert (ref.registry, ref.repository, ref.tag, ref.ref) == (
+        "127.0.0.1:5000",
+        "otaml/runtime",
+        "model-v3",
+        "model-v3",
+    )
+    pinned = parse_reference(f"reg.example.com/a/b@{DIGEST}")
+    assert pinned.ref == DIGEST
+    assert str(pinned) == f"reg.example.com/a/b@{DIGEST}"
+    assert parse_reference("localhost:5000/x").ref == "latest"
+    with pytest.raises(OtamlError, match="no registry host"):
+        parse_reference("otaml/runtime:v1")
+    with pytest.raises(OtamlError, match="invalid"):
+        parse_reference("127.0.0.1:5000/Upper/Case")
+
+
+def test_plain_http_only_for_loopback_or_insecure() -> None:
+    assert base_url_for("127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert base_url_for("localhost:5000") == "http://localhost:5000"
+    assert base_url_for("registry.example.com") == "https://registry.example.com"
+    assert base_url_for("10.0.0.5:5000", insecure=True) == "http://10.0.0.5:5000"
+
+
+def test_select_platform_and_labels() -> None:
+    index = {
+        "mediaType": OCI_INDEX,
+        "manifests": [
+            {
+                "mediaType": OCI_MANIFEST,
+                "digest": DIGEST,
+                "size": 1,
+                "platform": {"os": "linux", "architecture": "amd64"},
+            },
+            {
+                "mediaType": OCI_MANIFEST,
+                "digest": "sha256:" + "1" * 64,
+                "size": 1,
+                "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"},
+            },
+        ],
+    }
+    assert select_platform(index, "linux", "arm64").digest.endswith("1" * 64)
+    with pytest.raises(NotFound, match=r"no linux/riscv64 manifest \(it has: linux/amd64, linux/arm64/v8\)"):
+        select_platform(index, "linux", "riscv64")
+    assert config_labels(b'{"config": {"Labels": {"a": "b"}}}') == {"a": "b"}
+    assert config_labels(b'{"config": {}}') == {}
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "text"),
+    [
+        (404, NotFound, "not found"),
+        (401, RegistryAuthError, "check the registry credentials"),
+        (403, RegistryAuthError, "check the registry credentials"),
+        (429, TemporaryError, "retry later"),
+        (503, TemporaryError, "retry later"),
+        (400, OtamlError, "MANIFEST_INVALID"),
+        (415, OtamlError, "415"),
+    ],
+)
+def test_status_codes_map_to_the_error_tree(status: int, error: type[Exception], text: str) -> None:
+    body = {"errors": [{"code": "MANIFEST_INVALID", "message": "bad"}]}
+    with client(lambda _r: httpx.Response(status, json=body)) as c, pytest.raises(error, match=text):
+        c.get_manifest("model-v1")
+
+
+def test_connection_errors_are_temporary() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    with client(refuse) as c, pytest.raises(TemporaryError, match="is the registry up"):
+        c.head_manifest("production")
+
+
+def test_head_manifest_returns_descriptor_or_none() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/production"):
+            headers = {"Docker-Content-Digest": DIGEST, "Content-Type": OCI_INDEX, "Content-Length": "42"}
+            return httpx.Response(200, headers=headers)
+        return httpx.Response(404)
+
+    with client(handler) as c:
+        desc = c.head_manifest("production")
+        assert desc is not None
+        assert (desc.digest, desc.size, desc.media_type) == (DIGEST, 42, OCI_INDEX)
+        assert c.head_manifest("staging") is None
+
+
+def test_blob_digest_is_verified() -> None:
+    with client(lambda _r: httpx.Response(200, content=b"evil")) as c, pytest.raises(VerificationFailed):
+        c.get_blob(sha256_digest(b"good"))
+    with client(lambda _r: httpx.Response(200, content=b"good")) as c:
+        assert c.get_blob(sha256_digest(b"good")) == b"good"
+
+
+def test_bearer_challenge_gets_a_token_with_basic_credentials() -> None:
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.example.com":
+            assert request.headers["authorization"].startswith("Basic ")
+            assert request.url.params["scope"] == "repository:otaml/runtime:pull"
+            return httpx.Response(200, json={"token": "T0K"})
+        seen.append(request.headers.get("authorization"))
+        if request.headers.get("authorization") != "Bearer T0K":
+            challenge = (
+                'Bearer realm="https://auth.example.com/token",service="reg",scope="repository:otaml/runtime:pull"'
+            )
+            return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+        return httpx.Response(200, content=b"{}", headers={"Content-Type": OCI_MANIFEST})
+
+    with client(handler, auth=("u", "p")) as c:
+        c.get_manifest("v1")
+        c.get_manifest("v2")  # the token is reused
+    assert seen == [None, "Bearer T0K", "Bearer T0K"]
+
+
+def test_basic_challenge_without_credentials_says_so() -> None:
+    handler = lambda _r: httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="r"'})  # noqa: E731
+    with client(handler) as c, pytest.raises(RegistryAuthError, match="needs credentials"):
+        c.get_manifest("v1")
+
+
+def test_tampered_manifest_by_digest_is_refused() -> None:
+    handler = lambda _r: httpx.Response(200, content=b"{}", headers={"Content-Type": OCI_MANIFEST})  # noqa: E731
+    with client(handler) as c, pytest.raises(VerificationFailed):
+        c.get_manifest(DIGEST)

@@ -17,6 +17,11 @@ COMMAND_MODULES = (
     "otaml.cmd_data",
     "otaml.cmd_train",
     "otaml.cmd_serve",
+    "otaml.cmd_models",
+    "otaml.cmd_keys",
+    "otaml.cmd_bake",
+    "otaml.cmd_agent",
+    "otaml.cmd_demo",
 )
 
 

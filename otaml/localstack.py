@@ -1,0 +1,326 @@
+"""Private, throw-away instances of the real infrastructure on this machine: a docker-registry and a containerd.
+
+Used by ``otaml demo`` and by the test fixtures (``tests/fixtures/oci_registry.py``, ``containerd.py``), so the
+demo and the tests start them the same way::
+
+    with LocalRegistry(workdir / "registry") as address:              # "127.0.0.1:PORT", plain HTTP, no auth
+        with LocalContainerd(workdir / "ctrd", "otaml-demo") as ctrd:  # ContainerdInstance(socket, namespace)
+            socket, namespace = ctrd
+            ctrd.ctr("image", "ls")
+
+Each keeps everything (config, storage, log) under its directory, runs as a child of this process and is
+stopped on exit, also after an error; ``stop()`` is idempotent. A component that cannot start raises
+:class:`LocalStackError` naming what is missing and how to install it. :func:`missing_tools` tells callers
+up front (the demo's mode selection, ``require()`` in tests). :func:`build_runtime_image` runs
+``images/build-runtime.sh`` (the base runtime image, no model) the way the demo and the fixtures need it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import NamedTuple
+
+import httpx
+
+from edge_runtime.errors import OtamlError
+
+REGISTRY_CONFIG = """\
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: {root}
+  delete:
+    enabled: true
+http:
+  addr: {address}
+"""
+
+CONTAINERD_CONFIG = """\
+version = 2
+root = "{dir}/root"
+state = "{dir}/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+
+[grpc]
+  address = "{dir}/containerd.sock"
+
+[ttrpc]
+  address = "{dir}/containerd.sock.ttrpc"
+
+[debug]
+  address = "{dir}/debug.sock"
+"""
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD_SCRIPT = ROOT / "images" / "build-runtime.sh"
+BUILD_TIMEOUT_S = 60 * 60  # a fresh machine: ~10-15 min (mmdebstrap + buildah); cached runs take seconds
+
+# sun_path is 108 bytes on Linux; containerd also creates "<socket>.ttrpc".
+MAX_SOCKET_PATH = 100
+
+INSTALL = {
+    "docker-registry": "apt-get install -y docker-registry",
+    "containerd": "apt-get install -y containerd runc",
+    "ctr": "apt-get install -y containerd",
+    "runc": "apt-get install -y runc",
+}
+
+
+class LocalStackError(OtamlError):
+    """A local registry or containerd could not be started (missing tool, no root, start-up failure)."""
+
+
+def missing_tools(tools: tuple[str, ...]) -> list[str]:
+    """The tools of ``tools`` not on PATH."""
+    return [tool for tool in tools if shutil.which(tool) is None]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _tail(path: Path, n: int = 3000) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError:
+        return ""
+
+
+def _stop_process(process: subprocess.Popen[bytes] | None, timeout_s: float) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+class LocalRegistry:
+    """A CNCF distribution registry (``docker-registry``) on a free loopback port; ``with`` yields its address."""
+
+    def __init__(self, workdir: str | os.PathLike[str], *, binary: str = "docker-registry", timeout_s: float = 15.0):
+        self.workdir = Path(workdir)
+        self.binary = binary
+        self.timeout_s = timeout_s
+        self.address = ""
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "registry.log"
+
+    def start(self) -> str:
+        """Start the registry and wait until ``GET /v2/`` answers; return ``127.0.0.1:PORT``."""
+        binary = shutil.which(self.binary)
+        if binary is None:
+            raise LocalStackError(f"{self.binary} is not installed. Install it: {INSTALL['docker-registry']}.")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.address = f"127.0.0.1:{free_port()}"
+        config = self.workdir / "config.yml"
+        config.write_text(REGISTRY_CONFIG.format(root=self.workdir / "storage", address=self.address))
+        with open(self.log, "wb") as out:
+            self.process = subprocess.Popen([binary, "serve", str(config)], stdout=out, stderr=subprocess.STDOUT)
+        try:
+            self._wait()
+        except BaseException:
+            self.stop()
+            raise
+        return self.address
+
+    def _wait(self) -> None:
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise LocalStackError(
+                    f"docker-registry exited with {self.process.returncode} at start; its log ({self.log}):\n"
+                    f"{_tail(self.log)}"
+                )
+            try:
+                if httpx.get(f"http://{self.address}/v2/", timeout=1.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise LocalStackError(
+            f"docker-registry did not answer on {self.address} within {self.timeout_s:g} s; its log ({self.log}):\n"
+            f"{_tail(self.log)}"
+        )
+
+    def stop(self) -> None:
+        _stop_process(self.process, 10)
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class ContainerdInstance(NamedTuple):
+    """A running containerd: ``socket, namespace = instance``; ``instance.ctr(...)`` runs ``ctr`` against it."""
+
+    socket: str
+    namespace: str
+
+    def ctr(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run ``ctr --address SOCKET -n NAMESPACE ARGS...`` and return the completed process (text)."""
+        return subprocess.run(
+            ["ctr", "--address", self.socket, "-n", self.namespace, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=check,
+        )
+
+    def remove_all(self) -> None:
+        """Kill and delete every task and container left in the namespace, so their shims exit."""
+        listed = self.ctr("containers", "list", "--quiet", check=False).stdout.split()
+        for container_id in listed:
+            self.ctr("task", "kill", "--signal", "SIGKILL", container_id, check=False)
+        for container_id in listed:
+            # A killed task needs a moment to be reaped before it can be deleted.
+            for _ in range(50):
+                if self.ctr("task", "delete", container_id, check=False).returncode == 0:
+                    break
+                if container_id not in self.ctr("task", "list", "--quiet", check=False).stdout.split():
+                    break
+                time.sleep(0.1)
+            self.ctr("containers", "delete", container_id, check=False)
+
+
+class LocalContainerd:
+    """A private containerd daemon (own root, state and sockets under ``workdir``; overlayfs, runc).
+
+    ``with LocalContainerd(workdir, namespace) as instance`` yields a :class:`ContainerdInstance`; on exit every
+    container left in ``namespace`` is removed and the daemon stopped. Needs root, ``containerd``, ``ctr``, ``runc``.
+    """
+
+    TOOLS = ("containerd", "ctr", "runc")
+
+    def __init__(self, workdir: str | os.PathLike[str], namespace: str = "otaml", *, timeout_s: float = 20.0):
+        self.workdir = Path(workdir)
+        self.namespace = namespace
+        self.timeout_s = timeout_s
+        self.process: subprocess.Popen[bytes] | None = None
+        self.instance: ContainerdInstance | None = None
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "containerd.log"
+
+    def start(self) -> ContainerdInstance:
+        if os.geteuid() != 0:
+            raise LocalStackError("containerd needs root here (mounts, cgroups); run as root, e.g. with sudo.")
+        missing = missing_tools(self.TOOLS)
+        if missing:
+            how = "; ".join(dict.fromkeys(INSTALL[t] for t in missing))
+            raise LocalStackError(f"{', '.join(missing)} not installed. Install: {how}.")
+        self.workdir = self.workdir.resolve()
+        sock = self.workdir / "containerd.sock"
+        if len(str(sock)) > MAX_SOCKET_PATH:
+            raise LocalStackError(
+                f"containerd's socket path {sock} is {len(str(sock))} bytes; unix sockets allow about "
+                f"{MAX_SOCKET_PATH}. Use a shorter work directory (e.g. under /tmp)."
+            )
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "config.toml"
+        config.write_text(CONTAINERD_CONFIG.format(dir=self.workdir))
+        with open(self.log, "wb") as out:
+            # Its own session: Ctrl-C in a terminal reaches us, and we stop it in order (containers first).
+            self.process = subprocess.Popen(
+                ["containerd", "--config", str(config)], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self.instance = ContainerdInstance(str(sock), self.namespace)
+        try:
+            self._wait(self.instance)
+        except BaseException:
+            self.stop()
+            raise
+        return self.instance
+
+    def _wait(self, instance: ContainerdInstance) -> None:
+        deadline = time.monotonic() + self.timeout_s
+        while instance.ctr("version", check=False, timeout=10).returncode != 0:
+            if self.process is not None and self.process.poll() is not None:
+                raise LocalStackError(
+                    f"containerd exited with {self.process.returncode} at start; its log ({self.log}):\n"
+                    f"{_tail(self.log)}"
+                )
+            if time.monotonic() > deadline:
+                raise LocalStackError(
+                    f"containerd did not answer on {instance.socket} within {self.timeout_s:g} s; its log:\n"
+                    f"{_tail(self.log)}"
+                )
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        """Remove the namespace's containers (their shims outlive the daemon otherwise), then stop containerd."""
+        try:
+            if self.instance is not None and self.process is not None and self.process.poll() is None:
+                self.instance.remove_all()
+        finally:
+            _stop_process(self.process, 20)
+
+    def __enter__(self) -> ContainerdInstance:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def build_runtime_image(push: str | None = None, log: Path | None = None, timeout_s: float = BUILD_TIMEOUT_S) -> str:
+    """Run ``images/build-runtime.sh`` (cached under ~/.cache/otaml), pushing to ``push`` if given.
+
+    Returns ``<layout dir>:<tag>`` of the built index. Its progress goes to ``log``. Interrupted (Ctrl-C, an
+    error, the timeout), it stops the whole build (buildah, mmdebstrap), not only the script.
+    """
+    command = ["bash", str(BUILD_SCRIPT)] + (["--push", push] if push else [])
+    with open(log or os.devnull, "w") as err:
+        # Its own process group, so stopping it reaches buildah and mmdebstrap too, not only bash.
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT, start_new_session=True
+        )
+        try:
+            out, _ = process.communicate(timeout=timeout_s)
+        except BaseException as exc:
+            _kill_group(process)
+            if isinstance(exc, subprocess.TimeoutExpired):
+                raise LocalStackError(f"images/build-runtime.sh took over {timeout_s:g} s; see {log}.") from exc
+            raise
+    if process.returncode != 0:
+        tail = _tail(log) if log else "(no log kept)"
+        raise LocalStackError(f"images/build-runtime.sh failed ({process.returncode}); end of {log}:\n{tail}")
+    lines = [x for x in out.splitlines() if x.startswith("OCI_LAYOUT=")]
+    if not lines:
+        raise LocalStackError("images/build-runtime.sh printed no OCI_LAYOUT= line; is the script up to date?")
+    return lines[-1].removeprefix("OCI_LAYOUT=")
+
+
+def _kill_group(process: subprocess.Popen[str]) -> None:
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue

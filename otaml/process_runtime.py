@@ -1,0 +1,186 @@
+"""A :class:`~edge_runtime.agent.runtime.ContainerRuntime` made of local processes, for machines without containerd.
+
+Images come from an OCI image layout (the registry's stand-in): ``pull`` copies the platform's blobs into a
+local content store and unpacks the model bundle (``/opt/model``) of the image; ``start`` runs
+``python -m edge_runtime serve --bundle <that dir>`` with the spec's environment. It keeps the agent's contract
+(names, labels, status, idempotent stop, logs) but isolates nothing: no memory or CPU limit, no read-only root,
+the current user. The demo's embedded mode uses it; a device uses containerd.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_runtime.agent.runtime import AGENT_LABEL, ContainerSpec, ContainerStatus, PullResult, RuntimeFailure
+from edge_runtime.agent.source import pick_platform
+from edge_runtime.errors import NotFound
+
+BUNDLE_DIR = "opt/model"
+
+
+@dataclass
+class _Process:
+    spec: ContainerSpec
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+class ProcessRuntime:
+    """Images unpacked under ``root``, services as child processes; ``client`` reads the layout (get_manifest/blob)."""
+
+    def __init__(self, client: Any, root: Path, python: str = sys.executable) -> None:
+        self.client = client
+        self.root = root
+        self.python = python
+        self._containers: dict[str, _Process] = {}
+        (root / "blobs").mkdir(parents=True, exist_ok=True)
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "logs").mkdir(parents=True, exist_ok=True)
+
+    # ── images ─────────────────────────────────────────────────────────────────────────────────────
+    def _image_dir(self, ref: str) -> Path:
+        digest = ref.rsplit("@", 1)[-1]
+        if not digest.startswith("sha256:"):
+            raise NotFound(f"Image reference {ref!r} names no digest; the agent pulls host/repo@sha256:...")
+        return self.root / "images" / digest.removeprefix("sha256:")
+
+    def _blob_path(self, digest: str) -> Path:
+        return self.root / "blobs" / digest.removeprefix("sha256:")
+
+    def _fetch(self, digest: str) -> tuple[bytes, int]:
+        path = self._blob_path(digest)
+        if path.is_file():
+            return path.read_bytes(), 0
+        data: bytes = self.client.get_blob(digest)  # the layout verifies the digest
+        path.write_bytes(data)
+        return data, len(data)
+
+    def pull(self, ref: str, platform: str) -> PullResult:
+        target = self._image_dir(ref)
+        digest = ref.rsplit("@", 1)[-1]
+        data, _media, _ = self.client.get_manifest(digest)
+        manifest = json.loads(data)
+        fetched = 0
+        if "manifests" in manifest:
+            entry = pick_platform(manifest, platform, ref)
+            data, _media, _ = self.client.get_manifest(str(entry["digest"]))
+            manifest = json.loads(data)
+        _, n = self._fetch(str(manifest["config"]["digest"]))
+        fetched += n
+        bundle = target.with_suffix(".partial")
+        shutil.rmtree(bundle, ignore_errors=True)
+        for layer in manifest.get("layers", []):
+            blob, n = self._fetch(str(layer["digest"]))
+            fetched += n
+            self._unpack_bundle(blob, bundle)
+        if not (bundle / BUNDLE_DIR / "model.json").is_file():
+            shutil.rmtree(bundle, ignore_errors=True)
+            raise RuntimeFailure(f"Image {ref} has no /{BUNDLE_DIR}/model.json; bake it with registry/bake.py.")
+        (bundle / "ref").write_text(ref)
+        shutil.rmtree(target, ignore_errors=True)
+        bundle.rename(target)
+        return PullResult(ref, fetched)
+
+    @staticmethod
+    def _unpack_bundle(blob: bytes, dest: Path) -> None:
+        """Extract only ``opt/model/*`` (a real runtime base layer holds a whole Debian root we do not need)."""
+        try:
+            with tarfile.open(fileobj=io.BytesIO(blob), mode="r:*") as tar:
+                members = [
+                    m
+                    for m in tar.getmembers()
+                    if m.name.lstrip("./").startswith(BUNDLE_DIR + "/") and (m.isfile() or m.isdir())
+                ]
+                tar.extractall(dest, members=members, filter="data")
+        except tarfile.TarError as exc:
+            raise RuntimeFailure(f"A layer is not a readable tar: {exc}") from exc
+
+    def has_image(self, ref: str) -> bool:
+        return ref in self.list_images()
+
+    def read_blob(self, digest: str) -> bytes:
+        path = self._blob_path(digest)
+        if not path.is_file():
+            raise NotFound(f"Blob {digest} is not in the local content store {self.root / 'blobs'}; pull first.")
+        return path.read_bytes()
+
+    def remove_image(self, ref: str) -> None:
+        target = self._image_dir(ref)
+        if not target.is_dir():
+            raise NotFound(f"Image {ref} is not in {self.root / 'images'}.")
+        shutil.rmtree(target)
+
+    def list_images(self) -> list[str]:
+        refs = []
+        for ref_file in sorted((self.root / "images").glob("*/ref")):
+            refs.append(ref_file.read_text())
+        return refs
+
+    # ── services ───────────────────────────────────────────────────────────────────────────────────
+    def start(self, spec: ContainerSpec) -> None:
+        if spec.name in self._containers:
+            raise RuntimeFailure(f"A service named {spec.name} exists already; stop it first.")
+        bundle = self._image_dir(spec.image) / BUNDLE_DIR
+        if not bundle.is_dir():
+            raise NotFound(f"Image {spec.image} is not unpacked here; pull it first.")
+        log = self.root / "logs" / f"{spec.name}.log"
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH", "VIRTUAL_ENV")}
+        env.update(spec.env)
+        with open(log, "ab") as out:
+            process = subprocess.Popen(
+                [self.python, "-m", "edge_runtime", "serve", "--bundle", str(bundle)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # Ctrl-C in the terminal does not hit it; stop() does, in order
+            )
+        self._containers[spec.name] = _Process(spec, process, log)
+
+    def status(self, name: str) -> ContainerStatus:
+        entry = self._containers.get(name)
+        if entry is None:
+            raise NotFound(f"No service named {name}.")
+        code = entry.process.poll()
+        return ContainerStatus(
+            name=name,
+            image=entry.spec.image,
+            running=code is None,
+            exit_code=code,
+            labels={AGENT_LABEL: "1", **entry.spec.labels},
+        )
+
+    def stop(self, name: str, timeout_s: float) -> None:
+        entry = self._containers.pop(name, None)
+        if entry is None or entry.process.poll() is not None:
+            return
+        entry.process.send_signal(signal.SIGTERM if timeout_s > 0 else signal.SIGKILL)
+        try:
+            entry.process.wait(timeout=max(timeout_s, 0.1))
+        except subprocess.TimeoutExpired:
+            entry.process.kill()
+            entry.process.wait()
+
+    def list_containers(self) -> list[ContainerStatus]:
+        return [self.status(name) for name in list(self._containers)]
+
+    def logs(self, name: str, max_bytes: int = 2000) -> str:
+        entry = self._containers.get(name)
+        path = entry.log if entry else self.root / "logs" / f"{name}.log"
+        try:
+            return path.read_bytes()[-max_bytes:].decode(errors="replace")
+        except OSError:
+            return ""
+
+    def stop_all(self) -> None:
+        for name in list(self._containers):
+            self.stop(name, 5)

@@ -1,0 +1,56 @@
+"""ProcessRuntime: images from an OCI layout, services as real ``python -m edge_runtime serve`` processes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from edge_runtime.agent.canary import HttpProber, golden_from_layers
+from edge_runtime.agent.runtime import ContainerSpec
+from edge_runtime.agent.source import RegistrySource
+from edge_runtime.bundle import Bundle
+from edge_runtime.errors import NotFound
+from otaml.demo_embedded import LayoutClient, minimal_base_image
+from otaml.process_runtime import ProcessRuntime
+from registry.bake import bake
+from registry.oci.layout import Layout
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def test_pull_start_stop_from_a_layout(tmp_path: Path, model_bundle: Bundle) -> None:
+    base = minimal_base_image(tmp_path / "base", "linux/amd64")
+    baked = bake(base, model_bundle.path, f"oci:{tmp_path / 'images'}", tag="model-v1")
+    client = LayoutClient(Layout(tmp_path / "images"))
+    runtime = ProcessRuntime(client, tmp_path / "device")
+    ref = f"embedded.invalid/demo@{baked.digest}"
+
+    pulled = runtime.pull(ref, "linux/amd64")
+    assert pulled.bytes_fetched >= baked.layer_size
+    assert runtime.has_image(ref)
+    assert runtime.list_images() == [ref]
+    assert runtime.pull(ref, "linux/amd64").bytes_fetched == 0  # blobs already in the local store
+    resolved = RegistrySource(client, "demo", "model-v1").resolve(baked.digest, "linux/amd64")
+    assert golden_from_layers(runtime, resolved.layers, ref).scores == list(model_bundle.card.golden.scores)
+
+    port = free_port()
+    spec = ContainerSpec(name="svc", image=ref, env={"OTAML_PORT": str(port), "OTAML_HOST": "127.0.0.1"})
+    runtime.start(spec)
+    try:
+        prober = HttpProber(timeout_s=1)
+        deadline = time.monotonic() + 60
+        while not prober.ready(port):
+            assert runtime.status("svc").running, runtime.logs("svc")
+            assert time.monotonic() < deadline, runtime.logs("svc")
+            time.sleep(0.2)
+        assert [c.name for c in runtime.list_containers()] == ["svc"]
+    finally:
+        runtime.stop("svc", timeout_s=5)
+    with pytest.raises(NotFound):
+        runtime.status("svc")
+    runtime.stop("svc", timeout_s=5)  # idempotent
+    runtime.remove_image(ref)
+    assert runtime.list_images() == []

@@ -155,12 +155,12 @@ pip_python() {
   if [[ -x $ROOT_DIR/.venv/bin/python ]]; then echo "$ROOT_DIR/.venv/bin/python"; else echo python3; fi
 }
 
-# Print a directory holding the target arch's wheels of the edge extra (cached by requirement list).
+# Print a directory holding the target arch's wheels of the serve extra (cached by requirement list).
 wheelhouse() {
   local wheel_arch=$1 py reqs key dir
   py=$(pip_python)
-  reqs=$("$py" -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["optional-dependencies"]["edge"]))' \
-    "$ROOT_DIR/pyproject.toml") || die "cannot read the edge extra from pyproject.toml with $py (needs Python >= 3.11)"
+  reqs=$("$py" -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["optional-dependencies"]["serve"]))' \
+    "$ROOT_DIR/pyproject.toml") || die "cannot read the serve extra from pyproject.toml with $py (needs Python >= 3.11)"
   key=$(key_of "$SCRIPT_VERSION" "$reqs" "$(sha256sum <"$ROOT_DIR/constraints.txt")" "$wheel_arch")
   dir="$CACHE_DIR/wheels/$wheel_arch-$key"
   if [[ -f $dir/.complete && $REFRESH -eq 0 ]]; then

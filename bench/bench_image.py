@@ -11,8 +11,8 @@ Limits: the arm64 image must stay under 500 MB (hard), the goal is 150 MB.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -64,20 +64,6 @@ def update_bytes(client: RegistryClient, old: str, new: str, arch: str) -> int:
     return sum(size for digest, size in closure(new).items() if digest not in have)
 
 
-def start_registry(workdir: Path) -> tuple[str, subprocess.Popen[bytes]]:
-    from tests.conftest import free_port
-    from tests.fixtures.oci_registry import CONFIG, wait_for_registry
-
-    address = f"127.0.0.1:{free_port()}"
-    config = workdir / "config.yml"
-    config.write_text(CONFIG.format(root=workdir / "storage", address=address))
-    log = workdir / "registry.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=out, stderr=subprocess.STDOUT)
-    wait_for_registry(address, process, log)
-    return address, process
-
-
 def mb(n: float) -> str:
     return f"{n / 1e6:8.1f} MB"
 
@@ -88,68 +74,60 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5, help="bakes to time (median reported)")
     args = parser.parse_args()
 
+    from otaml.localstack import LocalRegistry, build_runtime_image
     from tests.fixtures.bundles import build_bundle
-    from tests.fixtures.runtime_image import build_runtime_image
 
-    with tempfile.TemporaryDirectory(prefix="otaml-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="otaml-bench-") as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
-        process = None
-        address = args.registry
-        if address is None:
-            address, process = start_registry(work)
-        try:
-            base = f"{address}/otaml/runtime:base"
-            t0 = time.monotonic()
-            build_runtime_image(push=base, log=work / "build.log")
-            build_seconds = time.monotonic() - t0
-            v1 = build_bundle(work / "v1", version="1", seed=0)
-            v2 = build_bundle(work / "v2", version="2", seed=5)
+        address = args.registry or stack.enter_context(LocalRegistry(work / "registry"))
+        base = f"{address}/otaml/runtime:base"
+        t0 = time.monotonic()
+        build_runtime_image(push=base, log=work / "build.log")
+        build_seconds = time.monotonic() - t0
+        v1 = build_bundle(work / "v1", version="1", seed=0)
+        v2 = build_bundle(work / "v2", version="2", seed=5)
 
-            repo = f"{address}/bench/runtime"
-            first_times, noop_times = [], []
-            result = None
-            for i in range(args.repeat):
-                t = time.monotonic()
-                result = bake(base, v1.path, f"{address}/bench/run{i}", "model-v1")
-                first_times.append(time.monotonic() - t)
-                t = time.monotonic()
-                bake(base, v1.path, f"{address}/bench/run{i}", "model-v1")
-                noop_times.append(time.monotonic() - t)
-            assert result is not None
-            bake(base, v1.path, repo, "model-v1")
-            v2_result = bake(base, v2.path, repo, "model-v2")
+        repo = f"{address}/bench/runtime"
+        first_times, noop_times = [], []
+        result = None
+        for i in range(args.repeat):
+            t = time.monotonic()
+            result = bake(base, v1.path, f"{address}/bench/run{i}", "model-v1")
+            first_times.append(time.monotonic() - t)
+            t = time.monotonic()
+            bake(base, v1.path, f"{address}/bench/run{i}", "model-v1")
+            noop_times.append(time.monotonic() - t)
+        assert result is not None
+        bake(base, v1.path, repo, "model-v1")
+        v2_result = bake(base, v2.path, repo, "model-v2")
 
-            rows: list[tuple[str, str]] = []
-            with RegistryClient(address, "otaml/runtime") as client:
-                for arch in ("arm64", "amd64"):
-                    compressed, uncompressed, layers = image_sizes(client, "base", arch)
-                    verdict = (
-                        "OK" if uncompressed <= GOAL else ("over goal" if uncompressed <= HARD_LIMIT else "OVER LIMIT")
+        rows: list[tuple[str, str]] = []
+        with RegistryClient(address, "otaml/runtime") as client:
+            for arch in ("arm64", "amd64"):
+                compressed, uncompressed, layers = image_sizes(client, "base", arch)
+                verdict = (
+                    "OK" if uncompressed <= GOAL else ("over goal" if uncompressed <= HARD_LIMIT else "OVER LIMIT")
+                )
+                rows.append((f"base {arch} compressed (pull, {layers} layers)", mb(compressed)))
+                rows.append((f"base {arch} uncompressed [{verdict}]", mb(uncompressed)))
+        with RegistryClient(address, "bench/runtime") as client:
+            for arch in ("arm64",):
+                compressed, uncompressed, _ = image_sizes(client, "model-v1", arch)
+                rows.append((f"model-v1 {arch} compressed", mb(compressed)))
+                rows.append((f"model-v1 {arch} uncompressed", mb(uncompressed)))
+                rows.append(
+                    (
+                        f"update v1 -> v2 pulled ({arch})",
+                        f"{update_bytes(client, 'model-v1', 'model-v2', arch):8d} B",
                     )
-                    rows.append((f"base {arch} compressed (pull, {layers} layers)", mb(compressed)))
-                    rows.append((f"base {arch} uncompressed [{verdict}]", mb(uncompressed)))
-            with RegistryClient(address, "bench/runtime") as client:
-                for arch in ("arm64",):
-                    compressed, uncompressed, _ = image_sizes(client, "model-v1", arch)
-                    rows.append((f"model-v1 {arch} compressed", mb(compressed)))
-                    rows.append((f"model-v1 {arch} uncompressed", mb(uncompressed)))
-                    rows.append(
-                        (
-                            f"update v1 -> v2 pulled ({arch})",
-                            f"{update_bytes(client, 'model-v1', 'model-v2', arch):8d} B",
-                        )
-                    )
-                layer = client.get_blob(result.layer_digest)
-            rows.append(("model layer compressed", f"{result.layer_size:8d} B"))
-            rows.append(("model layer uncompressed", f"{gunzipped_size(layer):8d} B"))
-            rows.append(("bake v2 uploaded (same repo)", f"{v2_result.bytes_uploaded:8d} B"))
-            rows.append((f"bake, new repo (median of {args.repeat})", f"{statistics.median(first_times):8.2f} s"))
-            rows.append((f"bake, no-op re-bake (median of {args.repeat})", f"{statistics.median(noop_times):8.2f} s"))
-            rows.append(("build-runtime.sh (this run, cached or not)", f"{build_seconds:8.1f} s"))
-        finally:
-            if process is not None:
-                process.terminate()
-                process.wait(timeout=10)
+                )
+            layer = client.get_blob(result.layer_digest)
+        rows.append(("model layer compressed", f"{result.layer_size:8d} B"))
+        rows.append(("model layer uncompressed", f"{gunzipped_size(layer):8d} B"))
+        rows.append(("bake v2 uploaded (same repo)", f"{v2_result.bytes_uploaded:8d} B"))
+        rows.append((f"bake, new repo (median of {args.repeat})", f"{statistics.median(first_times):8.2f} s"))
+        rows.append((f"bake, no-op re-bake (median of {args.repeat})", f"{statistics.median(noop_times):8.2f} s"))
+        rows.append(("build-runtime.sh (this run, cached or not)", f"{build_seconds:8.1f} s"))
 
     width = max(len(name) for name, _ in rows)
     print(f"{'figure':<{width}}  value")

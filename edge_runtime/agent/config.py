@@ -1,0 +1,225 @@
+"""The agent's TOML configuration (see deploy/agent.example.toml for every key and its default).
+
+Every bad value is reported with its key and value, e.g.
+``Config 'service.cpus' has value 'lots'. Not a number; expected e.g. 0.25.``
+"""
+
+from __future__ import annotations
+
+import platform as _platform
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_runtime.errors import InputError
+
+# containerd's identifier rule for namespaces.
+_NAMESPACE = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")
+
+
+class ConfigError(InputError):
+    """The agent configuration file is missing, malformed or has an invalid value."""
+
+
+_MACHINE_TO_PLATFORM = {
+    "x86_64": "linux/amd64",
+    "amd64": "linux/amd64",
+    "aarch64": "linux/arm64",
+    "arm64": "linux/arm64",
+    "armv7l": "linux/arm/v7",
+}
+
+
+def device_platform() -> str:
+    """The OCI platform of this machine, e.g. ``linux/arm64`` on a Raspberry Pi 4."""
+    machine = _platform.machine().lower()
+    return _MACHINE_TO_PLATFORM.get(machine, f"linux/{machine}")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything the agent needs; build it with :func:`load_config` or :meth:`from_mapping`."""
+
+    registry_url: str
+    repository: str
+    channel: str = "production"
+    registry_timeout_s: float = 10.0
+    poll_interval_s: float = 30.0
+    poll_jitter: float = 0.2
+    backoff_base_s: float = 2.0
+    backoff_max_s: float = 300.0
+    containerd_socket: str = "/run/containerd/containerd.sock"
+    namespace: str = "otaml"
+    ctr_path: str = "ctr"
+    platform: str = field(default_factory=device_platform)
+    public_port: int = 8080
+    private_ports: tuple[int, int] = (18081, 18082)
+    service_host: str = "0.0.0.0"
+    memory_mb: int = 100
+    cpus: float = 0.25
+    service_env: Mapping[str, str] = field(default_factory=dict)
+    drain_s: float = 5.0
+    switch_grace_s: float = 1.0
+    stop_timeout_s: float = 15.0
+    probation_s: float = 60.0
+    ready_timeout_s: float = 60.0
+    health_timeout_s: float = 2.0
+    health_interval_s: float = 2.0
+    unhealthy_after: int = 3
+    warm_rollback: bool = False
+    state_dir: Path = Path("/var/lib/otaml-agent")
+    metrics_textfile: Path | None = None
+    handover: str = "iptables"
+    verification: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def channel_ref(self) -> str:
+        return f"{self.repository}:{self.channel}"
+
+    @property
+    def registry_host(self) -> str:
+        """``host:port`` of the registry, as containerd names images (``host:port/repo@digest``)."""
+        return self.registry_url.split("://", 1)[-1].rstrip("/")
+
+    @property
+    def plain_http(self) -> bool:
+        return self.registry_url.startswith("http://")
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.metrics_textfile or self.state_dir / "agent.prom"
+
+    def image_ref(self, digest: str) -> str:
+        """The containerd image name for ``digest`` in this repository."""
+        return f"{self.registry_host}/{self.repository}@{digest}"
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], where: str = "agent config") -> AgentConfig:
+        """Validate a decoded TOML document."""
+        r = _Reader(data, where)
+        url = r.string("registry", "url")
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"Config 'registry.url' has value {url!r}. Use http://host:port or https://host.")
+        ports = r.get("service", "private_ports", [18081, 18082])
+        if (
+            not isinstance(ports, list)
+            or len(ports) != 2
+            or not all(isinstance(p, int) and 0 < p < 65536 for p in ports)
+            or ports[0] == ports[1]
+        ):
+            raise ConfigError(
+                f"Config 'service.private_ports' has value {ports!r}. Give two different ports, e.g. [18081, 18082]."
+            )
+        public = r.port("service", "public_port", 8080)
+        if public in ports:
+            raise ConfigError(f"Config 'service.public_port' ({public}) must differ from service.private_ports.")
+        env = r.get("service", "env", {})
+        if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+            raise ConfigError(f"Config 'service.env' has value {env!r}. Use a table of strings.")
+        handover = r.string("agent", "handover", "iptables")
+        if handover not in ("iptables", "none"):
+            raise ConfigError(f"Config 'agent.handover' has value {handover!r}. Use 'iptables' (or 'none' in tests).")
+        namespace = r.string("containerd", "namespace", "otaml")
+        if not _NAMESPACE.fullmatch(namespace):
+            raise ConfigError(
+                f"Config 'containerd.namespace' has value {namespace!r}. Use letters and digits joined by . _ or -."
+            )
+        textfile = r.get("agent", "metrics_textfile", "")
+        verification = data.get("verification", {})
+        if not isinstance(verification, dict):
+            raise ConfigError(f"Config 'verification' has value {verification!r}. Use a [verification] table.")
+        return cls(
+            registry_url=url.rstrip("/"),
+            repository=r.string("registry", "repository"),
+            channel=r.string("registry", "channel", "production"),
+            registry_timeout_s=r.number("registry", "timeout_s", 10.0),
+            poll_interval_s=r.number("poll", "interval_s", 30.0),
+            poll_jitter=r.number("poll", "jitter", 0.2, upper=1.0, zero_ok=True),
+            backoff_base_s=r.number("poll", "backoff_base_s", 2.0),
+            backoff_max_s=r.number("poll", "backoff_max_s", 300.0),
+            containerd_socket=r.string("containerd", "socket", "/run/containerd/containerd.sock"),
+            namespace=namespace,
+            ctr_path=r.string("containerd", "ctr", "ctr"),
+            platform=r.string("containerd", "platform", "") or device_platform(),
+            public_port=public,
+            private_ports=(ports[0], ports[1]),
+            service_host=r.string("service", "host", "0.0.0.0"),
+            memory_mb=int(r.number("service", "memory_mb", 100)),
+            cpus=r.number("service", "cpus", 0.25),
+            service_env=dict(env),
+            drain_s=r.number("service", "drain_s", 5.0, zero_ok=True),
+            switch_grace_s=r.number("service", "switch_grace_s", 1.0, zero_ok=True),
+            stop_timeout_s=r.number("service", "stop_timeout_s", 15.0),
+            probation_s=r.number("update", "probation_s", 60.0, zero_ok=True),
+            ready_timeout_s=r.number("update", "ready_timeout_s", 60.0),
+            health_timeout_s=r.number("update", "health_timeout_s", 2.0),
+            health_interval_s=r.number("update", "health_interval_s", 2.0),
+            unhealthy_after=int(r.number("update", "unhealthy_after", 3)),
+            warm_rollback=r.boolean("update", "warm_rollback", False),
+            state_dir=Path(r.string("agent", "state_dir", "/var/lib/otaml-agent")),
+            metrics_textfile=Path(textfile) if textfile else None,
+            handover=handover,
+            verification=dict(verification),
+        )
+
+
+def load_config(path: str | Path) -> AgentConfig:
+    """Read and validate the agent's TOML file."""
+    file = Path(path)
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"Agent config {file} does not exist. Copy deploy/agent.example.toml there and edit it."
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"Agent config {file} is not valid TOML: {exc}.") from exc
+    return AgentConfig.from_mapping(data, str(file))
+
+
+class _Reader:
+    def __init__(self, data: Mapping[str, Any], where: str) -> None:
+        self.data = data
+        self.where = where
+
+    def get(self, section: str, key: str, default: Any = None) -> Any:
+        table = self.data.get(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{self.where}: '{section}' must be a table ([{section}]), got {table!r}.")
+        if key not in table:
+            if default is None:
+                raise ConfigError(f"{self.where}: missing '{section}.{key}'. Add it under [{section}].")
+            return default
+        return table[key]
+
+    def string(self, section: str, key: str, default: str | None = None) -> str:
+        value = self.get(section, key, default)
+        if not isinstance(value, str):
+            raise ConfigError(f"Config '{section}.{key}' has value {value!r}. Not a string.")
+        return value
+
+    def number(
+        self, section: str, key: str, default: float, upper: float | None = None, zero_ok: bool = False
+    ) -> float:
+        value = self.get(section, key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"Config '{section}.{key}' has value {value!r}. Not a number; expected e.g. {default}.")
+        if value < 0 or (value == 0 and not zero_ok) or (upper is not None and value > upper):
+            bound = f"0..{upper}" if upper is not None else ("≥ 0" if zero_ok else "> 0")
+            raise ConfigError(f"Config '{section}.{key}' has value {value!r}. Out of range; expected {bound}.")
+        return float(value)
+
+    def boolean(self, section: str, key: str, default: bool) -> bool:
+        value = self.get(section, key, default)
+        if not isinstance(value, bool):
+            raise ConfigError(f"Config '{section}.{key}' has value {value!r}. Not a boolean; use true or false.")
+        return value
+
+    def port(self, section: str, key: str, default: int) -> int:
+        value = self.get(section, key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+            raise ConfigError(f"Config '{section}.{key}' has value {value!r}. Not a valid port; expected 1..65535.")
+        return value

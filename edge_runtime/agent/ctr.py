@@ -1,0 +1,242 @@
+""":class:`ContainerRuntime` on containerd 1.6 through its ``ctr`` command line (no gRPC stack in the agent).
+
+``ctr`` errors are converted here, at the boundary: "not found" → NotFound; network trouble while pulling
+→ TemporaryError; anything else → RuntimeFailure carrying ctr's output. containerd verifies every blob's
+digest while pulling, so a corrupt blob fails the pull (RuntimeFailure) and leaves no image behind.
+
+Exit codes: ``ctr task ls`` does not show them, so when a task has stopped on its own, :meth:`CtrRuntime.status`
+reads the cgroup's OOM-kill counter, deletes the task (``ctr task delete`` exits with the task's code) and
+remembers both.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from edge_runtime.agent.runtime import AGENT_LABEL, ContainerSpec, ContainerStatus, PullResult, RuntimeFailure
+from edge_runtime.errors import NotFound, TemporaryError
+
+_TEMPORARY = re.compile(
+    r"connection refused|no such host|i/o timeout|timeout|deadline exceeded|connection reset|"
+    r"unexpected status.*: 5\d\d|status code 5\d\d|: 5\d\d |503 Service|502 Bad|500 Internal|EOF|TLS handshake",
+    re.IGNORECASE,
+)
+_NOT_FOUND = re.compile(r"not found|no such|does not exist", re.IGNORECASE)
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+class CtrRuntime:
+    """Drives ``ctr --address SOCKET --namespace NS``; one namespace per agent."""
+
+    def __init__(
+        self,
+        socket: str,
+        namespace: str,
+        ctr: str = "ctr",
+        *,
+        plain_http: bool = False,
+        log_dir: Path | None = None,
+        pull_timeout_s: float = 900.0,
+        call_timeout_s: float = 60.0,
+    ) -> None:
+        self.base = [ctr, "--address", socket, "--namespace", namespace]
+        self.namespace = namespace
+        self.plain_http = plain_http
+        self.log_dir = log_dir
+        self.pull_timeout_s = pull_timeout_s
+        self.call_timeout_s = call_timeout_s
+        self._exited: dict[str, tuple[int | None, bool]] = {}
+
+    # ── plumbing ──────────────────────────────────────────────────────────────────────────────────
+    def _run(
+        self, args: Sequence[str], timeout: float | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[bytes]:
+        argv = [*self.base, *args]
+        try:
+            done = subprocess.run(argv, capture_output=True, timeout=timeout or self.call_timeout_s, check=False)
+        except FileNotFoundError as exc:
+            raise RuntimeFailure(
+                f"{argv[0]} is not installed: install containerd (apt-get install containerd)."
+            ) from exc
+        except subprocess.TimeoutExpired as exc:
+            raise TemporaryError(f"`ctr {' '.join(args)}` did not finish within {exc.timeout} s.") from exc
+        if check and done.returncode != 0:
+            raise self._error(args, done)
+        return done
+
+    def _error(self, args: Sequence[str], done: subprocess.CompletedProcess[bytes]) -> Exception:
+        out = (done.stderr or done.stdout).decode(errors="replace").strip()
+        message = f"`ctr {' '.join(args)}` failed ({done.returncode}): {out[-800:]}"
+        if _NOT_FOUND.search(out) and "pull" not in args:
+            return NotFound(message)
+        if "pull" in args and _TEMPORARY.search(out):
+            return TemporaryError(message + " Retrying with back-off.")
+        if "pull" in args and _NOT_FOUND.search(out):
+            return NotFound(message)
+        return RuntimeFailure(message)
+
+    def _lines(self, args: Sequence[str]) -> list[str]:
+        return [line for line in self._run(args).stdout.decode().splitlines() if line.strip()]
+
+    # ── images and content ────────────────────────────────────────────────────────────────────────
+    def _content_sizes(self) -> dict[str, int]:
+        sizes: dict[str, int] = {}
+        for line in self._lines(["content", "ls"])[1:]:
+            parts = line.split()
+            if len(parts) >= 2 and parts[0].startswith("sha256:"):
+                sizes[parts[0]] = _parse_size(parts[1])
+        return sizes
+
+    def pull(self, ref: str, platform: str) -> PullResult:
+        before = self._content_sizes()
+        args = ["image", "pull", "--platform", platform]
+        if self.plain_http:
+            args.append("--plain-http")
+        self._run([*args, ref], timeout=self.pull_timeout_s)
+        after = self._content_sizes()
+        return PullResult(ref, sum(size for digest, size in after.items() if digest not in before))
+
+    def has_image(self, ref: str) -> bool:
+        return ref in self.list_images()
+
+    def read_blob(self, digest: str) -> bytes:
+        return self._run(["content", "get", digest]).stdout
+
+    def remove_image(self, ref: str) -> None:
+        self._run(["image", "rm", ref])
+
+    def list_images(self) -> list[str]:
+        return self._lines(["image", "ls", "-q"])
+
+    # ── containers ────────────────────────────────────────────────────────────────────────────────
+    def start(self, spec: ContainerSpec) -> None:
+        args = ["run", "-d", "--net-host", "--memory-limit", str(spec.memory_bytes), "--cpus", f"{spec.cpus:g}"]
+        if spec.read_only:
+            args.append("--read-only")
+        for path in spec.tmpfs:
+            args += ["--mount", f"type=tmpfs,src=tmpfs,dst={path},options=nosuid:nodev:noexec:mode=1777:size=16m"]
+        for key, value in spec.env.items():
+            args += ["--env", f"{key}={value}"]
+        for key, value in spec.labels.items():
+            args += ["--label", f"{key}={value}"]
+        if spec.platform:
+            args += ["--platform", spec.platform]
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            log = self.log_dir / f"{spec.name}.log"
+            log.unlink(missing_ok=True)
+            args += ["--log-uri", f"file://{log}"]
+        self._exited.pop(spec.name, None)
+        self._run([*args, spec.image, spec.name, *spec.command])
+
+    def _tasks(self) -> dict[str, str]:
+        tasks: dict[str, str] = {}
+        for line in self._lines(["task", "ls"])[1:]:
+            parts = line.split()
+            if len(parts) >= 3:
+                tasks[parts[0]] = parts[2]
+        return tasks
+
+    def _info(self, name: str) -> dict[str, object]:
+        info = json.loads(self._run(["container", "info", name]).stdout)
+        if not isinstance(info, dict):
+            raise RuntimeFailure(f"`ctr container info {name}` returned {info!r}.")
+        return info
+
+    def _oom_killed(self, name: str) -> bool:
+        for file, key in (
+            (CGROUP_ROOT / "memory" / self.namespace / name / "memory.oom_control", "oom_kill"),  # cgroup v1
+            (CGROUP_ROOT / self.namespace / name / "memory.events", "oom_kill"),  # cgroup v2
+        ):
+            try:
+                for line in file.read_text().splitlines():
+                    k, _, v = line.partition(" ")
+                    if k == key and int(v) > 0:
+                        return True
+            except (OSError, ValueError):
+                continue
+        return False
+
+    def _reap(self, name: str) -> tuple[int | None, bool]:
+        """Record a stopped task's exit code and OOM kill, then delete the task."""
+        oom = self._oom_killed(name)
+        done = self._run(["task", "delete", name], check=False)
+        err = done.stderr.decode(errors="replace")
+        # ctr 1.6 reports a non-zero exit only as a warning: `task X exit with non-zero exit code 3`.
+        match = re.search(r"exit with non-zero exit code (\d+)", err)
+        code: int | None = int(match.group(1)) if match else done.returncode
+        if done.returncode != 0 and _NOT_FOUND.search(err):
+            code = None
+        self._exited[name] = (code, oom)
+        return self._exited[name]
+
+    def status(self, name: str) -> ContainerStatus:
+        info = self._info(name)
+        state = self._tasks().get(name)
+        labels = {str(k): str(v) for k, v in dict(info.get("Labels") or {}).items()}  # type: ignore[call-overload]
+        image = str(info.get("Image", ""))
+        if state == "RUNNING":
+            return ContainerStatus(name, image, True, labels=labels)
+        if state is not None and state != "CREATED":
+            code, oom = self._reap(name)
+        else:
+            code, oom = self._exited.get(name, (None, False))
+        return ContainerStatus(name, image, False, exit_code=code, oom_killed=oom, labels=labels)
+
+    def stop(self, name: str, timeout_s: float) -> None:
+        state = self._tasks().get(name)
+        if state == "RUNNING":
+            if timeout_s > 0:
+                self._run(["task", "kill", "--signal", "SIGTERM", name], check=False)
+                deadline = time.monotonic() + timeout_s
+                while time.monotonic() < deadline and self._tasks().get(name) == "RUNNING":
+                    time.sleep(0.1)
+            if self._tasks().get(name) == "RUNNING":
+                self._run(["task", "kill", "--signal", "SIGKILL", name], check=False)
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline and self._tasks().get(name) == "RUNNING":
+                    time.sleep(0.05)
+        if state is not None:
+            self._run(["task", "delete", "--force", name], check=False)
+        done = self._run(["container", "delete", name], check=False)
+        if done.returncode != 0 and not _NOT_FOUND.search(done.stderr.decode(errors="replace")):
+            raise self._error(["container", "delete", name], done)
+        self._exited.pop(name, None)
+
+    def logs(self, name: str, max_bytes: int = 2000) -> str:
+        if self.log_dir is None:
+            return ""
+        try:
+            with open(self.log_dir / f"{name}.log", "rb") as f:
+                f.seek(0, 2)
+                f.seek(max(0, f.tell() - max_bytes))
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def list_containers(self) -> list[ContainerStatus]:
+        out: list[ContainerStatus] = []
+        for name in self._lines(["container", "ls", "-q"]):
+            try:
+                status = self.status(name)
+            except NotFound:
+                continue
+            if AGENT_LABEL in status.labels:
+                out.append(status)
+        return out
+
+
+def _parse_size(text: str) -> int:
+    """``ctr content ls`` sizes: ``1.5 kB``-style is split in two columns by ctr, so parse ``12345`` or ``1.5kB``."""
+    match = re.fullmatch(r"([\d.]+)\s*([kKMGT]?i?B)?", text)
+    if not match:
+        return 0
+    value = float(match.group(1))
+    unit = (match.group(2) or "B").lower().replace("ib", "b")
+    factor = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12}.get(unit, 1)
+    return int(value * factor)

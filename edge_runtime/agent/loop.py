@@ -1,0 +1,59 @@
+"""The agent's poll loop: start-up recovery, then one update step per interval.
+
+Delays: the poll interval with ± ``poll_jitter`` (so a fleet does not poll in lock-step); after a temporary
+failure (registry down, timeouts, 5xx, containerd hiccups) exponential back-off with "equal jitter" — a
+random delay in [d/2, d] where d = min(backoff_max, backoff_base · 2^(failures-1)). Serving never depends
+on the loop: the containers and the kernel redirect keep working while it waits.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable
+
+from edge_runtime.agent.config import AgentConfig
+from edge_runtime.agent.metrics import render, write_textfile
+from edge_runtime.agent.reconcile import Reconciler, UpdateReport
+
+log = logging.getLogger("otaml.agent")
+
+
+def next_delay(config: AgentConfig, report: UpdateReport, failures: int, rand: random.Random) -> float:
+    """Seconds to wait after ``report``; ``failures`` counts consecutive failed steps."""
+    if report.outcome == "error" and report.temporary and failures > 0:
+        ceiling = min(config.backoff_max_s, config.backoff_base_s * 2 ** min(failures - 1, 30))
+        return rand.uniform(ceiling / 2, ceiling)
+    jitter = config.poll_jitter * config.poll_interval_s
+    return max(0.0, config.poll_interval_s + rand.uniform(-jitter, jitter))
+
+
+def run(
+    reconciler: Reconciler,
+    stop: threading.Event,
+    *,
+    max_steps: int | None = None,
+    on_report: Callable[[UpdateReport], None] | None = None,
+    rand: random.Random | None = None,
+) -> UpdateReport | None:
+    """Recover, then reconcile until ``stop`` is set (or ``max_steps`` steps ran); returns the last report."""
+    config = reconciler.config
+    rand = rand or random.Random()
+    report: UpdateReport | None = None
+    steps = 0
+    recovered = False
+    while not stop.is_set() and (max_steps is None or steps < max_steps):
+        report = reconciler.reconcile() if recovered else reconciler.recover()
+        recovered = recovered or report.outcome == "recovered"
+        steps += 1
+        try:
+            write_textfile(config.metrics_path, render(reconciler.state, report))
+        except OSError as exc:
+            log.warning("could not write metrics to %s: %s", config.metrics_path, exc)
+        if on_report is not None:
+            on_report(report)
+        if max_steps is not None and steps >= max_steps:
+            break
+        stop.wait(next_delay(config, report, reconciler.state.consecutive_failures, rand))
+    return report

@@ -1,0 +1,532 @@
+"""One update step, and start-up recovery; each returns an :class:`UpdateReport`.
+
+The step (``reconcile``)::
+
+    supervise ─► poll (HEAD) ─► resolve (index, platform, labels) ─► verify ─► pull ─► canary (ready + golden)
+              ─► hand-over (redirect, SIGTERM old) ─► probation ─► keep  |  roll back + block
+
+The state file is saved before and after every step that changes the device, so ``recover`` can finish
+or undo whatever a crash interrupted: it converges to exactly one healthy serving container, preferring
+the last known good one, and removes every leftover container and image.
+
+Blocking: a digest that is refused (no platform, verification) or fails canary / probation is blocked
+until the channel moves to another digest. An update interrupted (pull error, agent crash) is retried,
+and blocked after ``MAX_ATTEMPTS`` interruptions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge_runtime.agent.canary import Prober, golden_from_layers, replay_golden, wait_ready
+from edge_runtime.agent.config import AgentConfig
+from edge_runtime.agent.handover import HandoverError, TrafficSwitch
+from edge_runtime.agent.policy import CandidateImage, VerificationPolicy
+from edge_runtime.agent.runtime import AGENT_LABEL, ContainerRuntime, ContainerSpec, RuntimeFailure
+from edge_runtime.agent.source import ImageSource, NoMatchingPlatform, ResolvedImage
+from edge_runtime.agent.state import AgentState, Deployment, StateStore
+from edge_runtime.errors import NotFound, OtamlError, TemporaryError, Unhealthy, VerificationFailed
+
+log = logging.getLogger("otaml.agent")
+
+MAX_ATTEMPTS = 3
+PORT_LABEL = "io.otaml.port"
+DIGEST_LABEL = "io.otaml.digest"
+
+
+@dataclass
+class UpdateReport:
+    """What one step did. ``outcome`` is one of:
+
+    ``unchanged`` (channel digest already serving), ``skipped`` (digest blocked), ``updated``,
+    ``refused`` (no platform / verification failed: blocked), ``rolled_back`` (canary or probation failed:
+    blocked, previous serving), ``error`` (poll/pull/runtime failure: retried with back-off), ``recovered``.
+    """
+
+    outcome: str
+    digest: str = ""
+    version: str = ""
+    previous_version: str = ""
+    step: str = ""
+    error: str = ""
+    temporary: bool = False
+    bytes_pulled: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    actions: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in ("unchanged", "skipped", "updated", "recovered")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "outcome": self.outcome,
+            "digest": self.digest,
+            "version": self.version,
+            "previous_version": self.previous_version,
+            "step": self.step,
+            "error": self.error,
+            "temporary": self.temporary,
+            "bytes_pulled": self.bytes_pulled,
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "actions": list(self.actions),
+        }
+
+
+class Reconciler:
+    """The agent's update logic with every I/O seam injected; ``state`` is saved through ``store``."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        store: StateStore,
+        source: ImageSource,
+        runtime: ContainerRuntime,
+        switch: TrafficSwitch,
+        prober: Prober,
+        policy: VerificationPolicy,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.source = source
+        self.runtime = runtime
+        self.switch = switch
+        self.prober = prober
+        self.policy = policy
+        self.clock = clock
+        self.monotonic = monotonic
+        self.sleep = sleep
+        self.state: AgentState = store.load()
+        self._unready_checks = 0
+
+    # ── persistence ────────────────────────────────────────────────────────────────────────────────
+    def save(self) -> None:
+        self.store.save(self.state)
+
+    def _phase(self, phase: str) -> None:
+        self.state.phase = phase
+        self.state.phase_started = self.clock()
+        self.save()
+
+    def _finish(self, report: UpdateReport, started: float) -> UpdateReport:
+        s = self.state
+        report.timings["total_s"] = self.monotonic() - started
+        if report.outcome in ("unchanged", "skipped"):
+            pass
+        else:
+            entry = {"at": self.clock(), **report.to_dict()}
+            s.record(entry)
+        if report.outcome == "error":
+            s.last_error = f"{report.step}: {report.error}"
+            s.last_error_at = self.clock()
+            s.consecutive_failures += 1
+            s.count("failures")
+        elif report.outcome in ("refused", "rolled_back"):
+            s.last_error = f"{report.step}: {report.error}"
+            s.last_error_at = self.clock()
+            s.consecutive_failures = 0
+        else:
+            s.consecutive_failures = 0
+        self.save()
+        level = logging.INFO if report.ok else logging.WARNING
+        if report.outcome != "unchanged":
+            log.log(level, "update step: %s", report.to_dict())
+        return report
+
+    # ── containers ─────────────────────────────────────────────────────────────────────────────────
+    def spec_for(self, dep: Deployment) -> ContainerSpec:
+        c = self.config
+        env = {
+            **c.service_env,
+            "OTAML_HOST": c.service_host,
+            "OTAML_PORT": str(dep.port),
+            "OTAML_DRAIN_SECONDS": f"{c.drain_s:g}",
+        }
+        return ContainerSpec(
+            name=dep.container,
+            image=dep.ref,
+            env=env,
+            memory_bytes=c.memory_mb * 1024 * 1024,
+            cpus=c.cpus,
+            platform=c.platform,
+            labels={AGENT_LABEL: "1", PORT_LABEL: str(dep.port), DIGEST_LABEL: dep.digest},
+        )
+
+    def _free_port(self) -> int:
+        used = self.state.current.port if self.state.current else 0
+        a, b = self.config.private_ports
+        return b if used == a else a
+
+    def _running_and_ready(self, dep: Deployment) -> bool:
+        try:
+            status = self.runtime.status(dep.container)
+        except NotFound:
+            return False
+        return status.running and self.prober.ready(dep.port)
+
+    def _start_and_wait(self, dep: Deployment) -> float:
+        self.runtime.stop(dep.container, timeout_s=0)  # a stale container of that name (after reboot/crash)
+        self.runtime.start(self.spec_for(dep))
+        return wait_ready(
+            self.runtime, self.prober, dep.container, dep.port, self.config.ready_timeout_s, self.monotonic, self.sleep
+        )
+
+    def ensure_serving(self, dep: Deployment, report: UpdateReport) -> None:
+        """Make ``dep`` run, be ready and get the public port's traffic (starting it from the local image if needed)."""
+        if not self._running_and_ready(dep):
+            if not self.runtime.has_image(dep.ref):
+                raise NotFound(f"Image {dep.ref} is no longer in containerd's store; cannot start it without a pull.")
+            report.actions.append(f"start {dep.container}")
+            self._start_and_wait(dep)
+        if self.switch.target() != dep.port:
+            report.actions.append(f"switch → {dep.port}")
+            self.switch.point_to(dep.port)
+
+    def _stop(self, name: str, report: UpdateReport, timeout_s: float | None = None) -> None:
+        report.actions.append(f"stop {name}")
+        self.runtime.stop(name, self.config.stop_timeout_s if timeout_s is None else timeout_s)
+
+    def _remove_leftovers(self, keep: set[str], report: UpdateReport) -> None:
+        for status in self.runtime.list_containers():
+            if status.name not in keep:
+                self._stop(status.name, report, timeout_s=self.config.stop_timeout_s if status.running else 0)
+
+    def _gc_images(self, report: UpdateReport) -> None:
+        keep = {d.ref for d in (self.state.current, self.state.previous, self.state.candidate) if d}
+        for ref in self.runtime.list_images():
+            if ref not in keep:
+                report.actions.append(f"remove image {ref}")
+                try:
+                    self.runtime.remove_image(ref)
+                except (NotFound, RuntimeFailure) as exc:
+                    log.warning("could not remove image %s: %s", ref, exc)
+
+    def _block(self, digest: str, reason: str) -> None:
+        self.state.blocked[digest] = reason
+        self.state.attempts.pop(digest, None)
+
+    def _interrupted(self, digest: str) -> None:
+        """An attempt at ``digest`` ended without a verdict; block it after MAX_ATTEMPTS."""
+        n = self.state.attempts.get(digest, 0) + 1
+        self.state.attempts[digest] = n
+        if n >= MAX_ATTEMPTS:
+            self._block(digest, f"update interrupted {n} times (pull/runtime errors or agent crashes)")
+
+    # ── start-up recovery ──────────────────────────────────────────────────────────────────────────
+    def recover(self) -> UpdateReport:
+        """Converge to exactly one healthy serving container after a start, reboot, crash or SIGKILL."""
+        started = self.monotonic()
+        s = self.state
+        report = UpdateReport("recovered", step="recover")
+        if s.phase == "probation" and s.previous and s.current:
+            # The new image never finished probation: the last known good one is the previous.
+            good: Deployment | None = s.previous
+            abandoned: Deployment | None = s.current
+        else:
+            good, abandoned = s.current, s.candidate
+        if abandoned and (good is None or abandoned.digest != good.digest):
+            report.actions.append(f"abandon {abandoned.digest} ({s.phase})")
+            self._interrupted(abandoned.digest)
+        try:
+            target = self.switch.target()
+            serving_traffic = {
+                st.name
+                for st in self.runtime.list_containers()
+                if st.running and st.labels.get(PORT_LABEL) == str(target)
+            }
+            keep = {good.container} if good else set()
+            self._remove_leftovers(keep | serving_traffic, report)
+            if good is not None:
+                try:
+                    self.ensure_serving(good, report)
+                except (Unhealthy, NotFound, RuntimeFailure) as exc:
+                    report.actions.append(f"cannot serve {good.container}: {exc}")
+                    fallback = s.previous if good is s.current else None
+                    if fallback is None:
+                        raise
+                    self.ensure_serving(fallback, report)
+                    good = fallback
+            self._remove_leftovers({good.container} if good else set(), report)
+        except (OtamlError, OSError) as exc:
+            report.outcome, report.error = "error", str(exc)
+            report.temporary = True
+            if good is not None and not isinstance(exc, (HandoverError, TemporaryError)):
+                # Nothing installed can serve: forget it so the next poll installs the channel's image.
+                s.current, s.previous = None, None
+            return self._finish(report, started)
+        if good is not s.current:
+            s.previous = None
+        s.current, s.candidate = good, None
+        s.phase = "idle"
+        self._gc_images(report)
+        if good:
+            report.digest, report.version = good.digest, good.version
+        return self._finish(report, started)
+
+    # ── the update step ────────────────────────────────────────────────────────────────────────────
+    def supervise(self, report: UpdateReport) -> None:
+        """Between updates: restart the serving container if it died or stays unready."""
+        cur = self.state.current
+        if cur is None:
+            return
+        try:
+            status = self.runtime.status(cur.container)
+            healthy = status.running and self.prober.ready(cur.port)
+        except NotFound:
+            healthy, status = False, None
+        if healthy:
+            self._unready_checks = 0
+            if self.switch.target() != cur.port:
+                # The redirect vanished or moved (a firewall reload, an operator): put it back.
+                report.actions.append(f"switch → {cur.port} (redirect was {self.switch.target()})")
+                self.switch.point_to(cur.port)
+            return
+        self._unready_checks += 1
+        if status is not None and status.running and self._unready_checks < self.config.unhealthy_after:
+            return
+        self._unready_checks = 0
+        report.actions.append(f"restart {cur.container} (not running or not ready)")
+        self.state.count("restarts")
+        self.ensure_serving(cur, report)
+
+    def reconcile(self) -> UpdateReport:
+        """Poll the channel once and, if it moved, take the device through one whole update."""
+        started = self.monotonic()
+        s = self.state
+        report = UpdateReport("unchanged", step="supervise")
+        try:
+            self.supervise(report)
+        except (OtamlError, OSError) as exc:
+            report.actions.append(f"supervise failed: {exc}")
+            log.warning("supervise: %s", exc)
+        # 1. Poll: one HEAD.
+        report.step = "poll"
+        t = self.monotonic()
+        try:
+            digest = self.source.channel_digest()
+        except (TemporaryError, NotFound, OtamlError, OSError) as exc:
+            return self._error(report, started, exc)
+        report.timings["poll_s"] = self.monotonic() - t
+        s.last_check_at = self.clock()
+        s.count("checks")
+        report.digest = digest
+        if digest != s.channel_digest:
+            # The channel moved: blocks on other digests are lifted (a re-promotion gets a fresh chance).
+            s.blocked = {d: r for d, r in s.blocked.items() if d == digest}
+            s.attempts = {d: n for d, n in s.attempts.items() if d == digest}
+            s.channel_digest = digest
+        if s.current and digest == s.current.digest:
+            report.version = s.current.version
+            return self._finish(report, started)
+        if digest in s.blocked:
+            report.outcome, report.error = "skipped", s.blocked[digest]
+            return self._finish(report, started)
+        return self._update(digest, report, started)
+
+    def _error(self, report: UpdateReport, started: float, exc: BaseException) -> UpdateReport:
+        report.outcome = "error"
+        report.error = str(exc) or repr(exc)
+        report.temporary = not isinstance(exc, (VerificationFailed, NoMatchingPlatform))
+        return self._finish(report, started)
+
+    def _refuse(self, report: UpdateReport, started: float, exc: BaseException) -> UpdateReport:
+        self._block(report.digest, f"{report.step}: {exc}")
+        self.state.count("refusals")
+        report.outcome, report.error = "refused", str(exc)
+        return self._finish(report, started)
+
+    def _update(self, digest: str, report: UpdateReport, started: float) -> UpdateReport:
+        s, c = self.state, self.config
+        # 2. Resolve: index → this platform's manifest → config labels.
+        report.step = "resolve"
+        t = self.monotonic()
+        try:
+            image: ResolvedImage = self.source.resolve(digest, c.platform)
+        except NoMatchingPlatform as exc:
+            return self._refuse(report, started, exc)
+        except (TemporaryError, NotFound, OtamlError, OSError, ValueError, KeyError) as exc:
+            return self._error(report, started, exc)
+        report.timings["resolve_s"] = self.monotonic() - t
+        report.version = image.version
+        report.previous_version = s.current.version if s.current else ""
+        # 3. Verify.
+        report.step = "verify"
+        candidate_image = CandidateImage(
+            repository=c.repository,
+            digest=digest,
+            manifest_digest=image.manifest_digest,
+            platform=c.platform,
+            model=image.model,
+            version=image.version,
+            labels=dict(image.labels),
+            current_version=s.current.version if s.current else "",
+            current_digest=s.current.digest if s.current else "",
+        )
+        try:
+            self.policy.check(candidate_image)
+        except VerificationFailed as exc:
+            return self._refuse(report, started, exc)
+        except (TemporaryError, OSError) as exc:
+            return self._error(report, started, exc)
+        # 4. Pull.
+        port = self._free_port()
+        cand = Deployment(
+            digest=digest,
+            ref=c.image_ref(digest),
+            model=image.model,
+            version=image.version,
+            container=f"otaml-svc-{digest.split(':')[-1][:12]}-{port}",
+            port=port,
+        )
+        s.candidate = cand
+        report.step = "pull"
+        self._phase("pulling")
+        t = self.monotonic()
+        try:
+            pulled = self.runtime.pull(cand.ref, c.platform)
+        except (TemporaryError, RuntimeFailure, NotFound, OSError) as exc:
+            self._interrupted(digest)
+            self._abandon_candidate(report)
+            return self._error(report, started, exc)
+        report.bytes_pulled = pulled.bytes_fetched
+        report.timings["pull_s"] = self.monotonic() - t
+        # 5. Canary on the free private port.
+        report.step = "canary"
+        self._phase("canary")
+        try:
+            t = self.monotonic()
+            golden = golden_from_layers(self.runtime, image.layers, cand.ref)
+            report.timings["ready_s"] = self._start_and_wait(cand)
+            t = self.monotonic()
+            replay_golden(self.prober, cand.port, golden, cand.container)
+            report.timings["golden_s"] = self.monotonic() - t
+        except (Unhealthy, NotFound, RuntimeFailure) as exc:
+            self._stop(cand.container, report, timeout_s=0)
+            self._block(digest, f"canary: {exc}")
+            self._abandon_candidate(report, remove_image=True)
+            s.count("rollbacks")
+            report.outcome, report.error = "rolled_back", str(exc)
+            return self._finish(report, started)
+        except (OtamlError, OSError) as exc:
+            self._stop(cand.container, report, timeout_s=0)
+            self._interrupted(digest)
+            self._abandon_candidate(report)
+            return self._error(report, started, exc)
+        # 6. Hand-over: new connections go to the canary; the old container drains on SIGTERM.
+        report.step = "handover"
+        self._phase("handover")
+        t = self.monotonic()
+        try:
+            self.switch.point_to(cand.port)
+        except (HandoverError, OSError) as exc:
+            self._stop(cand.container, report, timeout_s=0)
+            self._interrupted(digest)
+            self._abandon_candidate(report)
+            return self._error(report, started, exc)
+        old = s.current
+        s.previous, s.current, s.candidate = old, cand, None
+        self._phase("probation")
+        report.timings["switch_s"] = self.monotonic() - t
+        if old is not None and not c.warm_rollback:
+            self._retire(old, report)
+        # 7. Probation.
+        report.step = "probation"
+        t = self.monotonic()
+        try:
+            self.probation(cand)
+        except Unhealthy as exc:
+            report.timings["probation_s"] = self.monotonic() - t
+            return self.rollback(report, started, exc)
+        report.timings["probation_s"] = self.monotonic() - t
+        if old is not None and c.warm_rollback:
+            self._retire(old, report, grace=False)
+        s.phase = "idle"
+        s.count("updates")
+        s.attempts.pop(digest, None)
+        report.step, report.outcome = "done", "updated"
+        self._gc_images(report)
+        return self._finish(report, started)
+
+    def _retire(self, old: Deployment, report: UpdateReport, grace: bool = True) -> None:
+        """SIGTERM the container that no longer gets new connections; it drains the ones it has."""
+        if grace:
+            # Connections that reached the old container just before the switch may still sit in its
+            # accept queue; SIGTERM closes the listener, so give them a moment to be accepted first.
+            self.sleep(self.config.switch_grace_s)
+        t = self.monotonic()
+        try:
+            self._stop(old.container, report)
+        except (RuntimeFailure, OSError) as exc:
+            report.actions.append(f"stopping {old.container} failed: {exc}")
+        report.timings["drain_s"] = self.monotonic() - t
+
+    def _abandon_candidate(self, report: UpdateReport, remove_image: bool = False) -> None:
+        cand = self.state.candidate
+        self.state.candidate = None
+        self.state.phase = "idle"
+        self.save()
+        if cand is not None and remove_image:
+            self._gc_images(report)
+
+    def probation(self, dep: Deployment) -> None:
+        """Watch ``dep`` for ``probation_s``: it must keep running (no exit, no OOM kill) and stay ready."""
+        c = self.config
+        end = self.monotonic() + c.probation_s
+        failures = 0
+        while self.monotonic() < end:
+            self.sleep(min(c.health_interval_s, max(0.0, end - self.monotonic())))
+            try:
+                status = self.runtime.status(dep.container)
+            except NotFound as exc:
+                raise Unhealthy(f"Container {dep.container} disappeared during probation.") from exc
+            if not status.running:
+                why = "was OOM-killed" if status.oom_killed else f"exited with code {status.exit_code}"
+                raise Unhealthy(f"Container {dep.container} {why} during probation.")
+            if self.prober.ready(dep.port):
+                failures = 0
+                continue
+            failures += 1
+            if failures >= c.unhealthy_after:
+                raise Unhealthy(f"Container {dep.container} failed {failures} readiness checks in a row in probation.")
+
+    def rollback(self, report: UpdateReport, started: float, exc: BaseException) -> UpdateReport:
+        """The new image failed probation: serve the previous one again (local image), block the new digest."""
+        s = self.state
+        failed, good = s.current, s.previous
+        if failed is None:
+            raise RuntimeError("rollback without a current deployment")
+        self._block(failed.digest, f"probation: {exc}")
+        s.count("rollbacks")
+        report.outcome, report.error = "rolled_back", str(exc)
+        try:
+            if good is not None:
+                self.ensure_serving(good, report)
+        except (OtamlError, OSError) as err:
+            # The supervisor keeps retrying `good` on every step; the failed image is never restarted.
+            report.outcome, report.error = "error", f"{exc}; rolling back to {good.ref if good else 'nothing'}: {err}"
+            report.temporary = True
+        try:
+            self._retire(failed, report)
+        except (OtamlError, OSError) as err:
+            report.actions.append(f"stopping {failed.container} failed: {err}")
+        s.current, s.previous, s.candidate = good, None, None
+        s.phase = "idle"
+        self._gc_images(report)
+        return self._finish(report, started)
+
+
+def reconcile(reconciler: Reconciler) -> UpdateReport:
+    """One update step (see the module docstring)."""
+    return reconciler.reconcile()
+
+
+def recover(reconciler: Reconciler) -> UpdateReport:
+    """Start-up recovery (see :meth:`Reconciler.recover`)."""
+    return reconciler.recover()

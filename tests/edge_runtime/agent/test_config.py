@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge_runtime.agent.config import AgentConfig, ConfigError, load_config
+
+EXAMPLE = Path(__file__).parents[3] / "deploy" / "agent.example.toml"
+
+
+def test_example_config_loads_with_documented_defaults() -> None:
+    config = load_config(EXAMPLE)
+    assert config.repository == "otaml/pump-anomaly"
+    assert config.channel_ref == "otaml/pump-anomaly:production"
+    assert (config.memory_mb, config.cpus) == (100, 0.25)
+    assert config.private_ports == (18081, 18082)
+    assert config.platform.startswith("linux/")
+    assert config.metrics_path == Path("/var/lib/otaml-agent/agent.prom")
+
+
+def test_image_ref_names_the_digest_in_the_registry_host() -> None:
+    config = AgentConfig.from_mapping({"registry": {"url": "http://127.0.0.1:5000/", "repository": "pump"}})
+    assert config.plain_http
+    assert config.image_ref("sha256:" + "a" * 64) == "127.0.0.1:5000/pump@sha256:" + "a" * 64
+
+
+@pytest.mark.parametrize(
+    ("patch", "words"),
+    [
+        ({"registry": {"url": "ftp://x", "repository": "r"}}, "registry.url"),
+        ({"registry": {"url": "http://x"}}, "registry.repository"),
+        ({"service": {"cpus": "lots"}}, "'service.cpus' has value 'lots'"),
+        ({"service": {"cpus": -1}}, "service.cpus"),
+        ({"service": {"private_ports": [1, 1]}}, "service.private_ports"),
+        ({"service": {"public_port": 18081}}, "public_port"),
+        ({"poll": {"jitter": 2}}, "poll.jitter"),
+        ({"service": {"memory_mb": True}}, "service.memory_mb"),
+        ({"containerd": {"namespace": "agent-"}}, "containerd.namespace"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_value(patch: dict, words: str) -> None:
+    data: dict = {"registry": {"url": "http://127.0.0.1:5000", "repository": "pump"}}
+    for section, values in patch.items():
+        data[section] = {**data.get(section, {}), **values}
+        if section == "registry" and "repository" not in values and "url" in values and values["url"] == "http://x":
+            data["registry"] = dict(values)
+    with pytest.raises(ConfigError, match=words.replace(".", r"\.").replace("(", r"\(")):
+        AgentConfig.from_mapping(data)
+
+
+def test_missing_and_malformed_files_say_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"agent\.example\.toml"):
+        load_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[registry\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)

@@ -1,0 +1,81 @@
+"""The ctr driver's conversions at the boundary (the real driver runs in test_agent_containerd.py)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from edge_runtime.agent.ctr import CtrRuntime, _parse_size
+from edge_runtime.agent.runtime import ContainerSpec, RuntimeFailure
+from edge_runtime.errors import NotFound, TemporaryError
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("400B", 400), ("57.81MB", 57_810_000), ("1.5kB", 1500), ("2KiB", 2000), ("?", 0)]
+)
+def test_content_sizes_are_parsed(text: str, size: int) -> None:
+    assert _parse_size(text) == size
+
+
+def _done(args: list[str], code: int, err: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.CompletedProcess(args, code, b"", err.encode())
+
+
+@pytest.mark.parametrize(
+    ("args", "err", "kind"),
+    [
+        (["image", "pull", "x"], "dial tcp 127.0.0.1:5000: connect: connection refused", TemporaryError),
+        (["image", "pull", "x"], "unexpected status from GET request: 503 Service Unavailable", TemporaryError),
+        (
+            ["image", "pull", "x"],
+            "failed commit on ref: unexpected commit digest sha256:ab, expected sha256:cd",
+            RuntimeFailure,
+        ),
+        (["image", "pull", "x"], "127.0.0.1:5000/r@sha256:aa: not found", NotFound),
+        (["container", "info", "c"], 'container "c" in namespace "n": not found', NotFound),
+        (["run", "-d", "img", "c"], "OCI runtime create failed: runc create failed", RuntimeFailure),
+    ],
+)
+def test_ctr_errors_become_types_the_agent_branches_on(args: list[str], err: str, kind: type) -> None:
+    error = CtrRuntime("/run/c.sock", "otaml")._error(args, _done(args, 1, err))
+    assert type(error) is kind
+    assert err[:40] in str(error)
+
+
+def test_run_arguments_harden_the_container(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[list[str]] = []
+
+    def fake_run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+        seen.append(argv)
+        return subprocess.CompletedProcess(argv, 0, b"", b"")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    runtime = CtrRuntime("/run/c.sock", "otaml", log_dir=tmp_path)
+    runtime.start(
+        ContainerSpec(
+            name="svc",
+            image="r@sha256:aa",
+            env={"OTAML_PORT": "18081"},
+            memory_bytes=100 << 20,
+            cpus=0.25,
+            platform="linux/arm64",
+            labels={"io.otaml.agent": "1"},
+        )
+    )
+    argv = seen[-1]
+    assert argv[:5] == ["ctr", "--address", "/run/c.sock", "--namespace", "otaml"]
+    assert argv[-2:] == ["r@sha256:aa", "svc"]
+    for flag in (
+        ["--read-only"],
+        ["--net-host"],
+        ["--memory-limit", str(100 << 20)],
+        ["--cpus", "0.25"],
+        ["--env", "OTAML_PORT=18081"],
+        ["--platform", "linux/arm64"],
+    ):
+        i = argv.index(flag[0])
+        assert argv[i : i + len(flag)] == flag
+    assert any(a.startswith("type=tmpfs,src=tmpfs,dst=/tmp,") for a in argv)
+    assert "--user" not in argv  # the image's (non-root) user applies

@@ -337,9 +337,12 @@ class Reconciler:
         return self._finish(report, started)
 
     def _refuse(self, report: UpdateReport, started: float, exc: BaseException) -> UpdateReport:
-        self._block(report.digest, f"{report.step}: {exc}")
+        # A verification refusal carries a reason code (unsigned, wrong-key, downgrade, ...): status shows it first.
+        reason = getattr(exc, "reason", None)
+        message = f"{getattr(reason, 'value', reason)}: {exc}" if reason is not None else str(exc)
+        self._block(report.digest, f"{report.step}: {message}")
         self.state.count("refusals")
-        report.outcome, report.error = "refused", str(exc)
+        report.outcome, report.error = "refused", message
         return self._finish(report, started)
 
     def _update(self, digest: str, report: UpdateReport, started: float) -> UpdateReport:

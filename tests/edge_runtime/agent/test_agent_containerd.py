@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -439,3 +440,98 @@ def test_a_corrupt_blob_fails_the_pull_and_changes_nothing(device: Device) -> No
     finally:
         device.agent.source.client.close()  # type: ignore[attr-defined]
         proxy.close()
+
+
+# ── Approval: only images signed by the fleet key run; versions go down only with a signed rollback ─────────────
+
+
+@dataclass
+class Fleet:
+    key: Any  # the fleet's private key (an operator's workstation holds it, never a device)
+    public_key_path: Path
+
+    def sign(self, device: Device, name: str, rollback: Any = None, key: Any = None) -> None:
+        """Approve image ``name`` for the device's channel, as `otaml promote` / `otaml rollback` do."""
+        from registry.signing import build_payload, open_signature_store, push_signature, sign_payload
+
+        digest = device.images.digests[name]
+        payload = build_payload(
+            digest=digest,
+            reference=f"{device.images.registry}/{REPO}",
+            model="pump-anomaly",
+            version=str(VERSIONS[name]),
+            channel=device.config.channel,
+            approver="e2e",
+            rollback=rollback,
+        )
+        store = open_signature_store(f"{device.images.registry}/{REPO}")
+        push_signature(store, digest, sign_payload(key or self.key, payload))
+
+
+@pytest.fixture
+def fleet(device: Device, tmp_path: Path) -> Fleet:
+    """The device trusts only the fleet key: the agent's real policy from ``[verification] public_key``."""
+    from edge_runtime.verify import make_policy
+    from registry.signing import generate_keys, load_private_key
+
+    keys = generate_keys(tmp_path / "keys")
+    device.agent.policy = make_policy({"public_key": str(keys.public_key)}, source=device.agent.source)
+    return Fleet(load_private_key(keys.private_key), keys.public_key)
+
+
+def skopeo_push(device: Device, name: str) -> None:
+    """Someone without the key points the channel at an image with a standard tool."""
+    require(shutil.which("skopeo") is not None, "skopeo", "apt-get install -y skopeo")
+    src = f"docker://{device.images.tag(name)}"
+    dest = f"docker://{device.images.registry}/{REPO}:{device.config.channel}"
+    subprocess.run(
+        ["skopeo", "copy", "--all", "--src-tls-verify=false", "--dest-tls-verify=false", src, dest],
+        check=True,
+        capture_output=True,
+    )
+
+
+def test_only_signed_images_run_and_versions_go_down_only_with_a_signed_rollback(device: Device, fleet: Fleet) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from edge_runtime.verify import RollbackAuthorisation
+
+    fleet.sign(device, "v1")
+    install_v1(device)
+    with device.load() as load:
+        # An unsigned image pushed to the channel with skopeo is never pulled or run.
+        skopeo_push(device, "unpulled")
+        unsigned = device.agent.reconcile()
+        # Nor is one signed by another key.
+        fleet.sign(device, "v2", key=ec.generate_private_key(ec.SECP256R1()))
+        device.move_channel("v2")
+        rogue = device.agent.reconcile()
+        # The fleet's signature gets v2 through.
+        fleet.sign(device, "v2")
+        device.move_channel("golden-bad")  # move away and back: a re-signed digest gets a fresh chance
+        device.agent.reconcile()
+        device.move_channel("v2")
+        approved = device.agent.reconcile()
+        # Moving the channel back to v1 (validly signed, but older) is a downgrade...
+        device.move_channel("v1")
+        downgrade = device.agent.reconcile()
+        # ...until an operator signs an explicit rollback authorisation, as `otaml rollback` does.
+        device.move_channel("v2")
+        device.agent.reconcile()
+        fleet.sign(device, "v1", rollback=RollbackAuthorisation("2", "1", "e2e", "v2 misfires", "2026-11-26T00:00:00Z"))
+        device.move_channel("v1")
+        rolled_back = device.agent.reconcile()
+        time.sleep(1)
+    result = load.result
+    assert (unsigned.outcome, unsigned.step) == ("refused", "verify"), unsigned.to_dict()
+    assert "unsigned" in unsigned.error
+    assert (rogue.outcome, rogue.step) == ("refused", "verify"), rogue.to_dict()
+    assert "wrong-key" in rogue.error
+    assert approved.outcome == "updated", approved.to_dict()
+    assert (downgrade.outcome, downgrade.step) == ("refused", "verify"), downgrade.to_dict()
+    assert "downgrade" in downgrade.error
+    assert rolled_back.outcome == "updated", rolled_back.to_dict()
+    assert device.config.image_ref(device.images.digests["unpulled"]) not in device.runtime.list_images()
+    assert result.failed == 0, result.errors[:5]
+    assert set(result.version_counts()) == {"1", "2"}
+    assert_serving(device, "1", result)

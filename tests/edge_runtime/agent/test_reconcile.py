@@ -14,7 +14,8 @@ import pytest
 from edge_runtime.agent.policy import CandidateImage
 from edge_runtime.agent.reconcile import MAX_ATTEMPTS, Reconciler, UpdateReport
 from edge_runtime.agent.runtime import RuntimeFailure
-from edge_runtime.errors import TemporaryError, VerificationFailed
+from edge_runtime.errors import TemporaryError
+from edge_runtime.verify import Rejection, SignatureRejected
 
 from .fakes import AgentKilled, Behaviour, World, digest_of
 
@@ -225,7 +226,7 @@ def test_a_verification_policy_refusal_blocks_without_pulling(world: World) -> N
     class Unsigned:
         def check(self, image: CandidateImage) -> None:
             if image.version == "2":
-                raise VerificationFailed(f"{image.digest} is not signed by the fleet key")
+                raise SignatureRejected(Rejection.UNSIGNED, f"{image.digest} is not signed by the fleet key")
 
     world.publish("1")
     agent = world.agent(Unsigned())
@@ -235,6 +236,9 @@ def test_a_verification_policy_refusal_blocks_without_pulling(world: World) -> N
     report = agent.reconcile()
     assert (report.outcome, report.step) == ("refused", "verify")
     assert world.runtime.calls.count("pull") == pulls
+    # The reason code leads the error, in the report and in the state that `otaml agent status` shows.
+    assert report.error.startswith("unsigned: ")
+    assert agent.state.blocked[digest_of("2")].startswith("verify: unsigned: ")
     assert_serving(world, agent, "1")
 
 

@@ -178,6 +178,19 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(t.__name__ for t in _types(kind))
 
 
+def _finite(value: object, where: str) -> float:
+    # bool is an int, but `true` is never a number here; int() of a huge int overflows float().
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BundleError(f"{where} is {value!r}; expected a finite number. Re-export the bundle.")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise BundleError(f"{where} is {value!r}; expected a finite number. Re-export the bundle.")
+    return number
+
+
 def parse_card(data: Any, where: str = MODEL_JSON) -> ModelCard:
     """Validate a decoded ``model.json`` and return its card."""
     if not isinstance(data, dict):
@@ -215,8 +228,13 @@ def parse_card(data: Any, where: str = MODEL_JSON) -> ModelCard:
         quantization_note=str(onnx.get("quantization_note", "")),
         file=_require(onnx, "file", str, f"{where} onnx"),
     )
-    if "/" in onnx_info.file or onnx_info.file.startswith("."):
-        raise BundleError(f"{where}: onnx file {onnx_info.file!r} must be a plain file name inside the bundle.")
+    # Schema 1 fixes the name: bundle_digest and the baked layer hash exactly model.json + model.onnx.
+    # The field stays so a later schema can relax this without changing the card's shape.
+    if onnx_info.file != MODEL_ONNX:
+        raise BundleError(
+            f"{where}: onnx file {onnx_info.file!r} is not supported; schema {SCHEMA_VERSION} bundles hold "
+            f"{MODEL_ONNX!r}. Re-export the bundle with `otaml train`."
+        )
     golden_raw = _require(data, "golden", dict, where)
     readings = _require(golden_raw, "readings", list, f"{where} golden")
     scores = _require(golden_raw, "scores", list, f"{where} golden")
@@ -228,10 +246,23 @@ def parse_card(data: Any, where: str = MODEL_JSON) -> ModelCard:
     for i, row in enumerate(readings):
         if not isinstance(row, list) or len(row) != features.n_sensors:
             raise BundleError(f"{where}: golden reading {i} must list {features.n_sensors} values, got {row!r}.")
+    tolerance = _finite(
+        _require(golden_raw, "tolerance", (int, float), f"{where} golden"), f"{where}: golden tolerance"
+    )
+    # inf would silently disable the self-test; 0 or negative would always fail it (NaN is refused above).
+    # No absolute upper bound: the pipeline scales the tolerance with the scores, which may be large.
+    if not tolerance > 0:
+        raise BundleError(
+            f"{where}: golden tolerance {tolerance!r} must be a finite number > 0 (the pipeline writes about "
+            "1e-4 of the score scale). Re-export the bundle."
+        )
     golden = GoldenVectors(
-        readings=[[float(v) for v in row] for row in readings],
-        scores=[float(v) for v in scores],
-        tolerance=float(_require(golden_raw, "tolerance", (int, float), f"{where} golden")),
+        readings=[
+            [_finite(v, f"{where}: golden reading {i}[{j}]") for j, v in enumerate(row)]
+            for i, row in enumerate(readings)
+        ],
+        scores=[_finite(v, f"{where}: golden score {i}") for i, v in enumerate(scores)],
+        tolerance=tolerance,
     )
     metrics = data.get("metrics", {})
     if not isinstance(metrics, dict):

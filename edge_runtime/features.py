@@ -185,6 +185,15 @@ class StreamWindow:
         self._count += n
         return out
 
+    def copy(self) -> StreamWindow:
+        """An independent copy (two small arrays): push onto it, keep it only if scoring succeeds."""
+        other = StreamWindow.__new__(StreamWindow)
+        other.spec = self.spec
+        other._window = self._window.copy()
+        other._last = self._last.copy()
+        other._count = self._count
+        return other
+
     @property
     def count(self) -> int:
         """How many readings this stream has seen."""

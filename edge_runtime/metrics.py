@@ -93,7 +93,7 @@ class Metrics:
             out.append(f"otaml_http_request_duration_seconds_count{route_label} {cumulative}")
         family("otaml_readings_scored_total", "counter", "Readings scored by the model.")
         out.append(f"otaml_readings_scored_total {self.readings_scored}")
-        family("otaml_anomalies_flagged_total", "counter", "Readings whose score exceeded the threshold.")
+        family("otaml_anomalies_flagged_total", "counter", "Readings whose score reached the threshold.")
         out.append(f"otaml_anomalies_flagged_total {self.anomalies_flagged}")
         family("otaml_streams_active", "gauge", "Streams whose feature window is held in memory.")
         out.append(f"otaml_streams_active {streams_active}")

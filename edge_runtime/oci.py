@@ -49,7 +49,11 @@ LABEL_DETECTOR = "io.otaml.model.detector"
 MODEL_PATH = "/opt/model"  # where the bundle layer puts the bundle inside the image
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # what distribution itself accepts
+# Cap for small JSON blobs read whole into memory: image configs, signature payloads, model.json.
+MAX_SMALL_BLOB_BYTES = 4 * 1024 * 1024
+MAX_ERROR_BODY_BYTES = 64 * 1024  # enough for any registry error document; the rest is not read
 DEFAULT_TIMEOUT = 30.0
+_NO_LIMIT = 1 << 62
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _REPOSITORY = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
@@ -300,19 +304,30 @@ class RegistryClient:
         params: Mapping[str, str] | None = None,
         ok: tuple[int, ...] = (200,),
         allow_404: bool = False,
+        stream: bool = False,
     ) -> httpx.Response:
         """Send one request with auth (answering a 401 challenge once) and map failures to otaml errors.
 
-        Returns the response when its status is in ``ok`` (or is 404 and ``allow_404``).
+        Returns the response when its status is in ``ok`` (or is 404 and ``allow_404``). With ``stream``
+        its body is not read yet: read it with :meth:`read_capped`, or close the response.
         """
         url = self.url(path)
-        response = self._send(method, url, headers, content, params)
+        response = self._send(method, url, headers, content, params, stream)
         if response.status_code == 401 and "www-authenticate" in response.headers:
+            response.close()
             self._authorization = self._answer_challenge(response.headers["www-authenticate"])
-            response = self._send(method, url, headers, content, params)
+            response = self._send(method, url, headers, content, params, stream)
         status = response.status_code
         if status in ok or (allow_404 and status == 404):
             return response
+        if stream:  # read only the start of an error body: a hostile registry may send an endless one
+            try:
+                head = self.read_capped(response, MAX_ERROR_BODY_BYTES, f"{method} {url}", truncate=True)
+            except TemporaryError:
+                head = b""
+            # The head is already decoded: drop the headers that would make httpx decode or size it again.
+            kept = [(k, v) for k, v in response.headers.items() if k not in ("content-encoding", "content-length")]
+            response = httpx.Response(status, headers=kept, content=head, request=response.request)
         where = f"{method} {url}"
         detail = _registry_errors(response) if method != "HEAD" else ""
         if status == 404:
@@ -333,12 +348,14 @@ class RegistryClient:
         headers: Mapping[str, str] | None,
         content: bytes | None,
         params: Mapping[str, str] | None,
+        stream: bool = False,
     ) -> httpx.Response:
         all_headers = dict(headers or {})
         if self._authorization:
             all_headers.setdefault("Authorization", self._authorization)
         try:
-            return self._http.request(method, url, headers=all_headers, content=content, params=params)
+            request = self._http.build_request(method, url, headers=all_headers, content=content, params=params)
+            return self._http.send(request, stream=stream)
         except httpx.TransportError as exc:
             raise TemporaryError(
                 f"{method} {url}: {type(exc).__name__}: {exc}; is the registry up? retry later"
@@ -388,12 +405,38 @@ class RegistryClient:
             int(response.headers.get("content-length", "0")),
         )
 
+    @staticmethod
+    def read_capped(response: httpx.Response, max_bytes: int, what: str, *, truncate: bool = False) -> bytes:
+        """The body of a streamed ``response``, never holding more than ``max_bytes`` (then closes it).
+
+        Over the cap: raise :class:`OtamlError` (a registry serving it is broken or hostile), or with
+        ``truncate`` return the first ``max_bytes``. Checks Content-Length first, then counts what arrives.
+        """
+        try:
+            declared = response.headers.get("content-length", "")
+            if not truncate and declared.isdigit() and int(declared) > max_bytes:
+                raise OtamlError(f"{what} is {declared} bytes, over the {max_bytes}-byte limit; refusing to read it")
+            body = bytearray()
+            # iter_bytes decodes Content-Encoding, so the cap bounds what is held in memory.
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > max_bytes:
+                    if truncate:
+                        return bytes(body[:max_bytes])
+                    raise OtamlError(f"{what} exceeds the {max_bytes}-byte limit; refusing to read more of it")
+            return bytes(body)
+        except httpx.TransportError as exc:
+            raise TemporaryError(f"{what}: {type(exc).__name__}: {exc}; retry later") from exc
+        finally:
+            response.close()
+
     def get_manifest(self, ref: str) -> tuple[bytes, str, str]:
-        """``(bytes, media type, digest)`` of a manifest or index; the digest is checked against ``ref``."""
-        response = self.request("GET", f"manifests/{ref}", headers={"Accept": MANIFEST_ACCEPT})
-        data = response.content
-        if len(data) > MAX_MANIFEST_BYTES:
-            raise OtamlError(f"manifest {ref} is {len(data)} bytes, over the {MAX_MANIFEST_BYTES} limit")
+        """``(bytes, media type, digest)`` of a manifest or index; the digest is checked against ``ref``.
+
+        At most :data:`MAX_MANIFEST_BYTES` are read: a larger manifest raises :class:`OtamlError`.
+        """
+        response = self.request("GET", f"manifests/{ref}", headers={"Accept": MANIFEST_ACCEPT}, stream=True)
+        data = self.read_capped(response, MAX_MANIFEST_BYTES, f"manifest {ref}")
         digest = sha256_digest(data)
         if ref.startswith("sha256:") and digest != ref:
             raise VerificationFailed(f"manifest {ref} arrived with digest {digest}: refusing tampered content")
@@ -402,10 +445,16 @@ class RegistryClient:
             media_type = str(load_json(data, f"manifest {ref}").get("mediaType", media_type))
         return data, media_type, digest
 
-    def get_blob(self, digest: str) -> bytes:
-        """The blob's bytes, verified against ``digest``."""
-        response = self.request("GET", f"blobs/{check_digest(digest)}")
-        data = response.content
+    def get_blob(self, digest: str, max_bytes: int | None = None) -> bytes:
+        """The blob's bytes, verified against ``digest``.
+
+        Pass ``max_bytes`` (e.g. :data:`MAX_SMALL_BLOB_BYTES`) for anything read whole into memory from an
+        untrusted registry (configs, signature payloads, JSON): a larger blob raises :class:`OtamlError`
+        before more than ``max_bytes`` is held. ``None`` reads any size (layers).
+        """
+        response = self.request("GET", f"blobs/{check_digest(digest)}", stream=True)
+        limit = max_bytes if max_bytes is not None else _NO_LIMIT
+        data = self.read_capped(response, limit, f"blob {digest}")
         actual = sha256_digest(data)
         if actual != digest:
             raise VerificationFailed(
@@ -424,4 +473,4 @@ class RegistryClient:
             data, _, _ = self.get_manifest(desc.digest)
             manifest = load_json(data, f"manifest {desc.digest}")
         config = Descriptor.from_json(manifest.get("config") or {})
-        return config_labels(self.get_blob(config.digest))
+        return config_labels(self.get_blob(config.digest, max_bytes=MAX_SMALL_BLOB_BYTES))

@@ -13,11 +13,9 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-import numpy as np
-
 from edge_runtime.metrics import Metrics
 from edge_runtime.score_request import RequestError, parse_score_request
-from edge_runtime.scoring import GoldenResult, Scorer
+from edge_runtime.scoring import GoldenResult, NonFiniteScores, Scorer
 from edge_runtime.settings import ServeSettings
 
 log = logging.getLogger("edge_runtime.server")
@@ -111,13 +109,15 @@ class ScoreEndpoint:
             return exc.status, error_body(exc.code, exc.message)
         streams = self.scorer.streams
         evicted = streams.evicted
-        scores = self.scorer.score(parsed.stream, parsed.readings)
-        self.metrics.streams_evicted += streams.evicted - evicted
-        if not np.isfinite(scores).all():  # validation bounds the inputs, so this is a model defect
+        try:
+            scores = self.scorer.score(parsed.stream, parsed.readings)
+        except NonFiniteScores:  # a server-side fault; the stream's history is unchanged
             log.error("model returned non-finite scores", extra={"event": "non_finite_scores", "stream": parsed.stream})
             return 500, error_body("model_error", "The model returned a non-finite score; report this bundle.")
+        self.metrics.streams_evicted += streams.evicted - evicted
         threshold = self.scorer.threshold
-        anomalies = (scores > threshold).tolist()
+        # `>=` like the pipeline's evaluation and parity checks: a score at the threshold is anomalous.
+        anomalies = (scores >= threshold).tolist()
         self.metrics.observe_scores(len(anomalies), sum(anomalies))
         data = {
             **self._prefix,

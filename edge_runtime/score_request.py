@@ -58,6 +58,13 @@ def decode_json(body: bytes) -> Any:
         raise RequestError(400, "malformed_json", "The body is not UTF-8 encoded JSON.") from None
     except json.JSONDecodeError as exc:
         raise RequestError(400, "malformed_json", f"The body is not valid JSON: {exc}.") from None
+    except RequestError:  # from parse_constant; a ValueError too, so it must pass before the next clause
+        raise
+    except ValueError:
+        # After JSONDecodeError and RequestError (both ValueErrors): only Python's int-digits limit (4300) is left.
+        raise RequestError(
+            422, "value_out_of_range", f"A number has too many digits; readings must lie within ±{MAX_ABS_READING:g}."
+        ) from None
     except RecursionError:
         raise RequestError(400, "malformed_json", "The body nests too deeply; send a flat JSON object.") from None
 

@@ -59,6 +59,19 @@ class StreamTable:
             self.evicted += 1
         return window
 
+    def put(self, stream: str, window: StreamWindow) -> None:
+        """Make ``window`` the history of ``stream``, most recently used; evict beyond ``max_streams``."""
+        windows = self._windows
+        windows[stream] = window
+        windows.move_to_end(stream)
+        while len(windows) > self.max_streams:
+            windows.popitem(last=False)
+            self.evicted += 1
+
+    def new_window(self) -> StreamWindow:
+        """An empty window for this table's feature spec (not stored)."""
+        return StreamWindow(self._spec)
+
     def peek(self, stream: str) -> StreamWindow | None:
         """The window of ``stream`` without touching recency, or ``None``."""
         return self._windows.get(stream)
@@ -78,6 +91,10 @@ class GoldenResult:
     max_error: float
     worst_index: int
     message: str
+
+
+class NonFiniteScores(BundleError):
+    """The model returned NaN or an infinite score for validated readings: a defect of the bundle."""
 
 
 class Scorer:
@@ -102,8 +119,23 @@ class Scorer:
         return np.asarray(out, dtype=np.float64).reshape(-1)
 
     def score(self, stream: str, readings: npt.NDArray[np.float64]) -> Scores:
-        """Push ``readings`` (n, n_sensors) onto the stream's window and return their scores."""
-        return self.model_scores(self.streams.get(stream).push(readings))
+        """Push ``readings`` (n, n_sensors) onto the stream's window and return their scores.
+
+        The stream's history changes only once every score is finite: if the model raises or returns
+        NaN/inf (:class:`NonFiniteScores`), the stream is left exactly as it was (and no stream is evicted).
+        """
+        streams = self.streams
+        current = streams.peek(stream)
+        # Push onto a copy (one stream's small window), swapped in only after the model succeeds.
+        window = streams.new_window() if current is None else current.copy()
+        scores = self.model_scores(window.push(readings))
+        if not np.isfinite(scores).all():  # validation bounds the inputs, so this is a model defect
+            raise NonFiniteScores(
+                f"{self.card.name} v{self.card.version} returned a non-finite score for stream {stream!r}; "
+                "the stream's history was left unchanged. Report this bundle and roll back to a previous model."
+            )
+        streams.put(stream, window)
+        return scores
 
     def self_test(self) -> GoldenResult:
         """Replay the golden readings from an empty history and compare with the expected scores."""

@@ -81,7 +81,20 @@ def _edit_card(path: Path, edit: object) -> None:
         (lambda d: d["score"].update(semantics="lower_is_worse"), "semantics"),
         (lambda d: d["onnx"].update(sha256="xyz"), "64 lowercase hex"),
         (lambda d: d["onnx"].update(quantization="int4"), "quantization"),
-        (lambda d: d["onnx"].update(file="../evil.onnx"), "plain file name"),
+        (lambda d: d["onnx"].update(file="../evil.onnx"), "hold 'model.onnx'"),
+        (lambda d: d["onnx"].update(file="weights.onnx"), "onnx file 'weights.onnx' is not supported"),
+        (lambda d: d["golden"].update(scores=["x", 0.2]), "golden score 0 is 'x'"),
+        (lambda d: d["golden"].update(scores=[None, 0.2]), "golden score 0 is None"),
+        (lambda d: d["golden"].update(scores=[float("nan"), 0.2]), "golden score 0 is nan"),
+        (lambda d: d["golden"].update(scores=[10**400, 0.2]), "golden score 0 is 1000"),
+        (lambda d: d["golden"].update(readings=[[1.0, "x"], [1.5, 2.5]]), r"golden reading 0\[1\] is 'x'"),
+        (lambda d: d["golden"].update(readings=[[1.0, None], [1.5, 2.5]]), r"golden reading 0\[1\] is None"),
+        (lambda d: d["golden"].update(readings=[[1.0, True], [1.5, 2.5]]), r"golden reading 0\[1\] is True"),
+        (lambda d: d["golden"].update(tolerance=float("inf")), "golden tolerance is inf"),
+        (lambda d: d["golden"].update(tolerance=float("nan")), "golden tolerance is nan"),
+        (lambda d: d["golden"].update(tolerance=-1e-4), "golden tolerance -0.0001 must be a finite number > 0"),
+        (lambda d: d["golden"].update(tolerance=0), "golden tolerance 0.0 must be a finite number > 0"),
+        (lambda d: d["golden"].update(tolerance="1e-4"), "golden"),
         (lambda d: d["golden"].update(scores=[0.1]), "as many scores as readings"),
         (lambda d: d["golden"].update(readings=[[1.0], [2.0]]), "must list 2 values"),
         (lambda d: d["features"].update(window=True), "window"),
@@ -118,3 +131,11 @@ def test_public_dict_hides_golden_readings() -> None:
     public = make_card().public_dict()
     assert public["golden"] == {"count": 2, "tolerance": 1e-4}
     assert public["onnx"]["quantization"] == "none"
+
+
+def test_write_refuses_a_model_file_the_digest_would_not_cover(tmp_path: Path) -> None:
+    """bundle_digest and the baked layer hash model.onnx: a card naming another file is refused up front."""
+    card = make_card(onnx=OnnxInfo(sha256=hashlib.sha256(ONNX_BYTES).hexdigest(), opset=17, file="weights.onnx"))
+    with pytest.raises(BundleError, match=r"'weights\.onnx' is not supported"):
+        write_bundle(tmp_path / "b", card, ONNX_BYTES)
+    assert not (tmp_path / "b").exists()

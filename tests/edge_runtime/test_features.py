@@ -101,3 +101,21 @@ def test_single_readings_mixed_with_chunks_equal_batch_exactly() -> None:
     bounds = np.cumsum([0, *sizes])
     parts = [stream.push(x[a:b]) for a, b in itertools.pairwise(bounds)]
     np.testing.assert_array_equal(np.concatenate(parts), batch_features(spec, x))
+
+
+def test_copy_is_independent_and_scores_identically() -> None:
+    spec = FeatureSpec(("a", "b"), window=4)
+    rng = np.random.default_rng(3)
+    first, more = rng.normal(size=(6, 2)), rng.normal(size=(3, 2))
+    window = StreamWindow(spec)
+    window.push(first)
+    before = window.state()
+    copy = window.copy()
+    assert copy.state() == before
+    assert copy.spec == spec
+    copied_single = copy.push(more[:1])
+    copied_batch = copy.push(more[1:])
+    assert window.state() == before  # pushing onto the copy leaves the original untouched
+    np.testing.assert_array_equal(copied_single, window.push(more[:1]))
+    np.testing.assert_array_equal(copied_batch, window.push(more[1:]))
+    assert window.state() == copy.state()

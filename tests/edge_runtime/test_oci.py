@@ -1,10 +1,18 @@
 from __future__ import annotations
 
+import gzip
+import json
+from collections.abc import Iterator
+
 import httpx
 import pytest
 
+from edge_runtime import oci
 from edge_runtime.errors import NotFound, OtamlError, TemporaryError, VerificationFailed
 from edge_runtime.oci import (
+    MAX_ERROR_BODY_BYTES,
+    MAX_MANIFEST_BYTES,
+    OCI_CONFIG,
     OCI_INDEX,
     OCI_MANIFEST,
     RegistryAuthError,
@@ -152,3 +160,79 @@ def test_tampered_manifest_by_digest_is_refused() -> None:
     handler = lambda _r: httpx.Response(200, content=b"{}", headers={"Content-Type": OCI_MANIFEST})  # noqa: E731
     with client(handler) as c, pytest.raises(VerificationFailed):
         c.get_manifest(DIGEST)
+
+
+class Endless:
+    """A response body that counts what the client pulled: proves a cap stops reading early."""
+
+    CHUNK = b"x" * (256 * 1024)
+
+    def __init__(self, total: int = 64 * 1024 * 1024) -> None:
+        self.total = total
+        self.pulled = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        while self.pulled < self.total:
+            self.pulled += len(self.CHUNK)
+            yield self.CHUNK
+
+
+def test_oversized_manifest_is_refused_while_streaming() -> None:
+    body = Endless()
+    with client(lambda _r: httpx.Response(200, content=body)) as c, pytest.raises(OtamlError, match="limit") as info:
+        c.get_manifest("production")
+    assert not isinstance(info.value, (VerificationFailed, TemporaryError))
+    assert body.pulled <= MAX_MANIFEST_BYTES + len(Endless.CHUNK)
+
+
+def test_declared_oversized_manifest_is_refused_before_reading() -> None:
+    body = Endless()
+    headers = {"Content-Length": str(MAX_MANIFEST_BYTES + 1)}
+    refused = pytest.raises(OtamlError, match=f"{MAX_MANIFEST_BYTES + 1} bytes, over the")
+    with client(lambda _r: httpx.Response(200, headers=headers, content=body)) as c, refused:
+        c.get_manifest("production")
+    assert body.pulled == 0
+
+
+def test_blob_max_bytes_caps_what_is_read() -> None:
+    body = Endless()
+    with client(lambda _r: httpx.Response(200, content=body)) as c, pytest.raises(OtamlError, match="1000-byte"):
+        c.get_blob(DIGEST, max_bytes=1000)
+    assert body.pulled == len(Endless.CHUNK)
+    data = b"x" * 1000
+    with client(lambda _r: httpx.Response(200, content=data)) as c:
+        assert c.get_blob(sha256_digest(data), max_bytes=1000) == data
+        assert c.get_blob(sha256_digest(data)) == data  # no cap by default (layers)
+
+
+def test_image_labels_caps_the_config_blob(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = json.dumps({"config": {"Labels": {"a": "b"}}, "pad": "x" * 2000}).encode()
+    manifest = json.dumps(
+        {"mediaType": OCI_MANIFEST, "config": {"mediaType": OCI_CONFIG, "digest": sha256_digest(config), "size": 1}}
+    ).encode()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if "/manifests/" in request.url.path:
+            return httpx.Response(200, headers={"Content-Type": OCI_MANIFEST}, content=manifest)
+        return httpx.Response(200, content=config)
+
+    with client(handler) as c:
+        assert c.image_labels("production") == {"a": "b"}
+        monkeypatch.setattr(oci, "MAX_SMALL_BLOB_BYTES", 1000)
+        with pytest.raises(OtamlError, match="1000-byte limit"):
+            c.image_labels("production")
+
+
+def test_endless_error_body_is_read_only_in_part() -> None:
+    body = Endless()
+    with client(lambda _r: httpx.Response(503, content=body)) as c, pytest.raises(TemporaryError, match="503"):
+        c.get_blob(DIGEST)
+    assert body.pulled <= MAX_ERROR_BODY_BYTES + len(Endless.CHUNK)
+
+
+def test_compressed_error_body_of_a_streamed_request_is_reported() -> None:
+    errors = json.dumps({"errors": [{"code": "BLOB_UNKNOWN", "message": "blob unknown"}]}).encode()
+    headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+    not_found = pytest.raises(NotFound, match="BLOB_UNKNOWN: blob unknown")
+    with client(lambda _r: httpx.Response(404, headers=headers, content=gzip.compress(errors))) as c, not_found:
+        c.get_blob(DIGEST)

@@ -8,7 +8,7 @@ import pytest
 
 from edge_runtime.bundle import Bundle
 from edge_runtime.features import FeatureSpec, batch_features
-from edge_runtime.scoring import Scorer, StreamTable
+from edge_runtime.scoring import NonFiniteScores, Scorer, StreamTable, create_session
 from tests.fixtures.bundles import EXPORTERS, SENSORS, build_bundle, fit_iforest, onnx_scores, synthetic_readings
 
 
@@ -71,3 +71,63 @@ def test_both_fixture_exports_agree_with_sklearn(tmp_path: Path) -> None:
         )
     bundle = build_bundle(tmp_path / "compact", model=model, exporter="compact")
     assert Scorer.load(bundle).self_test().ok
+
+
+class FaultySession:
+    """The real onnxruntime session, except that ``fault`` makes it return NaN or raise (the model seam)."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        self._real = create_session(bundle)
+        self.fault: str | None = None
+
+    def run(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if self.fault == "raise":
+            raise RuntimeError("onnxruntime failed")
+        (out,) = self._real.run(outputs, feeds)  # type: ignore[attr-defined]
+        if self.fault == "nan":
+            out = np.full_like(out, np.nan)
+        return [out]
+
+
+@pytest.mark.parametrize("fault", ["nan", "raise"])
+@pytest.mark.parametrize("size", [1, 5])  # the single-reading fast path and the batch path
+def test_failed_scoring_leaves_the_stream_unchanged(model_bundle: Bundle, fault: str, size: int) -> None:
+    session = FaultySession(model_bundle)
+    scorer = Scorer(model_bundle, session, max_streams=1)
+    readings = synthetic_readings(30, seed=11)
+    scorer.score("s", readings[:20])
+    window = scorer.streams.peek("s")
+    assert window is not None
+    before = window.state()
+    session.fault = fault
+    with pytest.raises(NonFiniteScores if fault == "nan" else RuntimeError):
+        scorer.score("s", readings[20 : 20 + size])
+    with pytest.raises(NonFiniteScores if fault == "nan" else RuntimeError):
+        scorer.score("new", readings[20 : 20 + size])  # a failing new stream neither appears nor evicts "s"
+    assert scorer.streams.peek("s") is window
+    assert window.state() == before
+    assert "new" not in scorer.streams
+    assert scorer.streams.evicted == 0
+    session.fault = None
+    after = scorer.score("s", readings[20:])
+    expected = Scorer.load(model_bundle).score("s", readings)[20:]  # as if the failed requests never happened
+    np.testing.assert_array_equal(after, expected)
+
+
+def test_non_finite_scores_name_the_model_and_the_stream(model_bundle: Bundle) -> None:
+    session = FaultySession(model_bundle)
+    session.fault = "nan"
+    with pytest.raises(NonFiniteScores, match=r"non-finite score for stream 'pump-7'.*unchanged"):
+        Scorer(model_bundle, session).score("pump-7", synthetic_readings(1))
+
+
+def test_stream_table_put_replaces_and_refreshes_recency(model_bundle: Bundle) -> None:
+    table = StreamTable(model_bundle, max_streams=2)
+    a, b = table.get("a"), table.get("b")
+    replacement = a.copy()
+    table.put("a", replacement)  # "a" becomes most recently used
+    table.put("c", table.new_window())
+    assert table.peek("a") is replacement
+    assert "b" not in table
+    assert b is not replacement
+    assert table.evicted == 1

@@ -54,7 +54,7 @@ def test_score_readings_returns_scores_anomalies_and_model(client: ASGIClient, m
     assert (data["model"], data["version"], data["stream"]) == (card.name, card.version, "pump-1")
     assert data["threshold"] == card.threshold
     assert len(data["scores"]) == len(data["anomalies"]) == 10
-    assert data["anomalies"] == [s > card.threshold for s in data["scores"]]
+    assert data["anomalies"] == [s >= card.threshold for s in data["scores"]]
     assert data["anomalies"][5] is True
     assert not any(data["anomalies"][:5])  # normal readings before the spike
 
@@ -321,3 +321,58 @@ def test_framework_route_answers_like_the_fast_path(model_bundle: Bundle) -> Non
     bad = post(routed, {"stream": "r", "readings": [[1.0]]})
     assert bad.status_code == 422
     assert bad.json()["error"]["code"] == "wrong_reading_length"
+
+
+class ConstantSession:
+    """A model seam that scores every feature row ``value`` (NaN to play a broken model)."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def run(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        (features,) = feeds.values()
+        return [np.full((features.shape[0], 1), self.value, dtype=np.float32)]
+
+
+def constant_client(bundle: Bundle, value: float) -> ASGIClient:
+    settings = ServeSettings(bundle=bundle.path)
+    passed = GoldenResult(True, 0.0, 0, "not replayed: the model is a fake")
+    return ASGIClient(create_app(Scorer(bundle, ConstantSession(value)), settings, passed))
+
+
+def test_score_exactly_at_the_threshold_is_anomalous(model_bundle: Bundle) -> None:
+    """The pipeline (evaluation, parity) flags ``score >= threshold``; the device must agree."""
+    threshold = float(np.float32(model_bundle.card.threshold))  # what a float32 model output can equal
+    bundle = dataclasses.replace(model_bundle, card=dataclasses.replace(model_bundle.card, threshold=threshold))
+    at = post(constant_client(bundle, threshold), {"stream": "s", "readings": [[60.0, 0.5, 3.0]] * 2}).json()
+    assert at["scores"] == [threshold, threshold]
+    assert at["anomalies"] == [True, True]
+    below = float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))
+    under = post(constant_client(bundle, below), {"stream": "s", "readings": [[60.0, 0.5, 3.0]]}).json()
+    assert under["anomalies"] == [False]
+
+
+def test_non_finite_model_scores_are_a_json_500_and_leave_history_unchanged(model_bundle: Bundle) -> None:
+    c = constant_client(model_bundle, 0.1)
+    assert post(c, {"stream": "s", "readings": synthetic_readings(5).tolist()}).status_code == 200
+    before = history(c, "s")
+    c.app.state.scorer._session.value = float("nan")
+    for stream in ("s", "new"):
+        response = post(c, {"stream": stream, "readings": [[60.0, 0.5, 3.0]]})
+        assert response.status_code == 500
+        assert response.json()["error"]["code"] == "model_error"
+    assert history(c, "s") == before
+    assert history(c, "new") is None
+    assert "otaml_readings_scored_total 5" in c.get("/metrics").text
+
+
+def test_integer_beyond_python_digit_limit_is_a_422(model_bundle: Bundle) -> None:
+    """Python refuses int() of over 4300 digits with a plain ValueError: still bad input, not a 500."""
+    c = make_client(model_bundle, max_body_bytes=64 * 1024)
+    assert post(c, {"stream": "s", "readings": [[60.0, 0.5, 3.0]]}).status_code == 200
+    before = history(c, "s")
+    body = b'{"stream": "s", "readings": [[1' + b"0" * 5000 + b", 0.5, 3.0]]}"
+    response = c.post("/v1/score", content=body, headers=JSON)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "value_out_of_range"
+    assert history(c, "s") == before

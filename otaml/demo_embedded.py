@@ -14,6 +14,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
+from edge_runtime.errors import OtamlError
 from edge_runtime.oci import OCI_CONFIG, Descriptor, Platform
 from otaml.demo_device import NAMESPACE, AgentSettings, AgentThread, Site
 from otaml.process_runtime import ProcessRuntime
@@ -37,8 +38,11 @@ class LayoutClient:
     def get_manifest(self, ref: str) -> tuple[bytes, str, str]:
         return self.layout.read_manifest(ref)
 
-    def get_blob(self, digest: str) -> bytes:
-        return self.layout.read_blob(digest)
+    def get_blob(self, digest: str, max_bytes: int | None = None) -> bytes:
+        data = self.layout.read_blob(digest)
+        if max_bytes is not None and len(data) > max_bytes:
+            raise OtamlError(f"blob {digest} is {len(data)} bytes, over the {max_bytes}-byte limit for it.")
+        return data
 
     def close(self) -> None:
         return None

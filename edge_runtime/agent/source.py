@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from edge_runtime.errors import NotFound, OtamlError
+from edge_runtime.oci import MAX_SMALL_BLOB_BYTES
 
 # Labels the baker writes (registry/bake.py); the OCI standard ones are the fallback.
 MODEL_LABELS = ("io.otaml.model.name", "org.opencontainers.image.title")
@@ -116,7 +117,7 @@ class RegistrySource:
             manifest_digest = str(entry["digest"])
             manifest, _ = self._manifest(manifest_digest)
         config_desc = manifest.get("config") or {}
-        config = json.loads(self.client.get_blob(config_desc["digest"]))
+        config = json.loads(self.client.get_blob(config_desc["digest"], max_bytes=MAX_SMALL_BLOB_BYTES))
         labels = (config.get("config") or {}).get("Labels") or {}
         layers = manifest.get("layers", [])
         return ResolvedImage(

@@ -1,8 +1,10 @@
 """Device-side approval check: is this image digest signed by the fleet key, for this model and channel?
 
-Signatures use cosign's "simple signing" layout, so ``cosign verify --key fleet.pub`` can check them too:
-the tag ``sha256-<hex>.sig`` in the image's repository holds an OCI image manifest whose every layer is one
-signature. A layer's blob is the payload (media type :data:`SIMPLESIGNING_MEDIA_TYPE`)::
+Signatures use cosign's "simple signing" layout, so cosign can check them too. They carry no Rekor
+transparency-log bundle, so cosign 2.x needs ``cosign verify --key fleet.pub --insecure-ignore-tlog=true IMAGE``
+(without the flag it fails looking for a tlog entry). The tag ``sha256-<hex>.sig`` in the image's repository
+holds an OCI image manifest whose every layer is one signature. A layer's blob is the payload (media type
+:data:`SIMPLESIGNING_MEDIA_TYPE`)::
 
     {"critical": {"identity": {"docker-reference": "127.0.0.1:5000/pump"},
                   "image": {"docker-manifest-digest": "sha256:..."},
@@ -16,9 +18,14 @@ payload bytes. :data:`KEY_ID_ANNOTATION` (ours, ignored by cosign) names the sig
 device can tell "signed by another key" from "payload tampered with".
 
 Rejections (:class:`Rejection`, carried by :class:`SignatureRejected`, a ``VerificationFailed``): an unsigned
-image, a signature from another key, a tampered payload, a payload for another digest / model / channel, an
-expired signature, and a version lower than the running one without a signed rollback authorisation naming it
-(TUF/Uptane-style rollback protection). Only cryptography and the stdlib are used: this runs on the device.
+image, a signature from another key, a tampered payload, a payload for another digest / repository / model /
+channel, an expired signature, and a version lower than the running one without a signed rollback authorisation
+for exactly that step, running version -> this version (TUF/Uptane-style rollback protection).
+
+The repository check compares the repository *path* of the signed ``docker-reference`` with the one the device
+pulls from, ignoring the registry host: devices may legitimately pull through a mirror or another host name for
+the same registry, while a signed image copied into another repository (another model's) keeps its old path.
+Only cryptography and the stdlib are used: this runs on the device.
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ class Rejection(StrEnum):
     TAMPERED = "tampered"
     MALFORMED = "malformed"
     DIGEST_MISMATCH = "digest-mismatch"
+    WRONG_REPOSITORY = "wrong-repository"
     WRONG_MODEL = "wrong-model"
     WRONG_CHANNEL = "wrong-channel"
     EXPIRED = "expired"
@@ -72,10 +80,11 @@ _PROGRESS = {
     Rejection.TAMPERED: 2,
     Rejection.MALFORMED: 3,
     Rejection.DIGEST_MISMATCH: 4,
-    Rejection.WRONG_MODEL: 5,
-    Rejection.WRONG_CHANNEL: 6,
-    Rejection.EXPIRED: 7,
-    Rejection.DOWNGRADE: 8,
+    Rejection.WRONG_REPOSITORY: 5,
+    Rejection.WRONG_MODEL: 6,
+    Rejection.WRONG_CHANNEL: 7,
+    Rejection.EXPIRED: 8,
+    Rejection.DOWNGRADE: 9,
 }
 
 
@@ -233,6 +242,20 @@ def _version_number(version: str, digest: str) -> int:
         ) from exc
 
 
+def repository_path(reference: str) -> str:
+    """``HOST[:PORT]/a/b[:tag][@digest]`` -> ``a/b``: the repository without registry host, tag or digest."""
+    name = reference.split("@", 1)[0]
+    head, sep, tail = name.rpartition("/")
+    if ":" in tail:
+        tail = tail.split(":", 1)[0]
+    name = f"{head}{sep}{tail}"
+    first, sep, rest = name.partition("/")
+    # Docker's rule: the first component is a registry host if it has a dot or a port, or is localhost.
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return rest
+    return name
+
+
 # --- the checks -----------------------------------------------------------------------------------
 
 
@@ -241,12 +264,16 @@ def check_layer(
     key: ec.EllipticCurvePublicKey,
     digest: str,
     *,
+    repository: str | None = None,
     model: str | None = None,
     channel: str | None = None,
     running_version: str | None = None,
     now: datetime | None = None,
 ) -> Claims:
-    """Verify one signature against the fleet key and every claim; raise :class:`SignatureRejected` if any fails."""
+    """Verify one signature against the fleet key and every claim; raise :class:`SignatureRejected` if any fails.
+
+    ``repository``: the repository the device pulls from (host ignored, see the module docstring).
+    """
     expected_id = key_id(key)
     try:
         der = base64.b64decode(layer.signature, validate=True)
@@ -275,6 +302,13 @@ def check_layer(
             "Someone copied a signature; do not deploy it. Re-promote the version to sign the right digest.",
             digest,
         )
+    if repository is not None and repository_path(claims.reference) != repository_path(repository):
+        raise SignatureRejected(
+            Rejection.WRONG_REPOSITORY,
+            f"{digest} is signed for repository {claims.reference!r}, but this device pulls from {repository!r}. "
+            "A signed image was copied between repositories; do not deploy it. Promote the model to this repository.",
+            digest,
+        )
     if model is not None and claims.model != model:
         raise SignatureRejected(
             Rejection.WRONG_MODEL,
@@ -300,21 +334,21 @@ def check_layer(
     if running_version is not None:
         wanted = _version_number(claims.version, digest)
         current = _version_number(running_version, digest)
-        # The authorisation must name this version and start from at least the running one: an old
-        # "8 -> 7" rollback cannot be replayed to take a device on v9 back to v7.
+        # An authorisation allows exactly one step, from the running version to this one: an old "8 -> 7"
+        # cannot be replayed to take a device on v9 (or one still on v10 after v9 was skipped) back to v7.
         rb = claims.rollback
         authorised = (
             rb is not None
             and rb.to_version == claims.version
             and rb.from_version.isdigit()
-            and int(rb.from_version) >= current
+            and int(rb.from_version) == current
         )
         if wanted < current and not authorised:
             raise SignatureRejected(
                 Rejection.DOWNGRADE,
                 f"{digest} holds {claims.model} v{claims.version}, older than the running v{running_version}, and no "
                 "signed rollback authorisation names it. Use `otaml rollback NAME --to-version "
-                f"{claims.version}` to authorise the downgrade.",
+                f"{claims.version} --reason TEXT` while the channel is on v{running_version} to authorise that step.",
                 digest,
             )
     return claims
@@ -325,6 +359,7 @@ def verify_signatures(
     key: ec.EllipticCurvePublicKey,
     digest: str,
     *,
+    repository: str | None = None,
     model: str | None = None,
     channel: str | None = None,
     running_version: str | None = None,
@@ -346,12 +381,22 @@ def verify_signatures(
     for layer in layers:
         try:
             passed.append(
-                check_layer(layer, key, digest, model=model, channel=channel, running_version=running_version, now=now)
+                check_layer(
+                    layer,
+                    key,
+                    digest,
+                    repository=repository,
+                    model=model,
+                    channel=channel,
+                    running_version=running_version,
+                    now=now,
+                )
             )
         except SignatureRejected as exc:
             failures.append(exc)
     if passed:
-        return max(passed, key=lambda c: c.signed_at)
+        # signed_at has one-second resolution; on a tie the later layer (appended later, so newer) wins.
+        return max(enumerate(passed), key=lambda item: (item[1].signed_at, item[0]))[1]
     worst = max(failures, key=lambda e: _PROGRESS[e.reason])
     raise worst
 
@@ -456,13 +501,22 @@ class CandidateLike(Protocol):
     @property
     def current_version(self) -> str: ...
 
+    # Optional ``current_digest: str``, the running image's digest (the agent's CandidateImage has it), read with
+    # getattr so that callers without a running image (``otaml verify``) still fit.
+
 
 class SignaturePolicy:
     """The agent's ``VerificationPolicy`` when ``[verification] public_key`` is set.
 
-    Approves an image only if its digest carries a valid fleet signature for this model, this channel and a
-    version not lower than the running one (unless a signed rollback authorisation names it). Every refusal is
-    logged with its :class:`Rejection` code and raised as :class:`SignatureRejected`.
+    Approves an image only if its digest carries a valid fleet signature for the repository the device pulls
+    from, this model, this channel and a version not lower than the running one (unless a signed rollback
+    authorisation names exactly that step). Every refusal is logged with its :class:`Rejection` code and raised
+    as :class:`SignatureRejected`.
+
+    The model is pinned, never read from the candidate's own (unsigned) labels: ``[verification] model`` if
+    set, else the model the fleet signed for the running image (``current_digest``); on a first install
+    (nothing running) the repository check alone binds the image. A running version without a verifiable
+    running model is refused: versions of different models are never compared.
     """
 
     def __init__(
@@ -480,6 +534,44 @@ class SignaturePolicy:
         self.model = model
         self.clock = clock
         self.last_claims: Claims | None = None
+        self._running_models: dict[str, str] = {}
+
+    def _running_model(self, image: CandidateLike) -> str | None:
+        """The model this device runs, from config or the running image's verified signature; None if nothing runs."""
+        if self.model:
+            return self.model
+        current_digest = str(getattr(image, "current_digest", "") or "")
+        if not current_digest:
+            if image.current_version:
+                raise SignatureRejected(
+                    Rejection.WRONG_MODEL,
+                    f"The device runs v{image.current_version} but its image digest is unknown, so its model cannot "
+                    "be verified and versions cannot be compared. Set [verification] model in the agent config "
+                    "(otaml verify: --model).",
+                    image.digest,
+                )
+            return None
+        model = self._running_models.get(current_digest)
+        if model is None:
+            try:
+                # Only the running image's identity is wanted: its approval may have expired since it was installed.
+                claims = verify_signatures(
+                    fetch_signatures(self.source, current_digest),
+                    self.public_key,
+                    current_digest,
+                    repository=image.repository,
+                    now=datetime.min.replace(tzinfo=UTC),
+                )
+            except SignatureRejected as exc:
+                raise SignatureRejected(
+                    Rejection.WRONG_MODEL,
+                    f"The running image {current_digest} has no valid fleet signature ({exc.reason.value}: "
+                    f"{exc}), so the model this device runs is unknown. Set [verification] model in the agent "
+                    "config to the model this device serves.",
+                    image.digest,
+                ) from exc
+            model = self._running_models[current_digest] = claims.model
+        return model
 
     def check(self, image: CandidateLike) -> None:
         try:
@@ -487,7 +579,8 @@ class SignaturePolicy:
                 fetch_signatures(self.source, image.digest),
                 self.public_key,
                 image.digest,
-                model=self.model or image.model or None,
+                repository=image.repository,
+                model=self._running_model(image),
                 channel=self.channel,
                 running_version=image.current_version or None,
                 now=self.clock(),

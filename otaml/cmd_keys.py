@@ -7,7 +7,7 @@ import contextlib
 import json
 from dataclasses import dataclass
 
-from edge_runtime.errors import VerificationFailed
+from edge_runtime.errors import InputError, VerificationFailed
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -52,6 +52,11 @@ def run_verify(args: argparse.Namespace) -> int:
     from edge_runtime.verify import SignaturePolicy, SignatureRejected, load_public_key
     from registry.signing import client_for
 
+    if args.running_version and not args.model:
+        raise InputError(
+            "--running-version needs --model NAME: a device compares versions only within the model it runs "
+            "(pinned from its running image's signature), so say which model that is."
+        )
     key = load_public_key(args.key)
     client, ref = client_for(args.ref)
     with client:

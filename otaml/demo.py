@@ -268,7 +268,12 @@ class _Loop:
             raise DemoFailed(f"no version {version} in the demo's list")
         publisher = _TimedPublisher(
             RegistryPublisher(
-                ImageTarget(base=self.site.base_image, repository=self.site.repository, signing_key=signing_key)
+                ImageTarget(
+                    base=self.site.base_image,
+                    repository=self.site.repository,
+                    signing_key=signing_key,
+                    reference=self.site.agent_repository,  # what devices pull from, signed as docker-reference
+                )
             )
         )
         self.say(

@@ -1,11 +1,14 @@
 """Promotion in the MLflow Model Registry: gates, aliases, an audit trail, and (optionally) signed images.
 
 ``promote`` checks the gates (:mod:`registry.gates`) on the bundle that will ship, then, when an image registry
-is configured, bakes the bundle onto the runtime image as ``model-v<N>`` (or re-uses that tag if it exists: what
-staging tested is what production gets), signs the digest and moves the channel tag (signing first: a device
-never sees an unsigned channel head), and finally moves the MLflow alias (``models:/NAME@production``).
-``rollback`` does the same for an older version with a signed rollback authorisation and no gates. Failed gates
-move nothing; the alias and the audit record are written only after the image is signed and tagged.
+is configured, bakes the bundle onto the runtime image as ``model-v<N>``, signs the digest and moves the channel
+tag (signing first: a device never sees an unsigned channel head), and finally moves the MLflow alias
+(``models:/NAME@production``). Baking is reproducible, so re-baking for production gives the very digest staging
+ran; an existing ``model-v<N>`` holding anything else (pushed by someone else, another model in the same
+repository, a moved base image) is refused (TagConflict), never signed. ``promote`` never goes below the
+channel's current version: ``rollback`` does that, to an older version only, with a signed rollback
+authorisation and no gates. Failed gates move nothing; the alias and the audit record are written only after
+the image is signed and tagged.
 
 What was decided is recorded in MLflow: on the version, tags ``otaml.<channel>.approved_by|approved_at|gates|
 forced|reason|image``; on the registered model, one ``otaml.event.<time>`` tag per promotion or rollback
@@ -25,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from edge_runtime.bundle import Bundle, load_bundle
-from edge_runtime.errors import InputError, NotFound, OtamlError
+from edge_runtime.errors import InputError, NotFound, OtamlError, TemporaryError
 from edge_runtime.verify import RollbackAuthorisation, format_time
 from registry.gates import GateReport, evaluate_gates, load_gate_config
 
@@ -47,12 +50,18 @@ class PromotionRefused(OtamlError):
 
 @dataclass(frozen=True)
 class ImageTarget:
-    """Where promoted images go: the runtime base image, the target repository and the fleet signing key."""
+    """Where promoted images go: the runtime base image, the target repository and the fleet signing key.
+
+    ``reference``: the repository devices pull from, signed as the payload's docker-reference (devices compare
+    its path with their ``[registry] repository``). Default: ``repository`` itself; set it when writing to an
+    ``oci:`` layout or to a registry that devices reach under another repository path.
+    """
 
     base: str
     repository: str
     signing_key: Path
     expires_in: timedelta | None = None
+    reference: str = ""
 
     @classmethod
     def from_options(
@@ -62,8 +71,12 @@ class ImageTarget:
         signing_key: str | None = None,
         expires_in_days: float | None = None,
         env: Mapping[str, str] | None = None,
+        reference: str | None = None,
     ) -> ImageTarget | None:
-        """From flags, else ``OTAML_BASE_IMAGE``, ``OTAML_IMAGE_REPO``, ``OTAML_SIGNING_KEY``; None if none is set."""
+        """From flags, else ``OTAML_BASE_IMAGE``, ``OTAML_IMAGE_REPO``, ``OTAML_SIGNING_KEY``; None if none is set.
+
+        ``reference`` (else ``OTAML_IMAGE_REFERENCE``, else the repository): see the class docstring.
+        """
         env = os.environ if env is None else env
         values = {
             "--base-image / OTAML_BASE_IMAGE": base or env.get("OTAML_BASE_IMAGE", ""),
@@ -80,7 +93,13 @@ class ImageTarget:
             )
         days = expires_in_days if expires_in_days is not None else float(env.get("OTAML_SIGNATURE_DAYS", "0") or 0)
         b, r, k = values.values()
-        return cls(base=b, repository=r, signing_key=Path(k), expires_in=timedelta(days=days) if days > 0 else None)
+        return cls(
+            base=b,
+            repository=r,
+            signing_key=Path(k),
+            expires_in=timedelta(days=days) if days > 0 else None,
+            reference=reference or env.get("OTAML_IMAGE_REFERENCE", ""),
+        )
 
 
 @dataclass(frozen=True)
@@ -179,12 +198,28 @@ def _model_version(client: MlflowClient, name: str, version: str) -> Any:
 
 
 def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
+    """The version ``alias`` names; None only when MLflow says the alias does not exist (any other error raises)."""
     from mlflow.exceptions import MlflowException
 
     try:
         return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        code = getattr(exc, "error_code", "")
+        # Stores answer a missing alias with INVALID_PARAMETER_VALUE "... alias X not found.": only that is "none".
+        if code == "RESOURCE_DOES_NOT_EXIST" or (code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc)):
+            return None
+        # Guessing "no current version" here would sign an unchecked rollback or downgrade: surface it instead.
+        raise TemporaryError(
+            f"Cannot read {name}@{alias} from the MLflow registry ({exc}). Nothing was changed; retry when "
+            "MLflow answers."
+        ) from exc
+
+
+def _number(version: str, what: str) -> int:
+    try:
+        return int(version)
+    except ValueError as exc:
+        raise InputError(f"{what} {version!r} is not an MLflow version number.") from exc
 
 
 def download_bundle(name: str, version: str, dest: Path, *, tracking_uri: str | None = None) -> Path:
@@ -253,6 +288,14 @@ def promote(
     version = str(version)
     client = _client(tracking_uri)
     mv = _model_version(client, name, version)
+    previous = _alias_version(client, name, channel)
+    # Devices refuse a lower version without a signed rollback authorisation: promoting one would move MLflow
+    # and the channel tag while every device keeps the old version.
+    if previous is not None and _number(version, "Version") < _number(previous, f"{name}@{channel}"):
+        raise InputError(
+            f"{name}@{channel} is on v{previous}; promoting the older v{version} would be a downgrade that devices "
+            f"refuse. Roll back instead: `otaml rollback {name} --to-version {version} --reason TEXT`."
+        )
     config = load_gate_config(channel, gates_file)
     metrics = dict(client.get_run(mv.run_id).data.metrics) if mv.run_id else {}
     fetch = fetch_bundle or (lambda n, v, d: download_bundle(n, v, d, tracking_uri=tracking_uri))
@@ -267,7 +310,6 @@ def promote(
                 "Fix the model, or override with --force --reason TEXT (both are recorded).",
                 report,
             )
-        previous = _alias_version(client, name, channel)
         notes = []
         image = None
         if publisher is None:
@@ -316,11 +358,20 @@ def rollback(
     client = _client(tracking_uri)
     _model_version(client, name, to_version)
     previous = _alias_version(client, name, channel)
-    if previous == to_version:
-        raise InputError(f"{name}@{channel} already is v{to_version}; nothing to roll back.")
+    # A rollback skips the gates, so it may only go back: a known current version, and an older target.
+    if previous is None:
+        raise InputError(
+            f"{name}@{channel} names no version, so there is nothing to roll back from. "
+            f"Promote a version instead: `otaml promote {name} VERSION --to {channel}` (gates run)."
+        )
+    if _number(to_version, "--to-version") >= _number(previous, f"{name}@{channel}"):
+        raise InputError(
+            f"{name}@{channel} is on v{previous}; a rollback goes to an older version, not v{to_version}. "
+            f"To ship v{to_version}, promote it (gates run): `otaml promote {name} {to_version} --to {channel}`."
+        )
     at = _timestamp(now())
     authorisation = RollbackAuthorisation(
-        from_version=previous or "", to_version=to_version, authorised_by=approver, reason=reason, at=at
+        from_version=previous, to_version=to_version, authorised_by=approver, reason=reason, at=at
     )
     notes = []
     image = None
@@ -457,6 +508,26 @@ def history(name: str, *, tracking_uri: str | None = None) -> list[dict[str, Any
 # --- the real image publisher ---------------------------------------------------------------------
 
 
+def _conflict_message(store: Any, repository: str, tag: str, name: str, version: str, exc: Exception) -> str:
+    held = ""
+    try:  # best effort: say what the tag holds; the refusal stands either way
+        from edge_runtime.oci import LABEL_BUNDLE_DIGEST, LABEL_MODEL_NAME, LABEL_MODEL_VERSION
+
+        annotations = json.loads(store.read_manifest(tag)[0]).get("annotations") or {}
+        held = (
+            f" It holds model {annotations.get(LABEL_MODEL_NAME, '?')!r} v{annotations.get(LABEL_MODEL_VERSION, '?')}"
+            f" (bundle {annotations.get(LABEL_BUNDLE_DIGEST, '?')}) by its own unsigned labels."
+        )
+    except (OtamlError, OSError, ValueError, AttributeError):
+        pass
+    return (
+        f"Refusing to sign {repository}:{tag} for {name} v{version}: it does not hold this version's gated bundle "
+        f"baked on the configured base ({exc}).{held} Use one image repository per model; if the base "
+        "image moved since the version was first baked, pin the base by the digest it had then "
+        "(OTAML_BASE_IMAGE=HOST/REPO@sha256:...); if nobody released the tag, delete it and promote again."
+    )
+
+
 class RegistryPublisher:
     """Bakes with :func:`registry.bake.bake`, signs with :mod:`registry.signing`, moves channel tags."""
 
@@ -476,6 +547,7 @@ class RegistryPublisher:
     ) -> ImageOutcome:
         from registry import bake as baking
         from registry import signing
+        from registry.oci.errors import TagConflict
         from registry.oci.refs import close_store, open_store, parse_ref
 
         key = signing.load_private_key(self.target.signing_key)  # before pushing anything: fail early
@@ -489,17 +561,17 @@ class RegistryPublisher:
         version_tag = f"model-v{version}"
         store = open_store(ref)
         try:
-            # model-v<N> is immutable: once baked (say for staging), production and rollbacks ship that very
-            # digest, even if the base image has moved on since. Only a never-baked version is baked now.
-            found = store.resolve(version_tag)
-            if found is not None:
-                digest = found.digest
-            else:
+            # Always bake: the digest signed must be that of the bundle the gates passed. Baking is reproducible,
+            # so an existing model-v<N> of this bundle is re-used (nothing uploaded) and anything else at that tag
+            # (pushed by someone, another model, a moved base) is a TagConflict, never signed.
+            try:
                 digest = baking.bake(self.target.base, bundle_dir, repository, tag=version_tag).digest
+            except TagConflict as exc:
+                raise TagConflict(_conflict_message(store, repository, version_tag, name, version, exc)) from exc
             moment = self._now()
             payload = signing.build_payload(
                 digest=digest,
-                reference=repository,
+                reference=self.target.reference or repository,
                 model=name,
                 version=version,
                 channel=channel,

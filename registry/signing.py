@@ -11,7 +11,6 @@ The private key never goes into an image: it stays with whoever promotes (``otam
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import stat
@@ -25,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from edge_runtime.errors import InputError
-from edge_runtime.oci import Reference, RegistryClient, parse_reference
+from edge_runtime.oci import OCI_CONFIG, OCI_MANIFEST, Reference, RegistryClient, parse_reference, sha256_digest
 from edge_runtime.verify import (
     COSIGN_SIGNATURE_TYPE,
     KEY_ID_ANNOTATION,
@@ -39,8 +38,6 @@ from edge_runtime.verify import (
     signature_tag,
 )
 
-OCI_MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
-OCI_CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
 PRIVATE_KEY_FILE = "otaml-signing.key"
 PUBLIC_KEY_FILE = "otaml-signing.pub"
 
@@ -143,10 +140,6 @@ def sign_payload(key: ec.EllipticCurvePrivateKey, payload: bytes) -> SignatureLa
     return SignatureLayer(payload=payload, signature=base64.b64encode(der).decode(), key_id=key_id(key.public_key()))
 
 
-def _sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
 def signature_manifest(layers: Sequence[SignatureLayer]) -> tuple[bytes, bytes]:
     """``(manifest, config)`` bytes of the ``.sig`` image holding ``layers`` (cosign's layout)."""
     config = {
@@ -155,18 +148,18 @@ def signature_manifest(layers: Sequence[SignatureLayer]) -> tuple[bytes, bytes]:
         "created": "0001-01-01T00:00:00Z",
         "config": {},
         "history": [{"created": "0001-01-01T00:00:00Z"} for _ in layers],
-        "rootfs": {"type": "layers", "diff_ids": [_sha256(layer.payload) for layer in layers]},
+        "rootfs": {"type": "layers", "diff_ids": [sha256_digest(layer.payload) for layer in layers]},
     }
     config_bytes = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
     manifest = {
         "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST_MEDIA_TYPE,
-        "config": {"mediaType": OCI_CONFIG_MEDIA_TYPE, "size": len(config_bytes), "digest": _sha256(config_bytes)},
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "size": len(config_bytes), "digest": sha256_digest(config_bytes)},
         "layers": [
             {
                 "mediaType": SIMPLESIGNING_MEDIA_TYPE,
                 "size": len(layer.payload),
-                "digest": _sha256(layer.payload),
+                "digest": sha256_digest(layer.payload),
                 "annotations": {SIGNATURE_ANNOTATION: layer.signature}
                 | ({KEY_ID_ANNOTATION: layer.key_id} if layer.key_id else {}),
             }
@@ -215,9 +208,9 @@ def push_signature(store: SignatureStore, digest: str, layer: SignatureLayer) ->
     layers = [*existing, layer]
     manifest, config = signature_manifest(layers)
     for blob in (config, *(item.payload for item in layers)):
-        store.write_blob(blob, _sha256(blob))
+        store.write_blob(blob, sha256_digest(blob))
     tag = signature_tag(digest)
-    store.write_manifest(manifest, OCI_MANIFEST_MEDIA_TYPE, tag)
+    store.write_manifest(manifest, OCI_MANIFEST, tag)
     return tag
 
 

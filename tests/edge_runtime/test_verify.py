@@ -36,6 +36,7 @@ from registry.signing import build_payload, sign_payload, signature_manifest
 
 DIGEST = "sha256:" + "a" * 64
 OTHER_DIGEST = "sha256:" + "b" * 64
+RUNNING_DIGEST = "sha256:" + "c" * 64
 NOW = datetime(2026, 11, 26, 23, 0, tzinfo=UTC)
 
 
@@ -59,10 +60,11 @@ def signed(
     expires_at: datetime | None = None,
     rollback: RollbackAuthorisation | None = None,
     signed_at: datetime = NOW - timedelta(hours=1),
+    reference: str = "127.0.0.1:5000/pump",
 ) -> SignatureLayer:
     payload = build_payload(
         digest=digest,
-        reference="127.0.0.1:5000/pump",
+        reference=reference,
         model=model,
         version=version,
         channel=channel,
@@ -268,6 +270,34 @@ def test_signature_manifest_uses_the_cosign_layout(fleet_key: ec.EllipticCurvePr
     assert signature_tag(DIGEST) == f"sha256-{'a' * 64}.sig"
 
 
+def test_an_authorisation_allows_exactly_one_step_from_the_running_version(
+    fleet_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    # A "9 -> 7" authorisation (the channel was on v9) is not one for a device still on v8: only from v9 it passes.
+    auth = RollbackAuthorisation(from_version="9", to_version="7", authorised_by="bob", reason="r", at="t")
+    layer = signed(fleet_key, version="7", rollback=auth)
+    assert rejection([layer], fleet_key, running_version="8") is Rejection.DOWNGRADE
+    assert check([layer], fleet_key, running_version="9").version == "7"
+
+
+def test_repository_path_ignores_host_tag_and_digest() -> None:
+    from edge_runtime.verify import repository_path
+
+    assert repository_path("127.0.0.1:5000/fleet/pump") == "fleet/pump"
+    assert repository_path("mirror.example.com/fleet/pump:production") == "fleet/pump"
+    assert repository_path(f"localhost/pump@{DIGEST}") == "pump"
+    assert repository_path("fleet/pump") == "fleet/pump"
+
+
+def test_a_signature_for_another_repository_is_rejected_whatever_the_host(
+    fleet_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    fan = signed(fleet_key, reference="127.0.0.1:5000/fan", model="pump-anomaly")
+    assert rejection([fan], fleet_key, repository="pump") is Rejection.WRONG_REPOSITORY
+    mirrored = signed(fleet_key, reference="mirror.example.com:443/pump")
+    assert check([mirrored], fleet_key, repository="pump").version == "5"
+
+
 # --- the agent's policy ---------------------------------------------------------------------------
 
 
@@ -278,12 +308,20 @@ class Candidate:
     model: str = "pump-anomaly"
     version: str = "5"
     current_version: str = "4"
+    current_digest: str = RUNNING_DIGEST
+
+
+def running_pump(key: ec.EllipticCurvePrivateKey) -> FakeRepository:
+    """A repository whose running image (v4 of pump-anomaly) carries its fleet signature."""
+    repo = FakeRepository()
+    repo.store(RUNNING_DIGEST, [signed(key, digest=RUNNING_DIGEST, version="4")])
+    return repo
 
 
 def test_policy_approves_signed_image_and_rejects_unsigned_with_a_logged_reason(
     fleet_key: ec.EllipticCurvePrivateKey, caplog: pytest.LogCaptureFixture
 ) -> None:
-    repo = FakeRepository()
+    repo = running_pump(fleet_key)
     policy = SignaturePolicy(fleet_key.public_key(), repo, channel="production", clock=lambda: NOW)
     with caplog.at_level(logging.WARNING, logger="edge_runtime.verify"), pytest.raises(SignatureRejected) as info:
         policy.check(Candidate())
@@ -296,12 +334,61 @@ def test_policy_approves_signed_image_and_rejects_unsigned_with_a_logged_reason(
 
 
 def test_policy_rejects_a_label_that_disagrees_with_the_signed_version(fleet_key: ec.EllipticCurvePrivateKey) -> None:
-    repo = FakeRepository()
+    repo = running_pump(fleet_key)
     repo.store(DIGEST, [signed(fleet_key, version="5")])
     policy = SignaturePolicy(fleet_key.public_key(), repo, channel="production", clock=lambda: NOW)
     with pytest.raises(SignatureRejected) as info:
         policy.check(Candidate(version="6"))
     assert info.value.reason is Rejection.MALFORMED
+
+
+def test_policy_pins_the_model_to_the_running_images_signature_not_the_candidates_label(
+    fleet_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    # A legitimately signed fan v99, copied with its .sig into the pump repository and labelled as it likes.
+    fan = signed(fleet_key, version="99", model="fan", reference="127.0.0.1:5000/pump")
+    repo = running_pump(fleet_key)
+    repo.store(DIGEST, [fan])
+    policy = SignaturePolicy(fleet_key.public_key(), repo, channel="production", clock=lambda: NOW)
+    with pytest.raises(SignatureRejected) as info:
+        policy.check(Candidate(model="fan", version="99"))
+    assert info.value.reason is Rejection.WRONG_MODEL
+    # Configured model wins over the running image.
+    configured = SignaturePolicy(fleet_key.public_key(), repo, channel="production", model="fan", clock=lambda: NOW)
+    configured.check(Candidate(model="fan", version="99"))
+
+
+def test_policy_rejects_a_signed_image_copied_from_another_repository(fleet_key: ec.EllipticCurvePrivateKey) -> None:
+    repo = running_pump(fleet_key)
+    repo.store(DIGEST, [signed(fleet_key, version="99", reference="127.0.0.1:5000/fan")])
+    policy = SignaturePolicy(fleet_key.public_key(), repo, channel="production", clock=lambda: NOW)
+    with pytest.raises(SignatureRejected) as info:
+        policy.check(Candidate(version="99"))
+    assert info.value.reason is Rejection.WRONG_REPOSITORY
+
+
+def test_policy_without_a_verifiable_running_model_refuses_rather_than_compare_versions(
+    fleet_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    repo = FakeRepository()  # the running image has no signature (installed before signing was configured)
+    repo.store(DIGEST, [signed(fleet_key, version="5")])
+    policy = SignaturePolicy(fleet_key.public_key(), repo, channel="production", clock=lambda: NOW)
+    with pytest.raises(SignatureRejected, match=r"\[verification\] model") as info:
+        policy.check(Candidate())
+    assert info.value.reason is Rejection.WRONG_MODEL
+    with pytest.raises(SignatureRejected, match=r"\[verification\] model"):
+        policy.check(Candidate(current_digest=""))
+    # First install: nothing runs, so nothing to pin or compare; the repository binds the image.
+    policy.check(Candidate(current_version="", current_digest=""))
+    assert policy.last_claims is not None
+    assert policy.last_claims.model == "pump-anomaly"
+
+
+def test_policy_reads_the_running_model_even_after_its_approval_expired(fleet_key: ec.EllipticCurvePrivateKey) -> None:
+    repo = FakeRepository()
+    repo.store(RUNNING_DIGEST, [signed(fleet_key, digest=RUNNING_DIGEST, version="4", expires_at=NOW - timedelta(1))])
+    repo.store(DIGEST, [signed(fleet_key, version="5")])
+    SignaturePolicy(fleet_key.public_key(), repo, channel="production", clock=lambda: NOW).check(Candidate())
 
 
 def test_make_policy_reads_the_verification_section(fleet_key: ec.EllipticCurvePrivateKey, tmp_path: Path) -> None:

@@ -256,3 +256,131 @@ def test_gates_force_and_rollback_against_a_postgresql_backed_mlflow_server(
         ("promote", v2, True),
         ("rollback", v1, False),
     ]
+
+
+def test_promoting_below_the_channels_version_is_refused_with_the_rollback_command(
+    pump: str, model_bundle: Bundle
+) -> None:
+    v1 = register_version(pump, model_bundle.path)
+    v2 = register_version(pump, model_bundle.path)
+    promote(pump, v2, "production", approver="alice")
+    publisher = FakePublisher()
+    with pytest.raises(InputError, match=rf"otaml rollback {pump} --to-version {v1} --reason"):
+        promote(pump, v1, "production", approver="alice", publisher=publisher)
+    assert publisher.calls == []
+    assert alias_version(pump, "production") == v2
+    promote(pump, v2, "production", approver="alice")  # re-approving the same version stays allowed
+
+
+def test_rollback_only_goes_back_from_a_known_version(pump: str, model_bundle: Bundle) -> None:
+    v1 = register_version(pump, model_bundle.path)
+    v2 = register_version(pump, model_bundle.path)
+    publisher = FakePublisher()
+    with pytest.raises(InputError, match="names no version"):
+        rollback(pump, v1, "production", approver="bob", reason="r", publisher=publisher)
+    promote(pump, v1, "production", approver="alice")
+    with pytest.raises(InputError, match=rf"otaml promote {pump} {v2} --to production"):
+        rollback(pump, v2, "production", approver="bob", reason="skip the gates", publisher=publisher)
+    with pytest.raises(InputError, match="older version"):
+        rollback(pump, v1, "production", approver="bob", reason="r", publisher=publisher)
+    assert publisher.calls == []
+    assert alias_version(pump, "production") == v1
+
+
+def test_an_mlflow_error_reading_the_channel_surfaces_instead_of_signing(
+    pump: str, model_bundle: Bundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
+
+    v1 = register_version(pump, model_bundle.path)
+    v2 = register_version(pump, model_bundle.path)
+    promote(pump, v2, "production", approver="alice")
+
+    def down(*_args: Any, **_kwargs: Any) -> Any:
+        raise MlflowException("API request failed: 503", error_code=TEMPORARILY_UNAVAILABLE)
+
+    monkeypatch.setattr(MlflowClient, "get_model_version_by_alias", down)
+    publisher = FakePublisher()
+    with pytest.raises(TemporaryError, match="Nothing was changed"):
+        rollback(pump, v1, "production", approver="bob", reason="r", publisher=publisher)
+    with pytest.raises(TemporaryError):
+        promote(pump, v1, "production", approver="alice", publisher=publisher)
+    assert publisher.calls == []
+    monkeypatch.undo()
+    assert alias_version(pump, "production") == v2
+
+
+# --- the real publisher on OCI layouts (no registry needed) --------------------------------------
+
+
+def _card_copy(bundle: Bundle, dest: Path, name: str, version: str) -> Path:
+    import dataclasses
+
+    from edge_runtime.bundle import write_bundle
+
+    card = dataclasses.replace(bundle.card, name=name, version=version)
+    return write_bundle(dest, card, bundle.onnx_path.read_bytes()).path
+
+
+def test_publisher_never_signs_what_a_model_tag_holds_unless_it_is_the_gated_bundle(
+    model_bundle: Bundle, tmp_path: Path
+) -> None:
+    from registry.oci.errors import TagConflict
+    from registry.oci.layout import Layout
+    from registry.promotion import ImageTarget, RegistryPublisher
+    from registry.signing import generate_keys
+    from tests.registry.oci.fakes import write_fake_base
+
+    write_fake_base(tmp_path / "base")
+    keys = generate_keys(tmp_path / "keys")
+    repo = tmp_path / "repo"
+    layout = Layout(repo, create=True)
+    publisher = RegistryPublisher(
+        ImageTarget(base=f"oci:{tmp_path / 'base'}:base", repository=f"oci:{repo}", signing_key=keys.private_key)
+    )
+    pump1 = _card_copy(model_bundle, tmp_path / "pump1", "pump", "1")
+    staged = publisher.publish(name="pump", version="1", channel="staging", bundle_dir=pump1, approver="alice")
+    prod = publisher.publish(name="pump", version="1", channel="production", bundle_dir=pump1, approver="alice")
+    assert prod.digest == staged.digest  # reproducible bake: production signs what staging ran
+
+    # Another model in the same repository: fan v1 must not be signed as pump's image (or vice versa).
+    fan1 = _card_copy(model_bundle, tmp_path / "fan1", "fan", "1")
+    with pytest.raises(TagConflict, match=r"holds model 'pump' v1.*one image repository per model"):
+        publisher.publish(name="fan", version="1", channel="production", bundle_dir=fan1, approver="alice")
+
+    # Someone with push rights puts another image at model-v2 before the operator promotes v2.
+    data, media_type, _ = layout.read_manifest("model-v1")
+    layout.write_manifest(data, media_type, "model-v2")
+    pump2 = _card_copy(model_bundle, tmp_path / "pump2", "pump", "2")
+    with pytest.raises(TagConflict, match="Refusing to sign"):
+        publisher.publish(name="pump", version="2", channel="production", bundle_dir=pump2, approver="alice")
+    assert layout.resolve("production") is not None
+    assert layout.resolve("production").digest == staged.digest  # type: ignore[union-attr]
+    sigs = [t for t in layout.tags() if t.endswith(".sig")]
+    assert sigs == [prod.signature_tag]  # only pump v1 was ever signed
+
+
+def test_publisher_signs_the_repository_devices_pull_from(model_bundle: Bundle, tmp_path: Path) -> None:
+    from edge_runtime.verify import parse_payload
+    from registry.oci.layout import Layout
+    from registry.promotion import ImageTarget, RegistryPublisher
+    from registry.signing import generate_keys, read_signatures
+    from tests.registry.oci.fakes import write_fake_base
+
+    write_fake_base(tmp_path / "base")
+    layout = Layout(tmp_path / "repo", create=True)
+    target = ImageTarget.from_options(
+        f"oci:{tmp_path / 'base'}:base",
+        f"oci:{tmp_path / 'repo'}",
+        str(generate_keys(tmp_path / "keys").private_key),
+        env={"OTAML_IMAGE_REFERENCE": "registry.example.com/fleet/pump"},
+    )
+    assert target is not None
+    bundle = _card_copy(model_bundle, tmp_path / "pump1", "pump", "1")
+    out = RegistryPublisher(target).publish(
+        name="pump", version="1", channel="staging", bundle_dir=bundle, approver="alice"
+    )
+    (layer,) = read_signatures(layout, out.digest)
+    assert parse_payload(layer.payload).reference == "registry.example.com/fleet/pump"

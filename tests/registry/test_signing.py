@@ -233,6 +233,8 @@ def test_promote_signs_verify_passes_unsigned_is_rejected_signed_rollback_is_acc
         "production",
         "--running-version",
         v2,
+        "--model",  # versions are compared only within a known model
+        "pump",
         capsys=capsys,
     )
     assert code == 0, out
@@ -253,6 +255,7 @@ def test_promote_signs_verify_passes_unsigned_is_rejected_signed_rollback_is_acc
         model="pump",
         version=v1,
         current_version=v2,
+        current_digest=second.image.digest,  # the running image's signature pins the model (pump)
     )
     policy.check(candidate)
     assert policy.last_claims is not None

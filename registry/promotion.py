@@ -154,7 +154,7 @@ class PromotionReport:
 
 
 class ImagePublisher(Protocol):
-    """Puts a version's image on a channel: bake (or reuse) ``model-v<N>``, sign its digest, move the tag."""
+    """Puts a version's image on a channel: bake ``model-v<N>``, sign its digest, move the tag."""
 
     def publish(
         self,

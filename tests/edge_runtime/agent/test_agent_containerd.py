@@ -366,7 +366,8 @@ def test_restart_after_a_crash_mid_update_converges(device: Device) -> None:
 
 
 class CorruptingProxy:
-    """A registry front that flips one byte of one blob on its way to the device (same length, wrong digest)."""
+    """A registry front that flips one byte of one blob on its way to the device (same length, wrong digest),
+    or answers every request with a 500 while ``failing`` is set."""
 
     def __init__(self, upstream: str) -> None:
         import http.client
@@ -375,12 +376,22 @@ class CorruptingProxy:
         proxy = self
         self.corrupt: set[str] = set()
         self.served: list[str] = []
+        self.failing = False
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: object) -> None:
                 pass
 
             def _forward(self) -> None:
+                if proxy.failing:
+                    body = b'{"errors": [{"code": "UNKNOWN", "message": "internal server error"}]}'
+                    self.send_response(500)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(body)
+                    return
                 host, port = upstream.rsplit(":", 1)
                 conn = http.client.HTTPConnection(host, int(port), timeout=30)
                 headers = {k: v for k, v in self.headers.items() if k.lower() in ("accept", "range", "authorization")}
@@ -412,15 +423,43 @@ class CorruptingProxy:
         self.server.server_close()
 
 
+def _through_proxy(device: Device, proxy: CorruptingProxy) -> AgentConfig:
+    """The device talks to the registry through the proxy, so image names carry the proxy's address."""
+    from dataclasses import replace
+
+    config = replace(device.config, registry_url=f"http://{proxy.address}")
+    device.agent.config = config
+    device.agent.source = RegistrySource.connect(config.registry_url, REPO, config.channel, 10)
+    return config
+
+
+def test_a_registry_answering_500_keeps_serving_backs_off_and_recovers(device: Device) -> None:
+    proxy = CorruptingProxy(device.images.registry)
+    try:
+        _through_proxy(device, proxy)
+        install_v1(device)
+        device.move_channel("v2")
+        proxy.failing = True
+        with device.load() as load:
+            reports = [device.agent.reconcile() for _ in range(2)]
+            time.sleep(1)
+        assert [(r.outcome, r.step, r.temporary) for r in reports] == [("error", "poll", True)] * 2
+        assert device.agent.state.consecutive_failures == 2
+        assert "500" in device.agent.state.last_error
+        assert load.result.failed == 0, load.result.errors[:5]
+        assert_serving(device, "1", load.result)
+        proxy.failing = False
+        assert device.agent.reconcile().outcome == "updated"
+        assert device.agent.state.consecutive_failures == 0
+    finally:
+        device.agent.source.client.close()  # type: ignore[attr-defined]
+        proxy.close()
+
+
 def test_a_corrupt_blob_fails_the_pull_and_changes_nothing(device: Device) -> None:
     proxy = CorruptingProxy(device.images.registry)
     try:
-        # The device talks to the registry through the proxy, so image names carry the proxy's address.
-        from dataclasses import replace
-
-        config = replace(device.config, registry_url=f"http://{proxy.address}")
-        device.agent.config = config
-        device.agent.source = RegistrySource.connect(config.registry_url, REPO, config.channel, 10)
+        config = _through_proxy(device, proxy)
         install_v1(device)
         new = device.move_channel("unpulled")
         layer = device.agent.source.resolve(new, config.platform).layers[-1]

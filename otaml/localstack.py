@@ -240,20 +240,33 @@ class LocalContainerd:
                 f"{MAX_SOCKET_PATH}. Use a shorter work directory (e.g. under /tmp)."
             )
         self.workdir.mkdir(parents=True, exist_ok=True)
-        config = self.workdir / "config.toml"
-        config.write_text(CONTAINERD_CONFIG.format(dir=self.workdir))
-        with open(self.log, "wb") as out:
+        (self.workdir / "config.toml").write_text(CONTAINERD_CONFIG.format(dir=self.workdir))
+        self.instance = ContainerdInstance(str(sock), self.namespace)
+        self._spawn(self.instance)
+        return self.instance
+
+    def _spawn(self, instance: ContainerdInstance) -> None:
+        with open(self.log, "ab") as out:
             # Its own session: Ctrl-C in a terminal reaches us, and we stop it in order (containers first).
             self.process = subprocess.Popen(
-                ["containerd", "--config", str(config)], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                ["containerd", "--config", str(self.workdir / "config.toml")],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
-        self.instance = ContainerdInstance(str(sock), self.namespace)
         try:
-            self._wait(self.instance)
+            self._wait(instance)
         except BaseException:
             self.stop()
             raise
-        return self.instance
+
+    def restart(self) -> None:
+        """Stop the daemon alone and start it again, as a device's containerd restarts: running containers
+        (their shims) survive, and containerd finds them again."""
+        if self.instance is None:
+            raise LocalStackError("containerd was never started; call start() first.")
+        _stop_process(self.process, 20)
+        self._spawn(self.instance)
 
     def _wait(self, instance: ContainerdInstance) -> None:
         deadline = time.monotonic() + self.timeout_s

@@ -1,7 +1,8 @@
 """:class:`ContainerRuntime` on containerd 1.6 through its ``ctr`` command line (no gRPC stack in the agent).
 
-``ctr`` errors are converted here, at the boundary: "not found" → NotFound; network trouble while pulling
-→ TemporaryError; anything else → RuntimeFailure carrying ctr's output. containerd verifies every blob's
+``ctr`` errors are converted here, at the boundary: containerd not answering (down, restarting) → TemporaryError;
+"not found" → NotFound; network trouble while pulling → TemporaryError; anything else → RuntimeFailure carrying
+ctr's output. containerd verifies every blob's
 digest while pulling, so a corrupt blob fails the pull (RuntimeFailure) and leaves no image behind.
 
 Exit codes: ``ctr task ls`` does not show them, so when a task has stopped on its own, :meth:`CtrRuntime.status`
@@ -27,6 +28,11 @@ _TEMPORARY = re.compile(
     re.IGNORECASE,
 )
 _NOT_FOUND = re.compile(r"not found|no such|does not exist", re.IGNORECASE)
+# containerd itself is down or restarting: says nothing about the image, so never a reason to block it.
+_UNAVAILABLE = re.compile(
+    r"transport is closing|failed to dial|error while dialing|connection error|code = Unavailable|: unavailable\b",
+    re.IGNORECASE,
+)
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -72,6 +78,8 @@ class CtrRuntime:
     def _error(self, args: Sequence[str], done: subprocess.CompletedProcess[bytes]) -> Exception:
         out = (done.stderr or done.stdout).decode(errors="replace").strip()
         message = f"`ctr {' '.join(args)}` failed ({done.returncode}): {out[-800:]}"
+        if _UNAVAILABLE.search(out):
+            return TemporaryError(f"containerd is not answering: {message} Retrying with back-off.")
         if _NOT_FOUND.search(out) and "pull" not in args:
             return NotFound(message)
         if "pull" in args and _TEMPORARY.search(out):
@@ -131,6 +139,9 @@ class CtrRuntime:
             log = self.log_dir / f"{spec.name}.log"
             log.unlink(missing_ok=True)
             args += ["--log-uri", f"file://{log}"]
+        # A leftover of an interrupted attempt at the same candidate (e.g. containerd restarted during `ctr run`,
+        # which can create the container yet report failure) would make `ctr run` fail with "already exists".
+        self.stop(spec.name, 0)
         self._exited.pop(spec.name, None)
         self._run([*args, spec.image, spec.name, *spec.command])
 
@@ -201,8 +212,9 @@ class CtrRuntime:
                 deadline = time.monotonic() + 10
                 while time.monotonic() < deadline and self._tasks().get(name) == "RUNNING":
                     time.sleep(0.05)
-        if state is not None:
-            self._run(["task", "delete", "--force", name], check=False)
+        # Also when `task ls` shows none: right after a containerd restart a surviving task may not be listed
+        # yet, and a container whose task is left behind cannot be recreated ("task ... already exists").
+        self._run(["task", "delete", "--force", name], check=False)
         done = self._run(["container", "delete", name], check=False)
         if done.returncode != 0 and not _NOT_FOUND.search(done.stderr.decode(errors="replace")):
             raise self._error(["container", "delete", name], done)

@@ -574,3 +574,24 @@ def test_only_signed_images_run_and_versions_go_down_only_with_a_signed_rollback
     assert result.failed == 0, result.errors[:5]
     assert set(result.version_counts()) == {"1", "2"}
     assert_serving(device, "1", result)
+
+
+def test_containerd_restarted_mid_update_converges_without_a_failed_request(
+    device: Device, containerd_daemon: Any
+) -> None:
+    """containerd restarts while the agent pulls or starts the canary: the step fails or completes, the next
+    one converges, and v1 keeps answering meanwhile (running containers survive a containerd restart)."""
+    install_v1(device)
+    reports = []
+    with device.load() as load:
+        device.move_channel("v2")
+        restart = threading.Timer(0.3, containerd_daemon.restart)
+        restart.start()
+        reports.append(device.agent.reconcile())
+        restart.join()
+        while reports[-1].outcome != "updated" and len(reports) < 4:
+            reports.append(device.agent.reconcile())
+        time.sleep(1)
+    assert reports[-1].outcome == "updated", [r.to_dict() for r in reports]
+    assert load.result.failed == 0, load.result.errors[:5]
+    assert_serving(device, "2", load.result)

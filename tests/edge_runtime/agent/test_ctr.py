@@ -36,6 +36,14 @@ def _done(args: list[str], code: int, err: str) -> subprocess.CompletedProcess[b
         (["image", "pull", "x"], "127.0.0.1:5000/r@sha256:aa: not found", NotFound),
         (["container", "info", "c"], 'container "c" in namespace "n": not found', NotFound),
         (["run", "-d", "img", "c"], "OCI runtime create failed: runc create failed", RuntimeFailure),
+        # containerd restarting or down: never a verdict on the image (it must not be blocked for it).
+        (["run", "-d", "img", "c"], "ctr: transport is closing: unavailable", TemporaryError),
+        (
+            ["task", "ls"],
+            'ctr: failed to dial "/run/c.sock": connection error: desc = "transport: Error while dialing: dial unix '
+            '/run/c.sock: connect: no such file or directory"',
+            TemporaryError,
+        ),
     ],
 )
 def test_ctr_errors_become_types_the_agent_branches_on(args: list[str], err: str, kind: type) -> None:

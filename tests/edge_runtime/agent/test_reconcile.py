@@ -248,6 +248,7 @@ def test_a_verification_policy_refusal_blocks_without_pulling(world: World) -> N
         ("pull", TemporaryError("registry went away mid-pull"), "error", False),
         ("pull", RuntimeFailure("failed commit: unexpected sha256 digest (corrupt blob)"), "error", False),
         ("start", RuntimeFailure("runc create failed"), "rolled_back", True),
+        ("start", TemporaryError("containerd is not answering: transport is closing"), "error", False),
         ("read_blob", RuntimeFailure("content store: blob missing"), "rolled_back", True),
     ],
 )

@@ -1,9 +1,7 @@
-"""``POST /v1/score`` as a bare ASGI app: the hot path of the service.
+"""``POST /v1/score``: the hot path of the service, from headers and body to a status and a JSON body.
 
-The service's middleware hands score requests straight to :class:`ScoreEndpoint`, skipping the
-framework's routing, dependency solving and exception middlewares (measured ~150 µs of ~450 µs per
-single-reading request). FastAPI still declares the route, for the OpenAPI schema, and delegates to the
-same :meth:`ScoreEndpoint.handle`.
+The service's router (:class:`edge_runtime.server.ScoringService`) and FastAPI's declared route both call
+:meth:`ScoreEndpoint.handle`, so they answer alike.
 """
 
 from __future__ import annotations
@@ -20,10 +18,8 @@ from edge_runtime.settings import ServeSettings
 
 log = logging.getLogger("edge_runtime.server")
 
-Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 
 class ClientGone(Exception):
@@ -127,20 +123,3 @@ class ScoreEndpoint:
             "anomalies": anomalies,
         }
         return 200, json_bytes(data)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            status, body = await self.handle(scope["headers"], receive)
-        except ClientGone:
-            return
-        except Exception:  # a bug, not bad input: answer and keep serving
-            log.exception("scoring failed", extra={"event": "score_failed"})
-            status, body = 500, error_body("internal_error", "Scoring failed unexpectedly; see the service log.")
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})

@@ -70,15 +70,20 @@ def run_serve(args: argparse.Namespace) -> int:
         log.error(str(exc), extra={"event": "config_invalid"})
         return EXIT_CONFIG
     configure_logging(settings.log_level)
-    # Imported after the configuration is known good: these are the heavy modules.
+    # Imported after the configuration is known good: these are the heavy modules. Start-up touches far
+    # more library pages than serving does; paging them out after each heavy step keeps the peak of the
+    # whole start-up (what a container's memory limit sees) close to the steady state (docs/footprint.md).
+    settle = release_startup_pages if settings.release_startup_pages else (lambda: 0)
+    import onnxruntime  # noqa: F401  (numpy comes with it)
+
+    settle()
     import uvicorn
 
     from edge_runtime.server import build_service
 
-    if settings.release_startup_pages:  # once here and once when loaded: keeps the start-up peak low too
-        release_startup_pages()
+    settle()
     try:
-        app, golden, bundle = build_service(settings)
+        app, golden, bundle = build_service(settings, settle)
     except OtamlError as exc:
         log.error(str(exc), extra={"event": "bundle_invalid", "bundle": str(settings.bundle)})
         return EXIT_BUNDLE
@@ -117,8 +122,7 @@ def run_serve(args: argparse.Namespace) -> int:
     # Everything allocated so far lives for the whole process: keep the collector off it.
     gc.collect()
     gc.freeze()
-    if settings.release_startup_pages:
-        release_startup_pages()
+    settle()
     log.info(
         "serving",
         extra={"event": "serving", "host": settings.host, "port": settings.port, "ready": golden.ok, **about},

@@ -1,219 +1,187 @@
-"""The scoring service: a FastAPI app over a ready :class:`~edge_runtime.scoring.Scorer`.
+"""The scoring service: a lean ASGI router in front, a FastAPI application that declares the API.
 
-Routes: ``POST /v1/score``, ``GET /healthz``, ``GET /readyz``, ``GET /v1/model``, ``GET /metrics``.
-Request bodies are read and parsed by hand (bounded read, strict JSON) instead of through pydantic
-models: it is cheaper in memory and lets every bad input get a precise 4xx. ``POST /v1/score`` is
-served by :mod:`edge_runtime.score_endpoint` straight from the middleware; its OpenAPI schema is still
-declared here (FastAPI builds it lazily on the first ``GET /openapi.json``).
+Routes: ``POST /v1/score``, ``GET /healthz``, ``GET /readyz``, ``GET /v1/model``, ``GET /metrics``, and
+``GET /openapi.json`` (the OpenAPI 3 description).
+
+:class:`ScoringService` is what uvicorn runs. It answers the five operational routes itself, through the
+same handlers the FastAPI routes call, and hands ``/openapi.json`` to the FastAPI application, which it
+builds on that first request. Importing FastAPI, Starlette, pydantic and opentelemetry-api costs 23 MB
+resident and ~1 s of start-up on a 2-core x86 (``docs/footprint.md``): a device that never asks for its
+API description never pays it, and score requests skip a framework middleware stack that cost more CPU
+than the model. :func:`api_app` is a complete FastAPI app on its own as well (every route served by
+the same handlers), for tooling and for mounting elsewhere.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from typing import Any
-
-from fastapi import FastAPI, Request
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
+from collections.abc import Awaitable, Callable, MutableMapping
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 from edge_runtime.bundle import Bundle, load_bundle
 from edge_runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from edge_runtime.metrics import Metrics
-from edge_runtime.score_endpoint import ScoreEndpoint, error_body, json_bytes
-from edge_runtime.score_request import MAX_ABS_READING
+from edge_runtime.score_endpoint import ClientGone, ScoreEndpoint, error_body, json_bytes
 from edge_runtime.scoring import GoldenResult, Scorer
 from edge_runtime.settings import ServeSettings
 
-ROUTES = ("/v1/score", "/healthz", "/readyz", "/v1/model", "/metrics", "/openapi.json")
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+GET_ROUTES = ("/healthz", "/readyz", "/v1/model", "/metrics", "/openapi.json")
+ROUTES = ("/v1/score", *GET_ROUTES)
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Answer = tuple[int, bytes, bytes]  # status, body, content type
+
+JSON_TYPE = b"application/json"
+
+log = logging.getLogger("edge_runtime.server")
 
 
-def json_response(status: int, data: object, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(json_bytes(data), status_code=status, media_type="application/json", headers=headers)
+class Handlers:
+    """What each GET route answers, shared by the router and the FastAPI routes."""
+
+    def __init__(self, scorer: Scorer, metrics: Metrics, golden: GoldenResult) -> None:
+        card = scorer.card
+        info = {"model": card.name, "version": card.version, "bundle_digest": scorer.bundle.digest}
+        self.scorer = scorer
+        self.metrics = metrics
+        # The model and its readiness never change while a process runs: encode them once.
+        self._healthz = json_bytes({"status": "alive"})
+        if golden.ok:
+            self._readyz: tuple[int, bytes] = (200, json_bytes({"status": "ready", **info, "golden": golden.message}))
+        else:
+            self._readyz = (503, json_bytes({"status": "not_ready", **info, "reason": golden.message}))
+        self._model = json_bytes({**card.public_dict(), "bundle_digest": scorer.bundle.digest})
+
+    def healthz(self) -> Answer:
+        return 200, self._healthz, JSON_TYPE
+
+    def readyz(self) -> Answer:
+        return *self._readyz, JSON_TYPE
+
+    def model(self) -> Answer:
+        return 200, self._model, JSON_TYPE
+
+    def prometheus(self) -> Answer:
+        return 200, self.metrics.render(len(self.scorer.streams)).encode(), METRICS_CONTENT_TYPE.encode()
 
 
-def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(error_body(code, message), status_code=status, media_type="application/json", headers=headers)
+async def _answer(send: Send, status: int, body: bytes, content_type: bytes, extra: list[tuple[bytes, bytes]]) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *extra]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
-class ServiceMiddleware:
-    """Counts and times every request by method, route and status; hands ``POST /v1/score`` to the fast path.
+def _not_routed(method: str, path: str) -> tuple[int, str, str, list[tuple[bytes, bytes]]]:
+    if path in ROUTES:
+        allow = "POST" if path == "/v1/score" else "GET, HEAD"
+        detail = f"{method} {path}: Method Not Allowed. Routes: {', '.join(ROUTES)}."
+        return 405, "method_not_allowed", detail, [(b"allow", allow.encode())]
+    return 404, "not_found", f"{method} {path}: Not Found. Routes: {', '.join(ROUTES)}.", []
 
-    Pure ASGI (no per-request task or body copy). Score requests skip the framework's routing and
-    exception middlewares: :class:`~edge_runtime.score_endpoint.ScoreEndpoint` answers every outcome itself.
+
+class ScoringService:
+    """The ASGI app of the service: routes, counts and times every request; FastAPI only for ``/openapi.json``.
+
+    ``state`` holds ``scorer``, ``metrics`` and ``golden`` (as a Starlette app's ``state`` would).
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, score: ASGIApp | None = None) -> None:
-        self.app = app
-        self.metrics = metrics
-        self.score = score
+    def __init__(self, scorer: Scorer, settings: ServeSettings, golden: GoldenResult) -> None:
+        card = scorer.card
+        self.metrics = Metrics(card.name, card.version, scorer.bundle.digest)
+        self.endpoint = ScoreEndpoint(scorer, settings, self.metrics, golden)
+        self.handlers = Handlers(scorer, self.metrics, golden)
+        self.settings = settings
+        self.state = SimpleNamespace(scorer=scorer, metrics=self.metrics, golden=golden)
+        self._gets: dict[str, Callable[[], Answer]] = {
+            "/healthz": self.handlers.healthz,
+            "/readyz": self.handlers.readyz,
+            "/v1/model": self.handlers.model,
+            "/metrics": self.handlers.prometheus,
+        }
+        self._api: FastAPI | None = None
+
+    @property
+    def api(self) -> FastAPI:
+        """The FastAPI application describing (and able to serve) the same routes; built on first use."""
+        if self._api is None:
+            from edge_runtime.api import api_app
+
+            self._api = api_app(self)
+        return self._api
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+        kind = scope["type"]
+        if kind == "lifespan":  # uvicorn runs with lifespan off; test clients may still send it
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if kind != "http":
             return
         start = time.perf_counter()
+        path, method = scope["path"], scope["method"]
         status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        path, method = scope.get("path", ""), scope.get("method", "")
-        app = self.score if self.score is not None and method == "POST" and path == "/v1/score" else self.app
         try:
-            await app(scope, receive, send_status)
+            if path == "/v1/score" and method == "POST":
+                status = await self._score(scope, receive, send)
+            elif path == "/openapi.json" and method in ("GET", "HEAD"):
+                status = 0
+
+                async def send_status(message: Message) -> None:
+                    nonlocal status
+                    if message["type"] == "http.response.start":
+                        status = int(message["status"])
+                    await send(message)
+
+                await self.api(scope, receive, send_status)
+            elif method in ("GET", "HEAD") and (handler := self._gets.get(path)) is not None:
+                status, body, content_type = handler()
+                await _answer(send, status, body, content_type, [])
+            else:
+                status, code, detail, extra = _not_routed(method, path)
+                await _answer(send, status, error_body(code, detail), JSON_TYPE, extra)
         finally:
             route = path if path in ROUTES else "other"  # bounded label cardinality
             self.metrics.observe_request(method, route, status, time.perf_counter() - start)
 
-
-def _score_openapi(scorer: Scorer, settings: ServeSettings) -> dict[str, Any]:
-    spec = scorer.card.features
-    number = {"type": "number", "minimum": -MAX_ABS_READING, "maximum": MAX_ABS_READING}
-    stream = {"type": "string", "minLength": 1, "maxLength": settings.max_stream_id_length}
-    batch = {"minItems": 1, "maxItems": settings.max_batch}
-    readings = {
-        "type": "array",
-        **batch,
-        "items": {"type": "array", "minItems": spec.n_sensors, "maxItems": spec.n_sensors, "items": number},
-    }
-    record = {
-        "type": "object",
-        "required": list(spec.sensors),
-        "properties": {name: number for name in spec.sensors},
-        "additionalProperties": False,
-    }
-    records = {"type": "array", **batch, "items": record}
-    body_schema = {
-        "oneOf": [
-            {
-                "type": "object",
-                "required": ["stream", "readings"],
-                "properties": {"stream": stream, "readings": readings},
-                "additionalProperties": False,
-            },
-            {
-                "type": "object",
-                "required": ["stream", "records"],
-                "properties": {"stream": stream, "records": records},
-                "additionalProperties": False,
-            },
-        ]
-    }
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": body_schema}}}}
+    async def _score(self, scope: Scope, receive: Receive, send: Send) -> int:
+        try:
+            status, body = await self.endpoint.handle(scope["headers"], receive)
+        except ClientGone:
+            return 499  # nginx's "client closed request": counted, nothing sent
+        except Exception:  # a bug, not bad input: answer and keep serving
+            log.exception("scoring failed", extra={"event": "score_failed"})
+            status, body = 500, error_body("internal_error", "Scoring failed unexpectedly; see the service log.")
+        await _answer(send, status, body, JSON_TYPE, [])
+        return status
 
 
-_ERROR_SCHEMA = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["code", "message"],
-            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-        }
-    },
-}
-_SCORE_SCHEMA = {
-    "type": "object",
-    "required": ["model", "version", "stream", "threshold", "scores", "anomalies"],
-    "properties": {
-        "model": {"type": "string"},
-        "version": {"type": "string"},
-        "stream": {"type": "string"},
-        "threshold": {"type": "number"},
-        "scores": {"type": "array", "items": {"type": "number"}},
-        "anomalies": {"type": "array", "items": {"type": "boolean"}},
-    },
-}
-
-
-def _responses(ok: dict[str, Any], *errors: int) -> dict[int | str, dict[str, Any]]:
-    out: dict[int | str, dict[str, Any]] = {200: {"description": "OK", "content": {"application/json": {"schema": ok}}}}
-    for status in errors:
-        out[status] = {"description": "Error", "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
-    return out
-
-
-def create_app(scorer: Scorer, settings: ServeSettings, golden: GoldenResult | None = None) -> FastAPI:
+def create_app(scorer: Scorer, settings: ServeSettings, golden: GoldenResult | None = None) -> ScoringService:
     """The service for ``scorer``; ready only if ``golden`` (replayed now when not given) passed."""
     if golden is None:
         golden = scorer.self_test()
-    card = scorer.card
-    digest = scorer.bundle.digest
-    metrics = Metrics(card.name, card.version, digest)
-    ready = golden.ok
-    endpoint = ScoreEndpoint(scorer, settings, metrics, golden)
-
-    app = FastAPI(
-        title="otaml edge scoring",
-        version=card.version,
-        description=f"Scores sensor readings with {card.name} v{card.version}.",
-        docs_url=None,
-        redoc_url=None,
-        # A device sends no telemetry; this also skips FastAPI's per-request OpenTelemetry wrapper.
-        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
-    )
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        hint = f" Routes: {', '.join(ROUTES)}." if exc.status_code in (404, 405) else ""
-        message = f"{request.method} {request.url.path}: {exc.detail}.{hint}"
-        return error_response(exc.status_code, code, message, exc.headers)  # keeps 405's Allow header
-
-    @app.post(
-        "/v1/score",
-        openapi_extra=_score_openapi(scorer, settings),
-        responses=_responses(_SCORE_SCHEMA, 400, 413, 415, 422, 503),
-    )
-    async def score(request: Request) -> Response:
-        """Score readings of one stream, continuing that stream's feature window."""
-        # Normally answered by the middleware's fast path; same handler when the app is mounted without it.
-        status, body = await endpoint.handle(request.scope["headers"], request.receive)
-        return Response(body, status_code=status, media_type="application/json")
-
-    @app.get("/healthz", responses=_responses({"type": "object"}))
-    async def healthz() -> Response:
-        """Alive (says nothing about the model)."""
-        return json_response(200, {"status": "alive"})
-
-    @app.get("/readyz", responses=_responses({"type": "object"}, 503))
-    async def readyz() -> Response:
-        """200 only after the golden self-test passed."""
-        info = {"model": card.name, "version": card.version, "bundle_digest": digest}
-        if ready:
-            return json_response(200, {"status": "ready", **info, "golden": golden.message})
-        return json_response(503, {"status": "not_ready", **info, "reason": golden.message})
-
-    @app.get("/v1/model", responses=_responses({"type": "object"}))
-    async def model() -> Response:
-        """The model card without golden data."""
-        return json_response(200, {**card.public_dict(), "bundle_digest": digest})
-
-    @app.get("/metrics", responses={200: {"description": "Prometheus text", "content": {"text/plain": {}}}})
-    async def prometheus() -> Response:
-        """Prometheus text exposition."""
-        return Response(metrics.render(len(scorer.streams)), media_type=METRICS_CONTENT_TYPE)
-
-    app.add_middleware(ServiceMiddleware, metrics=metrics, score=endpoint)
-    app.state.metrics = metrics
-    app.state.scorer = scorer
-    app.state.golden = golden
-    return app
+    return ScoringService(scorer, settings, golden)
 
 
-def build_service(settings: ServeSettings) -> tuple[FastAPI, GoldenResult, Bundle]:
-    """Load and verify the bundle, create the session, replay the golden vectors, build the app."""
+def build_service(
+    settings: ServeSettings, settle: Callable[[], object] = lambda: None
+) -> tuple[ScoringService, GoldenResult, Bundle]:
+    """Load and verify the bundle, create the session, replay the golden vectors, build the app.
+
+    ``settle`` runs after each step that touches many library pages (session creation, golden replay):
+    the serve command pages them out there, so start-up never peaks above the steady state by much.
+    """
     bundle = load_bundle(settings.bundle)
     scorer = Scorer.load(bundle, max_streams=settings.max_streams)
+    settle()
     golden = scorer.self_test()
+    settle()
     return create_app(scorer, settings, golden), golden, bundle

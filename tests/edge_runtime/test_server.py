@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,12 +17,13 @@ import pytest
 from edge_runtime.bundle import Bundle
 from edge_runtime.features import StreamWindow, batch_features
 from edge_runtime.scoring import GoldenResult, Scorer
-from edge_runtime.server import ServiceMiddleware, create_app
+from edge_runtime.server import create_app
 from edge_runtime.settings import ServeSettings
 from tests.edge_runtime.asgi import ASGIClient
 from tests.fixtures.bundles import SENSORS, onnx_scores, synthetic_readings
 
 JSON = {"content-type": "application/json"}
+REPO = Path(__file__).resolve().parents[2]
 
 
 def make_client(bundle: Bundle, golden: GoldenResult | None = None, **limits: Any) -> ASGIClient:
@@ -310,17 +314,58 @@ def test_openapi_describes_the_score_body(client: ASGIClient) -> None:
     assert set(schema["paths"]) >= {"/v1/score", "/healthz", "/readyz", "/v1/model", "/metrics"}
 
 
-def test_framework_route_answers_like_the_fast_path(model_bundle: Bundle) -> None:
-    """Without the middleware (e.g. mounted elsewhere) FastAPI's route runs the same handler."""
-    fast = make_client(model_bundle)
-    plain = create_app(Scorer.load(model_bundle), ServeSettings(bundle=model_bundle.path))
-    plain.user_middleware = [m for m in plain.user_middleware if m.cls is not ServiceMiddleware]
-    routed = ASGIClient(plain)
+def test_fastapi_app_answers_like_the_router(model_bundle: Bundle) -> None:
+    """The FastAPI application (mounted elsewhere, or for tooling) serves every route with the same handlers."""
+    router, twin = make_client(model_bundle), make_client(model_bundle)
+    framework = ASGIClient(twin.app.api)  # its own scorer: stream histories must not mix
     body = {"stream": "r", "readings": synthetic_readings(4).tolist()}
-    assert post(routed, body).json() == post(fast, body).json()
-    bad = post(routed, {"stream": "r", "readings": [[1.0]]})
+    assert post(framework, body).json() == post(router, body).json()
+    bad = post(framework, {"stream": "r", "readings": [[1.0]]})
     assert bad.status_code == 422
     assert bad.json()["error"]["code"] == "wrong_reading_length"
+    for path in ("/healthz", "/readyz", "/v1/model"):
+        assert framework.get(path).json() == router.get(path).json(), path
+    assert "otaml_readings_scored_total 4" in framework.get("/metrics").text
+    assert framework.get("/nope").json() == router.get("/nope").json()
+    assert framework.get("/v1/score").json() == router.get("/v1/score").json()
+
+
+def test_unknown_route_and_wrong_method_answer_json_with_the_routes(client: ASGIClient) -> None:
+    missing = client.get("/v2/score")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "not_found"
+    assert "/v1/score" in missing.json()["error"]["message"]
+    wrong = client.get("/v1/score")
+    assert wrong.status_code == 405
+    assert wrong.headers["allow"] == "POST"
+    assert client.post("/healthz").headers["allow"] == "GET, HEAD"
+
+
+def test_serving_never_imports_fastapi_until_the_api_description_is_asked_for(model_bundle: Bundle) -> None:
+    """FastAPI, Starlette and pydantic cost 23 MB on a device; scoring and probes must not load them."""
+    code = f"""
+import json, sys
+from edge_runtime.bundle import load_bundle
+from edge_runtime.scoring import Scorer
+from edge_runtime.server import create_app
+from edge_runtime.settings import ServeSettings
+from tests.edge_runtime.asgi import ASGIClient
+
+bundle = load_bundle({str(model_bundle.path)!r})
+client = ASGIClient(create_app(Scorer.load(bundle), ServeSettings(bundle=bundle.path)))
+readings = [[20.0, 1.0, 3.0]]
+answers = [client.post("/v1/score", json={{"stream": "s", "readings": readings}}).status_code]
+answers += [client.get(path).status_code for path in ("/healthz", "/readyz", "/v1/model", "/metrics", "/x")]
+before = sorted(m for m in ("fastapi", "starlette", "pydantic") if m in sys.modules)
+answers.append(client.get("/openapi.json").status_code)
+after = sorted(m for m in ("fastapi", "starlette", "pydantic") if m in sys.modules)
+print(json.dumps([answers, before, after]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    answers, before, after = json.loads(out.stdout.strip().splitlines()[-1])
+    assert answers == [200, 200, 200, 200, 200, 404, 200]
+    assert before == []
+    assert after == ["fastapi", "pydantic", "starlette"]
 
 
 class ConstantSession:

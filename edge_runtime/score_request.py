@@ -12,8 +12,10 @@ and whose features would not fit the model's float32 input.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -104,7 +106,27 @@ def _readings(rows: object, spec: FeatureSpec) -> list[list[float]]:
                 "wrong_reading_length",
                 f"readings[{i}] has {got}; expected {n} numbers in sensor order {list(spec.sensors)}.",
             )
-        out.append([_number(v, f"readings[{i}][{j}] ({spec.sensors[j]})") for j, v in enumerate(row)])
+        out.append(_row(row, functools.partial(_reading_position, spec, i)))
+    return out
+
+
+def _reading_position(spec: FeatureSpec, i: int, j: int) -> str:
+    return f"readings[{i}][{j}] ({spec.sensors[j]})"
+
+
+def _record_position(spec: FeatureSpec, i: int, j: int) -> str:
+    return f"records[{i}].{spec.sensors[j]}"
+
+
+def _row(values: Iterable[object], where: Callable[[int], str]) -> list[float]:
+    """Checked floats; ``where(j)`` names value ``j`` and is only called to explain a rejection."""
+    out = []
+    for j, value in enumerate(values):
+        # Fast path for the common case; NaN fails both comparisons, so it falls through to _number.
+        if type(value) is float and -MAX_ABS_READING <= value <= MAX_ABS_READING:
+            out.append(value)
+        else:
+            out.append(_number(value, where(j)))
     return out
 
 
@@ -134,7 +156,7 @@ def _records(records: object, spec: FeatureSpec) -> list[list[float]]:
             raise RequestError(
                 422, "wrong_sensors", f"records[{i}] has {' and '.join(parts)}; expected exactly {list(names)}."
             )
-        out.append([_number(record[s], f"records[{i}].{s}") for s in names])
+        out.append(_row((record[s] for s in names), functools.partial(_record_position, spec, i)))
     return out
 
 

@@ -30,8 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from otaml.loadgen import LoadGenerator  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
-from tests.edge_runtime.agent.loadgen import LoadGenerator  # noqa: E402
 
 REPO = "otaml/agent-bench"
 
@@ -148,45 +148,52 @@ def main() -> int:
         wait_until(lambda: serving() == "1", 180, "v1 serving")
         print(f"v1 serving; agent RSS {rss_kb(agent.pid)} kB", flush=True)
 
-        load = LoadGenerator(public, rate=args.rate, workers=4, keep_alive=args.keep_alive)
+        readings = [[60.0, 0.5, 3.0], [61.0, 0.52, 3.01]]
+        load = LoadGenerator(public, readings, rate=args.rate, workers=4, keep_alive=args.keep_alive, phase="warm-up")
         load.start()
         time.sleep(2)
         delays: list[float] = []
         for v in range(2, n + 2):
-            moved = time.time()
+            load.mark(f"update-v{v}")
+            moved = time.monotonic()
             tag(f"{address}/{REPO}:model-v{v}", "bench", force=True)
-            wait_until(lambda v=v: load.result.last_version() == str(v), 180, f"v{v} answering")
-            first = next(t for t, ver in load.result.versions if ver == str(v))
-            delays.append(first - moved)
+            wait_until(lambda v=v: load.last_version() == str(v), 180, f"v{v} answering")
+            first = load.first_answer(str(v), moved)
+            delays.append((first or moved) - moved)
             wait_until(lambda v=v: serving() == str(v), 180, f"v{v} out of probation")
-            print(f"  update to v{v}: serving after {delays[-1]:.2f} s; failed so far {load.result.failed}", flush=True)
-        failed_updates = load.result.failed
+            failed = load.report().phase(f"update-v{v}").failed
+            print(f"  update to v{v}: serving after {delays[-1]:.2f} s; {failed} failed requests", flush=True)
+        updates = [load.report().phase(f"update-v{v}") for v in range(2, n + 2)]
+        failed_updates = sum(p.failed for p in updates)
+        requests_updates = sum(p.slots for p in updates)
         rss_after_updates = rss_kb(agent.pid)
 
         # A failed canary: the channel moves to an image whose golden replay fails.
         current = str(n + 1)
+        load.mark("failed-canary")
         moved = time.monotonic()
         bad_digest = tag(f"{address}/{REPO}:model-v{n + 10}", "bench", force=True)
         wait_until(lambda: bad_digest in read_state(state_dir).get("blocked", {}), 180, "bad digest blocked")
         canary_rollback = time.monotonic() - moved
-        canary_failed = load.result.failed - failed_updates
 
         # A probation failure: a good image whose container dies once it serves.
-        before = load.result.failed
+        load.mark("update-before-probation-failure")
         good = str(n + 2)
         tag(f"{address}/{REPO}:model-v{good}", "bench", force=True)
-        wait_until(lambda: load.result.last_version() == good, 180, f"v{good} answering")
+        wait_until(lambda: load.last_version() == good, 180, f"v{good} answering")
         name = read_state(state_dir)["current"]["container"]
-        killed = time.time()
+        load.mark("probation-failure")
+        killed = time.monotonic()
         subprocess.run(
             ["ctr", "--address", socket, "-n", "agent-bench", "task", "kill", "-s", "SIGKILL", name], check=True
         )
-        wait_until(lambda: any(t > killed and v == current for t, v in load.result.versions), 180, "previous back")
-        back = next(t for t, v in load.result.versions if t > killed and v == current)
-        probation_rollback = back - killed
-        probation_failed = load.result.failed - before
+        wait_until(lambda: load.first_answer(current, killed) is not None, 180, "previous back")
+        probation_rollback = (load.first_answer(current, killed) or killed) - killed
+        wait_until(lambda: serving() == current, 180, f"v{current} serving again")
         time.sleep(1)
         result = load.stop()
+        canary_failed = result.phase("failed-canary").failed
+        probation_failed = result.phase("probation-failure").failed
         history = read_state(state_dir).get("history", [])
         pulled = [h["bytes_pulled"] for h in history if h.get("outcome") == "updated" and h.get("bytes_pulled")]
 
@@ -201,7 +208,7 @@ def main() -> int:
             f"max {max(delays):.2f} s, min {min(delays):.2f} s"
         )
         print(
-            f"  failed requests across {n} updates: {failed_updates} of {result.total} "
+            f"  failed requests across {n} updates: {failed_updates} of {requests_updates} "
             f"({'keep-alive' if args.keep_alive else 'one connection per request'})"
         )
         print(

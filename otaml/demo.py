@@ -25,9 +25,9 @@ from typing import Any
 
 from edge_runtime.errors import InputError
 from otaml.demo_device import Agent, AgentSettings, DemoFailed, Site, load_state, wait_for_outcome
-from otaml.demo_load import LoadGenerator
 from otaml.demo_mode import ModeChoice, choose_mode, probe_host
 from otaml.demo_summary import DemoSummary, VersionRow, readable
+from otaml.loadgen import LoadGenerator
 
 Say = Callable[[str], None]
 
@@ -339,7 +339,7 @@ class _Loop:
         s.requests_total = len(served)
         s.failed_total = sum(not o.ok for o in served)
         for o in [o for o in served if not o.ok][:5]:
-            self.say(f"  failed request at +{o.at - self.serving_since:.2f} s: {o.error[:160]}")
+            self.say(f"  failed request at +{o.due - self.serving_since:.2f} s: {o.error[:160]}")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 import pytest
+import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,8 +18,6 @@ from edge_runtime.scoring import Scorer
 from edge_runtime.server import create_app
 from edge_runtime.settings import ServeSettings
 from tests.edge_runtime.asgi import ASGIClient
-
-schemathesis = pytest.importorskip("schemathesis")
 
 
 @pytest.fixture

@@ -29,13 +29,14 @@ from edge_runtime.agent.policy import NoDowngrade
 from edge_runtime.agent.reconcile import Reconciler
 from edge_runtime.agent.source import RegistrySource
 from edge_runtime.agent.state import StateStore
+from otaml.loadgen import LoadGenerator
 from tests.conftest import free_port, require
-
-from .loadgen import LoadGenerator, LoadResult
 
 pytestmark = pytest.mark.containerd
 
 REPO = "otaml/agent-e2e"
+# Readings in the fixture bundles' sensor order (three sensors).
+READINGS = [[60.0, 0.5, 3.0], [61.0, 0.52, 3.01]]
 # Image name -> model version (tag model-v<N>): two good ones, then the failure images.
 VERSIONS = {"v1": 1, "v2": 2, "golden-bad": 3, "crash": 4, "too-big": 5, "unpulled": 6}
 
@@ -164,7 +165,7 @@ class Device:
         return [c.name for c in self.runtime.list_containers() if c.running]
 
     def load(self) -> LoadGenerator:
-        return LoadGenerator(self.config.public_port, rate=50, workers=4)
+        return LoadGenerator(self.config.public_port, READINGS, rate=50, workers=4)
 
 
 @pytest.fixture
@@ -219,7 +220,7 @@ def install_v1(device: Device) -> None:
     assert len(device.running()) == 1
 
 
-def assert_serving(device: Device, version: str, load: LoadResult) -> None:
+def assert_serving(device: Device, version: str, load: LoadGenerator) -> None:
     assert len(device.running()) == 1, device.running()
     assert len(device.runtime.list_containers()) == 1
     state = device.agent.state
@@ -228,7 +229,7 @@ def assert_serving(device: Device, version: str, load: LoadResult) -> None:
     assert state.phase == "idle"
     assert device.switch.target() == state.current.port
     assert load.last_version() == version
-    assert load.ok > 0
+    assert load.report().total.ok > 0
 
 
 def test_update_v1_to_v2_fails_no_request(device: Device) -> None:
@@ -238,11 +239,11 @@ def test_update_v1_to_v2_fails_no_request(device: Device) -> None:
         device.move_channel("v2")
         report = device.agent.reconcile()
         time.sleep(1.5)
-    result = load.result
+    result = load.report()
     assert report.outcome == "updated", report.to_dict()
-    assert result.failed == 0, result.errors[:5]
-    assert set(result.version_counts()) == {"1", "2"}
-    assert_serving(device, "2", result)
+    assert result.total.failed == 0, result.errors[:5]
+    assert set(result.versions) == {"1", "2"}
+    assert_serving(device, "2", load)
     # The new container runs as the image's non-root user, with no new privileges and the memory limit.
     state = device.agent.state
     assert state.current is not None
@@ -267,13 +268,13 @@ def test_failed_canary_rolls_back_without_a_failed_request(device: Device, image
         bad = device.move_channel(image)
         report = device.agent.reconcile()
         time.sleep(1)
-    result = load.result
+    result = load.report()
     assert (report.outcome, report.step) == ("rolled_back", "canary"), report.to_dict()
     assert words in report.error
-    assert result.failed == 0, result.errors[:5]
+    assert result.total.failed == 0, result.errors[:5]
     assert bad in device.agent.state.blocked
-    assert set(result.version_counts()) == {"1"}
-    assert_serving(device, "1", result)
+    assert set(result.versions) == {"1"}
+    assert_serving(device, "1", load)
     assert device.config.image_ref(bad) not in device.runtime.list_images()
     assert device.agent.reconcile().outcome == "skipped"
 
@@ -289,8 +290,8 @@ def test_registry_down_keeps_serving_and_reports(device: Device) -> None:
     assert [(r.outcome, r.temporary) for r in reports] == [("error", True), ("error", True)]
     assert device.agent.state.consecutive_failures == 2
     assert "poll" in device.agent.state.last_error
-    assert load.result.failed == 0, load.result.errors[:5]
-    assert_serving(device, "1", load.result)
+    assert load.report().total.failed == 0, load.report().errors[:5]
+    assert_serving(device, "1", load)
     device.agent.source = working
     assert device.agent.reconcile().outcome == "updated"
 
@@ -320,7 +321,7 @@ def test_death_inside_probation_rolls_back_to_the_previous_image(device: Device)
     assert killed
     assert (report.outcome, report.step) == ("rolled_back", "probation"), report.to_dict()
     assert bad in device.agent.state.blocked
-    assert_serving(device, "1", load.result)
+    assert_serving(device, "1", load)
     # Requests in flight on the killed container fail: the figure is reported by bench/bench_agent.py.
 
 
@@ -358,9 +359,9 @@ def test_restart_after_a_crash_mid_update_converges(device: Device) -> None:
         )
         assert fresh.recover().outcome == "recovered"
         time.sleep(1)
-    assert load.result.failed == 0, load.result.errors[:5]
+    assert load.report().total.failed == 0, load.report().errors[:5]
     device.agent = fresh
-    assert_serving(device, "1", load.result)
+    assert_serving(device, "1", load)
     assert fresh.state.attempts == {digest: 1}
     assert fresh.reconcile().outcome == "updated"
 
@@ -446,8 +447,8 @@ def test_a_registry_answering_500_keeps_serving_backs_off_and_recovers(device: D
         assert [(r.outcome, r.step, r.temporary) for r in reports] == [("error", "poll", True)] * 2
         assert device.agent.state.consecutive_failures == 2
         assert "500" in device.agent.state.last_error
-        assert load.result.failed == 0, load.result.errors[:5]
-        assert_serving(device, "1", load.result)
+        assert load.report().total.failed == 0, load.report().errors[:5]
+        assert_serving(device, "1", load)
         proxy.failing = False
         assert device.agent.reconcile().outcome == "updated"
         assert device.agent.state.consecutive_failures == 0
@@ -472,8 +473,8 @@ def test_a_corrupt_blob_fails_the_pull_and_changes_nothing(device: Device) -> No
         assert "digest" in report.error
         assert new not in device.agent.state.blocked
         assert config.image_ref(new) not in device.runtime.list_images()
-        assert load.result.failed == 0, load.result.errors[:5]
-        assert_serving(device, "1", load.result)
+        assert load.report().total.failed == 0, load.report().errors[:5]
+        assert_serving(device, "1", load)
         proxy.corrupt.clear()
         assert device.agent.reconcile().outcome == "updated"
     finally:
@@ -561,7 +562,7 @@ def test_only_signed_images_run_and_versions_go_down_only_with_a_signed_rollback
         device.move_channel("v1")
         rolled_back = device.agent.reconcile()
         time.sleep(1)
-    result = load.result
+    result = load.report()
     assert (unsigned.outcome, unsigned.step) == ("refused", "verify"), unsigned.to_dict()
     assert "unsigned" in unsigned.error
     assert (rogue.outcome, rogue.step) == ("refused", "verify"), rogue.to_dict()
@@ -571,9 +572,9 @@ def test_only_signed_images_run_and_versions_go_down_only_with_a_signed_rollback
     assert "downgrade" in downgrade.error
     assert rolled_back.outcome == "updated", rolled_back.to_dict()
     assert device.config.image_ref(device.images.digests["unpulled"]) not in device.runtime.list_images()
-    assert result.failed == 0, result.errors[:5]
-    assert set(result.version_counts()) == {"1", "2"}
-    assert_serving(device, "1", result)
+    assert result.total.failed == 0, result.errors[:5]
+    assert set(result.versions) == {"1", "2"}
+    assert_serving(device, "1", load)
 
 
 def test_containerd_restarted_mid_update_converges_without_a_failed_request(
@@ -593,5 +594,5 @@ def test_containerd_restarted_mid_update_converges_without_a_failed_request(
             reports.append(device.agent.reconcile())
         time.sleep(1)
     assert reports[-1].outcome == "updated", [r.to_dict() for r in reports]
-    assert load.result.failed == 0, load.result.errors[:5]
-    assert_serving(device, "2", load.result)
+    assert load.report().total.failed == 0, load.report().errors[:5]
+    assert_serving(device, "2", load)

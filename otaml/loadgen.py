@@ -42,7 +42,7 @@ import select
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -117,7 +117,9 @@ class LoadGenerator:
     """``rate`` scoring requests per second on ``host:port`` from :meth:`start` until :meth:`stop`.
 
     ``readings``: rows in the model's sensor order; each request sends ``batch`` consecutive rows (walking
-    through them) on the worker's own stream. Thread-safe: read :meth:`report`, :meth:`outcomes` while it runs.
+    through them) on the worker's own stream (or on ``streams`` stream ids in turn, to fill a device's
+    stream table). ``path`` and ``body`` aim it at another server (a fixed JSON body; any 200 is ok).
+    Thread-safe: read :meth:`report`, :meth:`outcomes` while it runs.
     """
 
     def __init__(
@@ -133,6 +135,9 @@ class LoadGenerator:
         timeout_s: float = 5.0,
         max_lag_s: float = 1.0,
         phase: str = DEFAULT_PHASE,
+        streams: int = 0,
+        path: str = "/v1/score",
+        body: Mapping[str, Any] | None = None,
     ) -> None:
         if rate <= 0 or workers < 1 or batch < 1 or timeout_s <= 0 or max_lag_s <= 0:
             raise ValueError(
@@ -141,13 +146,16 @@ class LoadGenerator:
                 f"max_lag_s={max_lag_s!r}."
             )
         rows = [[float(v) for v in row] for row in readings]
-        if not rows:
+        if not rows and body is None:
             raise ValueError("LoadGenerator needs at least one reading (a row in the model's sensor order).")
         self.host, self.port = host, port
         self.rate, self.workers, self.batch = float(rate), workers, batch
         self.keep_alive = keep_alive
         self.timeout_s, self.max_lag_s = timeout_s, max_lag_s
         self._rows = rows
+        self.streams, self.path = streams, path
+        # A fixed body for another server (e.g. mlflow's /invocations): any 200 counts as ok.
+        self._fixed_body = json.dumps(body).encode() if body is not None else None
         self._lock = threading.Lock()
         self._outcomes: list[Outcome] = []
         self._mark_times: list[float] = [-math.inf]
@@ -255,6 +263,11 @@ class LoadGenerator:
             self._next_slot += 1
             return k
 
+    def _body(self, k: int, worker: int, n: int) -> bytes:
+        rows = [self._rows[(k * self.batch + j) % n] for j in range(self.batch)]
+        stream = f"load-{k % self.streams}" if self.streams else f"load-{worker}"
+        return json.dumps({"stream": stream, "readings": rows}).encode()
+
     def _work(self, worker: int) -> None:
         headers = {"Content-Type": "application/json"}
         if not self.keep_alive:
@@ -275,8 +288,7 @@ class LoadGenerator:
                     with self._lock:
                         self._record_locked(Outcome(due, phase, "missed", error=f"missed: sent {late:.2f} s late"))
                     continue
-                rows = [self._rows[(k * self.batch + j) % n] for j in range(self.batch)]
-                body = json.dumps({"stream": f"load-{worker}", "readings": rows}).encode()
+                body = self._fixed_body or self._body(k, worker, n)
                 sent = time.monotonic()
                 try:
                     if conn is not None and _dropped(conn):
@@ -284,12 +296,12 @@ class LoadGenerator:
                         conn = None
                     if conn is None:
                         conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
-                    conn.request("POST", "/v1/score", body=body, headers=headers)
+                    conn.request("POST", self.path, body=body, headers=headers)
                     response = conn.getresponse()
                     data = response.read()
                     if response.status != 200:
                         raise RuntimeError(f"HTTP {response.status}: {data[:200]!r}")
-                    version = json.loads(data).get("version")
+                    version = json.loads(data).get("version") if self._fixed_body is None else "-"
                     if not version:
                         raise RuntimeError(f"200 without a model version: {data[:200]!r}")
                     outcome = Outcome(due, phase, "ok", str(version), latency_s=time.monotonic() - sent)

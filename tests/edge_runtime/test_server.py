@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from edge_runtime.bundle import Bundle
 from edge_runtime.features import StreamWindow, batch_features
@@ -421,3 +423,14 @@ def test_integer_beyond_python_digit_limit_is_a_422(model_bundle: Bundle) -> Non
     assert response.status_code == 422, response.text
     assert response.json()["error"]["code"] == "value_out_of_range"
     assert history(c, "s") == before
+
+
+@given(stream=st.text(min_size=1, max_size=16))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_score_body_is_exactly_compact_json(client: ASGIClient, stream: str) -> None:
+    """The hot path encodes its answer by hand: it must be the bytes json.dumps would give, for any stream id."""
+    response = post(client, {"stream": stream, "readings": synthetic_readings(3, seed=5).tolist()})
+    assert response.status_code == 200
+    data = response.json()
+    assert data["stream"] == stream
+    assert response.content == json.dumps(data, separators=(",", ":")).encode()

@@ -32,7 +32,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add("--host", help="address to bind (env OTAML_HOST, default 127.0.0.1)")
     add("--port", help="port to bind (env OTAML_PORT, default 8080)")
     add("--max-batch", help="most readings per request (env OTAML_MAX_BATCH, default 1000)")
-    add("--max-body-bytes", help="largest request body (env OTAML_MAX_BODY_BYTES, default 1048576)")
+    add("--max-body-bytes", help="largest request body (env OTAML_MAX_BODY_BYTES, default 262144)")
+    add("--max-connections", help="connections served at once, 503 beyond (env OTAML_MAX_CONNECTIONS, default 64)")
+    add(
+        "--body-timeout-seconds",
+        help="seconds for a request body to arrive, 408 after (env OTAML_BODY_TIMEOUT_SECONDS, default 5)",
+    )
     add("--max-streams", help="streams whose windows are kept, LRU (env OTAML_MAX_STREAMS, default 1024)")
     add("--max-stream-id-length", help="longest stream id (env OTAML_MAX_STREAM_ID_LENGTH, default 128)")
     add("--log-level", choices=LOG_LEVELS, help="env OTAML_LOG_LEVEL, default info")
@@ -109,6 +114,7 @@ def run_serve(args: argparse.Namespace) -> int:
         access_log=settings.access_log,
         server_header=False,
         timeout_graceful_shutdown=settings.drain_seconds,
+        limit_concurrency=settings.max_connections,
     )
     server = uvicorn.Server(config)
     # uvicorn re-raises the signal it caught after draining; with a handler of ours installed that

@@ -160,7 +160,9 @@ class ScoringService:
         except Exception:  # a bug, not bad input: answer and keep serving
             log.exception("scoring failed", extra={"event": "score_failed"})
             status, body = 500, error_body("internal_error", "Scoring failed unexpectedly; see the service log.")
-        await _answer(send, status, body, JSON_TYPE, [])
+        # After a refused or unfinished body the rest of it may still be on the wire: never reuse the connection.
+        extra = [(b"connection", b"close")] if status in (408, 413) else []
+        await _answer(send, status, body, JSON_TYPE, extra)
         return status
 
 

@@ -31,7 +31,15 @@ class ServeSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     max_batch: int = 1000
-    max_body_bytes: int = 1 << 20
+    max_body_bytes: int = 256 << 10
+    # Connections served at once (uvicorn answers 503 beyond): with max_body_bytes, bounds what request
+    # bodies can hold in memory (64 x 256 KiB = 16 MiB).
+    max_connections: int = 64
+    # A body must arrive within this many seconds of its headers (408 otherwise): slow clients cannot hold
+    # connections and buffers for long.
+    body_timeout_seconds: int = 5
+    # When set (environment only, so it never shows in `ps`), POST /v1/score needs `Authorization: Bearer <token>`.
+    api_token: str | None = None
     max_streams: int = 1024
     max_stream_id_length: int = 128
     log_level: str = "info"
@@ -57,6 +65,9 @@ class ServeSettings:
                 values[name] = parse(f"--{name.replace('_', '-')}", flag)
             elif env.get(key, "") != "":
                 values[name] = parse(key, env[key])
+        token = env.get("OTAML_API_TOKEN", "")
+        if token:
+            values["api_token"] = token
         if "bundle" not in values:
             raise SettingsError("No model bundle given. Pass --bundle DIR or set OTAML_BUNDLE=DIR.")
         return cls(**values)
@@ -117,6 +128,8 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "port": _int(1, 65535),
     "max_batch": _int(1, 1_000_000),
     "max_body_bytes": _int(64, 1 << 30),
+    "max_connections": _int(1, 100_000),
+    "body_timeout_seconds": _int(1, 3600),
     "max_streams": _int(1, 10_000_000),
     "max_stream_id_length": _int(1, 4096),
     "log_level": _choice(LOG_LEVELS),

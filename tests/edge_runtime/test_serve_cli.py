@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -193,3 +194,48 @@ def test_sigterm_as_pid_1_exits_zero(model_bundle: Bundle) -> None:
             proc.kill()
             proc.wait()
     assert log_lines(proc.stderr.read() if proc.stderr else "")[-1]["event"] == "stopped"
+
+
+def _vm_hwm_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+@pytest.mark.integration
+def test_slow_body_flood_stays_within_memory_and_normal_requests_get_answers(
+    server: tuple[str, subprocess.Popen[str]],
+) -> None:
+    """200 clients that send most of a large body and stall: bounded memory, quick answers, then recovery."""
+    url, proc = server
+    assert wait_ready(url, proc).status_code == 200
+    port = int(url.rsplit(":", 1)[1])
+    chunk = b'{"stream": "x", "readings": [' + b"[1.0, 2.0, 3.0]," * 12_000  # ~200 KB of a 250 KB body
+    attackers = []
+    for _ in range(200):
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+        sock.sendall(f"Content-Length: {250_000}\r\n\r\n".encode())
+        sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):  # the server stopped reading: what a bounded server does
+            sock.send(chunk)
+        attackers.append(sock)
+    try:
+        body = {"stream": "normal", "readings": synthetic_readings(1).tolist()}
+        answer = httpx.post(url + "/v1/score", json=body, timeout=5)  # answered, not left hanging
+        assert answer.status_code in (200, 503)  # 503: every connection slot is taken, retry later
+        recovered = None
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:  # the stalled bodies time out (5 s) and free their slots
+            recovered = httpx.post(url + "/v1/score", json=body, timeout=5)
+            if recovered.status_code == 200:
+                break
+            time.sleep(0.5)
+        assert recovered is not None
+        assert recovered.status_code == 200
+        assert _vm_hwm_mb(proc.pid) < 100
+    finally:
+        for sock in attackers:
+            sock.close()

@@ -434,3 +434,43 @@ def test_score_body_is_exactly_compact_json(client: ASGIClient, stream: str) -> 
     data = response.json()
     assert data["stream"] == stream
     assert response.content == json.dumps(data, separators=(",", ":")).encode()
+
+
+def _scope(headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    return {"type": "http", "method": "POST", "path": "/v1/score", "headers": headers}
+
+
+def test_a_body_that_stalls_gets_408_and_the_connection_closes(model_bundle: Bundle) -> None:
+    settings = ServeSettings(bundle=model_bundle.path, body_timeout_seconds=1)
+    app = create_app(Scorer.load(model_bundle), settings)
+    sent: list[dict[str, Any]] = []
+    pulled = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal pulled
+        pulled += 1
+        if pulled > 1:
+            await asyncio.sleep(3600)  # a client that sent a first chunk and went quiet
+        return {"type": "http.request", "body": b'{"stream": "s", ', "more_body": True}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(_scope([(b"content-type", b"application/json")]), receive, send))  # type: ignore[arg-type]
+    assert sent[0]["status"] == 408
+    assert (b"connection", b"close") in sent[0]["headers"]
+    assert json.loads(sent[1]["body"])["error"]["code"] == "body_timeout"
+    assert app.state.scorer.streams.peek("s") is None
+
+
+def test_api_token_guards_scoring_only(model_bundle: Bundle) -> None:
+    settings = ServeSettings.from_sources({"bundle": str(model_bundle.path)}, {"OTAML_API_TOKEN": "s3cret"})
+    client = ASGIClient(create_app(Scorer.load(model_bundle), settings))
+    body = {"stream": "a", "readings": synthetic_readings(2).tolist()}
+    for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "s3cret"}):
+        refused = post(client, body, {**JSON, **headers})
+        assert refused.status_code == 401, headers
+        assert refused.json()["error"]["code"] == "unauthorized"
+    assert client.app.state.scorer.streams.peek("a") is None
+    assert post(client, body, {**JSON, "authorization": "Bearer s3cret"}).status_code == 200
+    assert client.get("/readyz").status_code == 200  # probes stay open for the agent and the kubelet-like checks

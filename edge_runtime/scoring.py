@@ -161,7 +161,7 @@ class Scorer:
                 False,
                 max_error,
                 worst,
-                f"golden vector {worst} scored {actual[worst]!r}, expected {expected[worst]!r} "
+                f"golden vector {worst} scored {float(actual[worst])!r}, expected {float(expected[worst])!r} "
                 f"(error {max_error:.3g} > tolerance {golden.tolerance:g}); this runtime does not reproduce "
                 f"the model's scores, so it must not serve {self.card.name} v{self.card.version}",
             )

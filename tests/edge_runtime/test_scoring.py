@@ -56,6 +56,8 @@ def test_self_test_reports_the_worst_vector(model_bundle: Bundle) -> None:
     assert not result.ok
     assert result.worst_index == 7
     assert "golden vector 7" in result.message
+    assert f"expected {float(scores[7])!r}" in result.message  # plain numbers, not numpy reprs
+    assert "np.float" not in result.message
     assert Scorer.load(model_bundle).self_test().ok
 
 

@@ -11,7 +11,8 @@ everything and raises :class:`BundleError` with a message that names the field a
       "name": "pump-anomaly", "version": "3", "detector": "iforest",
       "created_at": "2026-11-26T22:00:00Z",
       "mlflow": {"run_id": "...", "model_uri": "models:/pump-anomaly/3", "tracking_uri": "..."},
-      "features": {"sensors": ["temperature", ...], "window": 16, "stats": ["mean", ...]},
+      "features": {"sensors": ["temperature", ...], "window": 16, "stats": ["mean", ...],
+                   "lags": 15, "normalize": "window"},       # lags, normalize: optional (0, "none")
       "score": {"semantics": "higher_is_more_anomalous", "threshold": 0.61, "threshold_method": "..."},
       "onnx": {"file": "model.onnx", "sha256": "...", "opset": 17, "input_name": "features",
                "output_name": "score", "quantization": "none" | "int8-dynamic", "quantization_note": "..."},

@@ -1,7 +1,8 @@
 """Windowed features, shared by training (whole series) and serving (one reading at a time).
 
-The feature vector of reading ``t`` of a stream is, for every sensor in order, the raw value
-followed by the configured statistics over the last ``window`` readings (``t`` included):
+The feature vector of reading ``t`` of a stream is, for every sensor in order, the raw value,
+then the configured statistics over the last ``window`` readings (``t`` included), then ``lags``
+lagged raw values ``x[t-1] .. x[t-lags]`` (``lags < window``: the window holds them):
 
 ==========  =====================================================
 ``mean``    rolling mean
@@ -11,6 +12,14 @@ followed by the configured statistics over the last ``window`` readings (``t`` i
 ``delta``   ``x[t] - x[t-1]`` (0 for the first reading)
 ``dev``     ``x[t] - mean`` (distance from the rolling mean)
 ==========  =====================================================
+
+``lag<k>``  ``x[t-k]``, the reading ``k`` steps back (the feature group that sliding-window
+            detectors use: a row is the recent shape of the signal)
+
+Per-stream normalisation (``normalize="window"``): every level-carrying feature (the raw value,
+``mean``, ``min``, ``max`` and the lags) is taken relative to the stream's own rolling mean, so
+devices with different baselines (a fleet of pumps does not share one level) share one model.
+``std``, ``delta`` and ``dev`` carry no level and are unchanged. It needs no state beyond the window.
 
 Before a stream has ``window`` readings its window is padded with its first reading, so the
 first feature vector of a stream is well defined and batch and streaming agree exactly.
@@ -32,6 +41,9 @@ Array = npt.NDArray[np.float64]
 
 STATS: tuple[str, ...] = ("mean", "std", "min", "max", "delta", "dev")
 DEFAULT_STATS: tuple[str, ...] = STATS
+NORMALIZATIONS: tuple[str, ...] = ("none", "window")
+# Features that carry the stream's level: per-stream normalisation subtracts the rolling mean from them.
+_LEVEL_STATS = frozenset({"mean", "min", "max"})
 _BATCH_CHUNK = 8192
 
 
@@ -46,6 +58,8 @@ class FeatureSpec:
     sensors: tuple[str, ...]
     window: int = 16
     stats: tuple[str, ...] = field(default=DEFAULT_STATS)
+    lags: int = 0
+    normalize: str = "none"
 
     def __post_init__(self) -> None:
         if not self.sensors:
@@ -57,24 +71,45 @@ class FeatureSpec:
         unknown = [s for s in self.stats if s not in STATS]
         if unknown:
             raise FeatureSpecError(f"Unknown statistics {unknown}; choose from {list(STATS)}.")
+        if not isinstance(self.lags, int) or isinstance(self.lags, bool) or not 0 <= self.lags < self.window:
+            raise FeatureSpecError(
+                f"FeatureSpec lags must be an integer in [0, window - 1] = [0, {self.window - 1}], got "
+                f"{self.lags!r}; the window holds the lagged readings, so raise window to at least lags + 1."
+            )
+        if self.normalize not in NORMALIZATIONS:
+            raise FeatureSpecError(
+                f"FeatureSpec normalize {self.normalize!r} is unknown; choose from {list(NORMALIZATIONS)}."
+            )
 
     @property
     def n_sensors(self) -> int:
         return len(self.sensors)
 
     @property
+    def per_sensor(self) -> int:
+        """Features per sensor: the raw value, the statistics, the lags."""
+        return 1 + len(self.stats) + self.lags
+
+    @property
     def n_features(self) -> int:
-        return len(self.sensors) * (1 + len(self.stats))
+        return len(self.sensors) * self.per_sensor
 
     def feature_names(self) -> list[str]:
         names = []
         for sensor in self.sensors:
             names.append(sensor)
             names.extend(f"{sensor}__{stat}" for stat in self.stats)
+            names.extend(f"{sensor}__lag{k}" for k in range(1, self.lags + 1))
         return names
 
     def to_dict(self) -> dict[str, object]:
-        return {"sensors": list(self.sensors), "window": self.window, "stats": list(self.stats)}
+        data: dict[str, object] = {"sensors": list(self.sensors), "window": self.window, "stats": list(self.stats)}
+        # Written only when used, so a spec without them reads exactly as before (older runtimes included).
+        if self.lags:
+            data["lags"] = self.lags
+        if self.normalize != "none":
+            data["normalize"] = self.normalize
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> FeatureSpec:
@@ -87,18 +122,26 @@ class FeatureSpec:
             raise FeatureSpecError(f"feature spec 'stats' must be a list of names, got {stats!r}.")
         if not isinstance(window, int) or isinstance(window, bool):
             raise FeatureSpecError(f"feature spec 'window' must be an integer, got {window!r}.")
-        return cls(sensors=tuple(sensors), window=window, stats=tuple(stats))
+        lags = data.get("lags", 0)
+        if not isinstance(lags, int) or isinstance(lags, bool):
+            raise FeatureSpecError(f"feature spec 'lags' must be an integer, got {lags!r}.")
+        normalize = data.get("normalize", "none")
+        if not isinstance(normalize, str):
+            raise FeatureSpecError(f"feature spec 'normalize' must be a string, got {normalize!r}.")
+        return cls(sensors=tuple(sensors), window=window, stats=tuple(stats), lags=lags, normalize=normalize)
 
 
-def _stats_of_windows(values: Array, windows: Array, previous: Array, stats: Sequence[str]) -> Array:
+def _stats_of_windows(values: Array, windows: Array, previous: Array, spec: FeatureSpec) -> Array:
     """Features for rows ``values`` (n, s) given their windows (n, s, w) and previous values (n, s)."""
     n, s = values.shape
-    out = np.empty((n, s, 1 + len(stats)), dtype=np.float64)
-    out[:, :, 0] = values
+    stats = spec.stats
+    out = np.empty((n, s, spec.per_sensor), dtype=np.float64)
     # The ufuncs' own reductions: what ndarray.mean/min/max compute, bit for bit, without their
     # Python-level argument handling (a third of the single-reading time on a device).
     width = windows.shape[-1]
     mean = np.add.reduce(windows, axis=-1) / width
+    centred = spec.normalize == "window"
+    out[:, :, 0] = values - mean if centred else values
     for k, stat in enumerate(stats, start=1):
         if stat == "mean":
             out[:, :, k] = mean
@@ -112,7 +155,14 @@ def _stats_of_windows(values: Array, windows: Array, previous: Array, stats: Seq
             out[:, :, k] = values - previous
         elif stat == "dev":
             out[:, :, k] = values - mean
-    return out.reshape(n, s * (1 + len(stats)))
+        if centred and stat in _LEVEL_STATS:
+            out[:, :, k] -= mean
+    if spec.lags:
+        # windows[..., -1] is x[t]; lag k is windows[..., -1 - k], newest first.
+        first = 1 + len(stats)
+        lagged = windows[..., -2 : -2 - spec.lags : -1]
+        out[:, :, first:] = lagged - mean[..., None] if centred else lagged
+    return out.reshape(n, s * spec.per_sensor)
 
 
 def _features(spec: FeatureSpec, x: Array, history: Array, last: Array) -> Array:
@@ -126,7 +176,7 @@ def _features(spec: FeatureSpec, x: Array, history: Array, last: Array) -> Array
     for start in range(0, n, _BATCH_CHUNK):
         stop = min(start + _BATCH_CHUNK, n)
         out[start:stop] = _stats_of_windows(
-            x[start:stop], np.ascontiguousarray(windows[start:stop]), previous[start:stop], spec.stats
+            x[start:stop], np.ascontiguousarray(windows[start:stop]), previous[start:stop], spec
         )
     return out
 
@@ -177,7 +227,7 @@ class StreamWindow:
             window = self._window
             window[0, :, :-1] = window[0, :, 1:]
             window[0, :, -1] = x[0]
-            out = _stats_of_windows(x, window, self._last, self.spec.stats)
+            out = _stats_of_windows(x, window, self._last, self.spec)
         else:
             history = self._window[0, :, 1:].T
             out = _features(self.spec, x, history, self._last[0])

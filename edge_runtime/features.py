@@ -29,7 +29,6 @@ Only numpy is imported here: this module runs on the device.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np

@@ -12,7 +12,8 @@ import sys
 import time
 from typing import Any
 
-DETECTOR_CHOICES = ("iforest", "pca", "autoencoder", "all")
+# pipeline.detectors.DETECTORS, spelled out so `otaml --help` does not import scikit-learn (a test keeps them equal).
+DETECTOR_CHOICES = ("iforest", "pca", "autoencoder", "iforest_raw", "iforest_lag", "pca_lag", "kmeans_lag", "all")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -1,12 +1,24 @@
 """Anomaly detectors: scikit-learn pipelines (scaling + detector) whose ``score_samples`` is higher = more anomalous.
 
-=============== ====================================================================================
-``iforest``     :class:`IsolationForestDetector`: IsolationForest, score = ``-IsolationForest.score_samples``
-``pca``         :class:`PCAReconstructionDetector`: mean squared residual of a PCA reconstruction
-``autoencoder`` :class:`AutoencoderDetector`: MLPRegressor x -> x through a bottleneck, mean squared error
-=============== ====================================================================================
+Each detector is a model and the feature group it reads (:func:`feature_spec`):
 
-Every pipeline starts with a :class:`~sklearn.preprocessing.StandardScaler` and all three convert to ONNX
+=============== ========== =========================================================================
+name            features   model
+=============== ========== =========================================================================
+``iforest``     windowed   :class:`IsolationForestDetector`: score = ``-IsolationForest.score_samples``
+``pca``         windowed   :class:`PCAReconstructionDetector`: mean squared residual of a PCA reconstruction
+``autoencoder`` windowed   :class:`AutoencoderDetector`: MLPRegressor x -> x through a bottleneck, mean sq. error
+``iforest_raw`` raw        IsolationForest on the raw readings only: the baseline every report quotes, as a
+                           detector of its own (so ``all`` never ships anything worse on validation)
+``iforest_lag`` lagged     IsolationForest on the last ``window`` raw readings (a sliding window)
+``pca_lag``     lagged     sliding-window PCA: PCA reconstruction error of the last ``window`` readings
+``kmeans_lag``  lagged     :class:`KMeansDistanceDetector`: squared distance to the nearest k-means centre
+=============== ========== =========================================================================
+
+Feature groups (:mod:`edge_runtime.features`): *windowed* = raw values plus rolling statistics over
+``window``; *raw* = the readings alone; *lagged* = the reading and its ``window - 1`` predecessors.
+TSB-AD (NeurIPS 2024) found these simple sliding-window methods among the strongest on real data.
+Every pipeline starts with a :class:`~sklearn.preprocessing.StandardScaler` and converts to ONNX
 (see :mod:`pipeline.onnx_export`). Call :func:`anomaly_scores` to score with any of them.
 """
 
@@ -18,6 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from sklearn.base import BaseEstimator
+from sklearn.cluster import KMeans
 from sklearn.ensemble import IsolationForest
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPRegressor
@@ -26,8 +39,19 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from edge_runtime.errors import InputError
+from edge_runtime.features import FeatureSpec
 
-DETECTORS: tuple[str, ...] = ("iforest", "pca", "autoencoder")
+DETECTORS: tuple[str, ...] = ("iforest", "pca", "autoencoder", "iforest_raw", "iforest_lag", "pca_lag", "kmeans_lag")
+BASELINE = "iforest_raw"
+FEATURE_GROUPS: dict[str, str] = {
+    "iforest": "windowed",
+    "pca": "windowed",
+    "autoencoder": "windowed",
+    "iforest_raw": "raw",
+    "iforest_lag": "lagged",
+    "pca_lag": "lagged",
+    "kmeans_lag": "lagged",
+}
 
 Array = npt.NDArray[np.float64]
 
@@ -142,6 +166,45 @@ class AutoencoderDetector(BaseEstimator):
         return np.asarray(((x - self.mlp_.predict(x)) ** 2).mean(axis=1), dtype=np.float64)
 
 
+class KMeansDistanceDetector(BaseEstimator):
+    """Mean squared distance to the nearest of ``n_clusters`` k-means centres (TSB-AD's k-means detector).
+
+    The score of ``x`` is ``min_c ||x - c||² / d``; the ONNX graph computes it as
+    ``(||x||² - 2 x·cᵀ + ||c||²) / d`` (one MatMul), clipped at 0 against rounding.
+    """
+
+    def __init__(self, n_clusters: int = 16, random_state: int | None = 0) -> None:
+        self.n_clusters = n_clusters
+        self.random_state = random_state
+
+    def fit(self, X: npt.ArrayLike, y: Any = None) -> KMeansDistanceDetector:
+        x: Array = validate_data(self, X, dtype=np.float64)
+        if x.shape[0] < 2:
+            raise InputError(f"k-means detector needs at least 2 training rows, got {x.shape[0]}.")
+        k = max(1, min(self.n_clusters, x.shape[0] // 2))
+        self.kmeans_ = KMeans(n_clusters=k, n_init=1, random_state=self.random_state).fit(x)
+        self.centres_ = np.asarray(self.kmeans_.cluster_centers_, dtype=np.float64)
+        return self
+
+    def score_samples(self, X: npt.ArrayLike) -> Array:
+        check_is_fitted(self, "centres_")
+        x: Array = validate_data(self, X, dtype=np.float64, reset=False)
+        squared = (x**2).sum(axis=1)[:, None] - 2.0 * x @ self.centres_.T + (self.centres_**2).sum(axis=1)[None, :]
+        return np.asarray(np.maximum(squared.min(axis=1), 0.0) / x.shape[1], dtype=np.float64)
+
+
+def feature_spec(name: str, sensors: tuple[str, ...], window: int) -> FeatureSpec:
+    """The features detector ``name`` reads: windowed statistics, the raw readings, or lagged readings."""
+    group = FEATURE_GROUPS.get(name)
+    if group is None:
+        raise UnknownDetector(f"Unknown detector {name!r}; choose one of {list(DETECTORS)} (or 'all').")
+    if group == "raw":
+        return FeatureSpec(sensors=sensors, window=1, stats=())
+    if group == "lagged":
+        return FeatureSpec(sensors=sensors, window=window, stats=(), lags=window - 1)
+    return FeatureSpec(sensors=sensors, window=window)
+
+
 def bottleneck_layers(n_features: int) -> tuple[int, int, int]:
     """Default autoencoder layers for ``n_features`` inputs: (h, b, h) with ``b < n_features`` when possible."""
     bottleneck = max(1, n_features // 4)
@@ -152,10 +215,12 @@ def bottleneck_layers(n_features: int) -> tuple[int, int, int]:
 def make_detector(name: str, *, random_state: int = 0) -> Pipeline:
     """A fresh, unfitted pipeline (StandardScaler + detector) for ``name``, one of :data:`DETECTORS`."""
     detector: BaseEstimator
-    if name == "iforest":
+    if name in ("iforest", "iforest_raw", "iforest_lag"):
         detector = IsolationForestDetector(random_state=random_state)
-    elif name == "pca":
+    elif name in ("pca", "pca_lag"):
         detector = PCAReconstructionDetector()
+    elif name == "kmeans_lag":
+        detector = KMeansDistanceDetector(random_state=random_state)
     elif name == "autoencoder":
         detector = AutoencoderDetector(random_state=random_state)
     else:

@@ -8,6 +8,7 @@ converters registered here, built from skl2onnx's own converters for their parts
   correct but emits ~30 nodes per tree: seconds to convert, milliseconds per call on a device).
 * pca: ``ReduceMean(((x - mean) @ P)²)``, one MatMul (which dynamic int8 quantization rewrites).
 * autoencoder: skl2onnx's MLPRegressor, then ``ReduceMean((x - mlp(x))²)``.
+* kmeans: ``Max(ReduceMin(||x||² - 2 x Cᵀ + ||c||²), 0) / d``, one MatMul against the centres.
 """
 
 from __future__ import annotations
@@ -19,10 +20,15 @@ import onnx
 from skl2onnx import convert_sklearn, update_registered_converter
 from skl2onnx.algebra.onnx_operator import OnnxSubEstimator
 from skl2onnx.algebra.onnx_ops import (
+    OnnxAdd,
+    OnnxDiv,
     OnnxIdentity,
     OnnxMatMul,
+    OnnxMax,
     OnnxMul,
     OnnxReduceMeanApi18,
+    OnnxReduceMin_13,
+    OnnxReduceSumSquareApi18,
     OnnxReshapeApi13,
     OnnxSub,
 )
@@ -30,7 +36,12 @@ from skl2onnx.common.data_types import FloatTensorType
 from sklearn.pipeline import Pipeline
 
 from edge_runtime.errors import OtamlError
-from pipeline.detectors import AutoencoderDetector, IsolationForestDetector, PCAReconstructionDetector
+from pipeline.detectors import (
+    AutoencoderDetector,
+    IsolationForestDetector,
+    KMeansDistanceDetector,
+    PCAReconstructionDetector,
+)
 
 OPSET = 17  # the highest opset asked for; a graph may declare a lower one
 ML_OPSET = 3
@@ -189,6 +200,23 @@ def _convert_autoencoder(scope: object, operator: object, container: object) -> 
     _finish(scope, operator, container, _mean_square(OnnxSub(x, recon, op_version=opv), opv))
 
 
+def _convert_kmeans(scope: object, operator: object, container: object) -> None:
+    est: KMeansDistanceDetector = operator.raw_operator  # type: ignore[attr-defined]
+    opv = container.target_opset  # type: ignore[attr-defined]
+    x = operator.inputs[0]  # type: ignore[attr-defined]
+    centres = est.centres_
+    x_norm = OnnxReduceSumSquareApi18(x, axes=[1], keepdims=1, op_version=opv)  # [N, 1]
+    cross = OnnxMatMul(x, (-2.0 * centres.T).astype(np.float32), op_version=opv)  # [N, K]
+    squared = OnnxAdd(
+        OnnxAdd(x_norm, cross, op_version=opv), (centres**2).sum(axis=1).astype(np.float32), op_version=opv
+    )
+    # ReduceMin takes its axes as an attribute up to opset 17 (the highest we ask for).
+    nearest = OnnxReduceMin_13(squared, axes=[1], keepdims=0, op_version=opv)
+    clipped = OnnxMax(nearest, np.array([0.0], dtype=np.float32), op_version=opv)
+    per_row = OnnxDiv(clipped, np.array([float(centres.shape[1])], dtype=np.float32), op_version=opv)
+    _finish(scope, operator, container, per_row)
+
+
 _REGISTERED = False
 
 
@@ -200,6 +228,7 @@ def _register_converters() -> None:
         (IsolationForestDetector, "OtamlIsolationForestDetector", _convert_iforest),
         (PCAReconstructionDetector, "OtamlPCAReconstructionDetector", _convert_pca),
         (AutoencoderDetector, "OtamlAutoencoderDetector", _convert_autoencoder),
+        (KMeansDistanceDetector, "OtamlKMeansDistanceDetector", _convert_kmeans),
     ):
         update_registered_converter(cls, alias, _score_shape, converter)
     _REGISTERED = True

@@ -30,6 +30,7 @@ SKOPS_TRUSTED_TYPES: tuple[str, ...] = (
     "pipeline.detectors.IsolationForestDetector",
     "pipeline.detectors.PCAReconstructionDetector",
     "pipeline.detectors.AutoencoderDetector",
+    "pipeline.detectors.KMeansDistanceDetector",
 )
 
 

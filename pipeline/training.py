@@ -11,9 +11,14 @@ Decisions (stated once, here; bundles are built by :mod:`pipeline.bundling`):
   ``max_train_rows`` (20,000): IsolationForest draws 256 rows per tree anyway, PCA's covariance is stable
   long before that, and the autoencoder's epoch time grows linearly with rows.
 * Threshold: :mod:`pipeline.thresholds` (best F1 on validation with labels, else a training quantile).
+* Features: each detector reads its own feature group (:func:`pipeline.detectors.feature_spec`: windowed
+  statistics, raw readings, or lagged readings); the splits cut the same rows for every group, so all
+  detectors are fitted, calibrated and compared on the same readings.
 * Choice among detectors: the best validation PR-AUC when the validation split has both classes;
   otherwise the validation alarm rate closest to the nominal ``1 - quantile`` (the most stable calibration).
-  A detector whose shipped model fails parity is chosen only if none passes.
+  A detector whose shipped model fails parity is chosen only if none passes. ``all`` includes the
+  raw-value IsolationForest (``iforest_raw``, the baseline every report quotes), so it never ships a
+  model that is worse on validation than that baseline.
 * Shipped bundle: int8 when it passes parity and is smaller than fp32, else fp32.
 """
 
@@ -35,7 +40,7 @@ from edge_runtime.errors import InputError
 from edge_runtime.features import FeatureSpec
 from pipeline import bundling, plots, tracking
 from pipeline.baseline import raw_iforest_metrics
-from pipeline.detectors import DETECTORS, UnknownDetector, anomaly_scores, make_detector
+from pipeline.detectors import DETECTORS, UnknownDetector, anomaly_scores, feature_spec, make_detector
 from pipeline.evaluation import alarm_rate, detection_metrics, ranking_metrics
 from pipeline.golden import pick_readings
 from pipeline.onnx_export import export_onnx
@@ -172,15 +177,33 @@ class FittedDetector:
     metrics: dict[str, float]
 
 
-def prepare(telemetry: Telemetry, config: TrainConfig) -> tuple[Splits, Split]:
-    """The time-ordered splits and the rows the detectors are fitted on."""
-    spec = FeatureSpec(sensors=telemetry.sensors, window=config.window)
+def prepare(telemetry: Telemetry, config: TrainConfig, detector: str = "iforest") -> tuple[Splits, Split]:
+    """The time-ordered splits of ``detector``'s features and the rows it is fitted on."""
+    spec = feature_spec(detector, telemetry.sensors, config.window)
     splits = time_splits(telemetry, spec, fractions=config.fractions)
     return splits, training_rows(splits.train, config.max_train_rows, config.seed)
 
 
+def prepare_all(telemetry: Telemetry, config: TrainConfig, names: Sequence[str]) -> dict[str, tuple[Splits, Split]]:
+    """:func:`prepare` for every detector, featurizing once per distinct feature group."""
+    by_spec: dict[FeatureSpec, tuple[Splits, Split]] = {}
+    prepared = {}
+    for name in names:
+        spec = feature_spec(name, telemetry.sensors, config.window)
+        if spec not in by_spec:
+            by_spec[spec] = prepare(telemetry, config, name)
+        prepared[name] = by_spec[spec]
+    return prepared
+
+
 def fit_detector(name: str, splits: Splits, fit_rows: Split, config: TrainConfig) -> FittedDetector:
     """Fit one detector, score validation and test, calibrate its threshold and evaluate it (no MLflow)."""
+    expected = feature_spec(name, splits.spec.sensors, config.window)
+    if splits.spec != expected:
+        raise InputError(
+            f"detector {name!r} reads the features {expected.to_dict()}, but the splits hold {splits.spec.to_dict()}; "
+            f"build them with prepare(telemetry, config, {name!r})."
+        )
     pipeline = make_detector(name, random_state=config.seed).fit(fit_rows.features)
     val = anomaly_scores(pipeline, splits.validation.features)
     test = anomaly_scores(pipeline, splits.test.features)
@@ -303,6 +326,8 @@ def _run_detector(
                     "detector": name,
                     "window": spec.window,
                     "stats": ",".join(spec.stats),
+                    "lags": spec.lags,
+                    "normalize": spec.normalize,
                     "sensors": ",".join(spec.sensors),
                     "n_features": spec.n_features,
                     "train_rows_used": fit_rows.n_rows,
@@ -409,10 +434,11 @@ def train(
     out = Path(out_dir)
     clock = _Clock()
     with clock.stage("features"):
-        splits, fit_rows = prepare(telemetry, config)
-    spec = splits.spec
+        prepared = prepare_all(telemetry, config, names)
+    splits, fit_rows = next(iter(prepared.values()))
+    groups = ", ".join(sorted({f"{sp.spec.n_features} ({'+'.join(_groups(sp.spec))})" for sp, _ in prepared.values()}))
     say(
-        f"features: {telemetry.n_rows} rows, {spec.n_features} features (window {spec.window}); "
+        f"features: {telemetry.n_rows} rows, window {config.window}, feature groups {groups}; "
         f"train/validation/test {splits.train.n_rows}/{splits.validation.n_rows}/{splits.test.n_rows}, "
         f"fitting on {fit_rows.n_rows}"
     )
@@ -437,7 +463,7 @@ def train(
                     "detectors": ",".join(names),
                     "source": telemetry.source[-250:],
                     "rows": telemetry.n_rows,
-                    "window": spec.window,
+                    "window": config.window,
                     "train_rows_used": fit_rows.n_rows,
                 }
             )
@@ -447,15 +473,16 @@ def train(
             reports: list[DetectorReport] = []
             for name in names:
                 say(f"{name}: fitting on {fit_rows.n_rows} rows")
+                own_splits, own_rows = prepared[name]
                 with clock.stage(f"fit_{name}"):
-                    f = fit_detector(name, splits, fit_rows, config)
+                    f = fit_detector(name, own_splits, own_rows, config)
                 say(f"{name}: threshold {f.threshold.value:.6g} ({f.threshold.method}); test {_brief(f.metrics)}")
                 fitted.append(f)
                 reports.append(
                     _run_detector(
                         f,
-                        splits=splits,
-                        fit_rows=fit_rows,
+                        splits=own_splits,
+                        fit_rows=own_rows,
                         telemetry=telemetry,
                         model_name=model_name,
                         out_dir=out,
@@ -494,6 +521,10 @@ def train(
                 baseline=baseline,
                 timings={k: round(v, 3) for k, v in clock.timings.items()},
             )
+
+
+def _groups(spec: FeatureSpec) -> list[str]:
+    return ["raw", *(["stats"] if spec.stats else []), *([f"{spec.lags} lags"] if spec.lags else [])]
 
 
 def _brief(metrics: dict[str, float]) -> str:

@@ -63,3 +63,27 @@ def test_pca_keeps_a_residual_dimension() -> None:
 def test_unknown_detector_names_the_choices() -> None:
     with pytest.raises(UnknownDetector, match="iforest"):
         make_detector("svm")
+
+
+def test_each_detector_reads_its_own_feature_group() -> None:
+    from pipeline.detectors import feature_spec
+
+    sensors = ("a", "b")
+    assert feature_spec("iforest", sensors, 8).stats
+    assert feature_spec("iforest", sensors, 8).lags == 0
+    raw = feature_spec("iforest_raw", sensors, 8)
+    assert raw.feature_names() == ["a", "b"]
+    lagged = feature_spec("pca_lag", sensors, 8)
+    assert lagged.stats == ()
+    assert lagged.lags == 7
+    assert lagged.n_features == 16
+    with pytest.raises(UnknownDetector, match="kmeans_lag"):
+        feature_spec("svm", sensors, 8)
+
+
+def test_kmeans_score_is_the_distance_to_the_nearest_centre(data: tuple[np.ndarray, np.ndarray]) -> None:
+    normal, _outliers = data
+    detector = make_detector("kmeans_lag").fit(normal).named_steps["detect"]
+    x = normal[:50]
+    naive = np.array([min(((row - c) ** 2).sum() for c in detector.centres_) for row in x]) / x.shape[1]
+    np.testing.assert_allclose(detector.score_samples(x), naive, rtol=1e-9, atol=1e-12)

@@ -10,7 +10,7 @@ from edge_runtime.errors import InputError
 from edge_runtime.features import StreamWindow
 from edge_runtime.scoring import Scorer
 from pipeline.baseline import raw_iforest_metrics
-from pipeline.detectors import UnknownDetector
+from pipeline.detectors import DETECTORS, UnknownDetector
 from pipeline.parity import device_session
 from pipeline.synth import synth_telemetry
 from pipeline.telemetry import Telemetry, telemetry_from_frame
@@ -79,8 +79,8 @@ def test_train_all_detectors_end_to_end(telemetry: Telemetry, tracking_uri: str,
     messages: list[str] = []
     report = train(telemetry, detectors="all", out_dir=tmp_path / "bundles", config=SMALL, progress=messages.append)
 
-    assert [d.detector for d in report.detectors] == ["iforest", "pca", "autoencoder"]
-    assert sorted(d.version for d in report.detectors) == ["1", "2", "3"]
+    assert [d.detector for d in report.detectors] == list(DETECTORS)
+    assert sorted(int(d.version) for d in report.detectors) == list(range(1, len(DETECTORS) + 1))
     assert [d.chosen for d in report.detectors].count(True) == 1
     assert report.chosen_report.detector == report.chosen
     assert report.selection_rule == BEST_PR_AUC_RULE
@@ -112,11 +112,15 @@ def test_train_all_detectors_end_to_end(telemetry: Telemetry, tracking_uri: str,
             _replay(path)
         assert d.bundle_path == d.bundle_paths[d.shipped]
 
-    iforest, pca, autoencoder = report.detectors
-    assert set(iforest.bundle_paths) == {"fp32"}
-    assert iforest.quantization == "none"
-    assert "changes nothing" in load_bundle(iforest.bundle_path).card.onnx.quantization_note
-    for d in (pca, autoencoder):
+    by_name = {d.detector: d for d in report.detectors}
+    for name in ("iforest", "iforest_raw", "iforest_lag"):
+        assert set(by_name[name].bundle_paths) == {"fp32"}
+        assert by_name[name].quantization == "none"
+        assert "changes nothing" in load_bundle(by_name[name].bundle_path).card.onnx.quantization_note
+    # Each bundle carries the feature group its detector read, and the device rebuilds exactly that.
+    assert load_bundle(by_name["iforest_raw"].bundle_path).card.features.feature_names() == list(telemetry.sensors)
+    assert load_bundle(by_name["kmeans_lag"].bundle_path).card.features.lags == SMALL.window - 1
+    for d in (by_name[n] for n in ("pca", "autoencoder", "pca_lag", "kmeans_lag")):
         assert set(d.bundle_paths) == {"fp32", "int8"}
         assert d.parity["int8"] is not None
         assert d.onnx_sizes["int8"] == (d.bundle_paths["int8"] / "model.onnx").stat().st_size
@@ -190,12 +194,26 @@ def test_training_leaves_no_global_mlflow_state(
 
 
 def test_resolve_detectors() -> None:
-    assert resolve_detectors("all") == ("iforest", "pca", "autoencoder")
+    assert resolve_detectors("all") == DETECTORS
+    assert "iforest_raw" in DETECTORS  # the baseline is always a candidate of "all"
     assert resolve_detectors(["autoencoder", "pca"]) == ("pca", "autoencoder")
     with pytest.raises(UnknownDetector, match="choose from"):
         resolve_detectors("svm")
     with pytest.raises(UnknownDetector):
         resolve_detectors([])
+
+
+def test_cli_offers_every_detector() -> None:
+    from otaml.cmd_train import DETECTOR_CHOICES
+
+    assert (*DETECTORS, "all") == DETECTOR_CHOICES
+
+
+def test_fit_detector_refuses_splits_of_another_feature_group(telemetry: Telemetry) -> None:
+    config = TrainConfig(window=8)
+    splits, fit_rows = prepare(telemetry, config, "iforest")
+    with pytest.raises(InputError, match="prepare\\(telemetry, config, 'pca_lag'\\)"):
+        fit_detector("pca_lag", splits, fit_rows, config)
 
 
 def test_empty_model_name_is_rejected(telemetry: Telemetry, tmp_path: Path) -> None:

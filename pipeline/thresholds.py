@@ -5,6 +5,14 @@
 * Otherwise: the ``q`` quantile of the training scores, ``"quantile-<q>-of-train"`` (a contamination
   budget: about ``1 - q`` of normal readings raise an alarm).
 
+Degenerate thresholds are refused. Best F1 can be reached by flagging (nearly) everything when the
+scores rank anomalies badly; a threshold whose validation alarm rate is above
+``MAX_ALARM_TO_LABEL_RATIO`` times the validation label rate falls back to the best F1 among the
+thresholds that stay within that rate (``"best-f1-on-validation-within-alarm-cap"``). Without labels,
+a training quantile that flags more than ``MAX_UNLABELLED_ALARM_RATE`` of the validation rows falls back
+to the same quantile of the validation scores (``"quantile-<q>-of-validation"``). Either fallback says
+why in :attr:`Threshold.note`. The promotion gates check the same limits (``registry/gates.toml``).
+
 The best-F1 threshold is placed halfway between the lowest score it flags and the next lower score, so
 ``>=`` and ``>`` decide alike and a float32 rounding of a score cannot flip a decision at the boundary.
 """
@@ -21,12 +29,18 @@ from edge_runtime.errors import InputError
 
 DEFAULT_QUANTILE = 0.99
 BEST_F1 = "best-f1-on-validation"
+BEST_F1_CAPPED = "best-f1-on-validation-within-alarm-cap"
+# "Far above the label rate": more alarms than three times the share of labelled anomalies.
+MAX_ALARM_TO_LABEL_RATIO = 3.0
+# "A sane cap" without labels: an alarm on more than one reading in ten is not an anomaly detector.
+MAX_UNLABELLED_ALARM_RATE = 0.1
 
 
 @dataclass(frozen=True)
 class Threshold:
     value: float
     method: str
+    note: str = ""  # set when a degenerate threshold was refused: what happened and what was used instead
 
 
 def quantile_method(q: float) -> str:
@@ -43,8 +57,17 @@ def quantile_threshold(train_scores: npt.ArrayLike, q: float = DEFAULT_QUANTILE)
     return Threshold(value=float(np.quantile(scores, q)), method=quantile_method(q))
 
 
-def best_f1_threshold(scores: npt.ArrayLike, labels: npt.ArrayLike) -> Threshold:
-    """The threshold with the best F1 on labelled scores (both classes must be present)."""
+def alarm_limit(label_rate: float) -> float:
+    """The highest validation alarm rate that is not degenerate for a validation label rate."""
+    return min(1.0, MAX_ALARM_TO_LABEL_RATIO * label_rate)
+
+
+def best_f1_threshold(scores: npt.ArrayLike, labels: npt.ArrayLike, *, max_alarm_rate: float = 1.0) -> Threshold | None:
+    """The threshold with the best F1 on labelled scores (both classes must be present).
+
+    Only thresholds that flag at most ``max_alarm_rate`` of the rows are considered; ``None`` when no
+    such threshold catches any anomaly.
+    """
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels).astype(np.int8)
     if not 0 < int(y.sum()) < y.size:
@@ -53,6 +76,11 @@ def best_f1_threshold(scores: npt.ArrayLike, labels: npt.ArrayLike) -> Threshold
     # The last point (precision 1, recall 0) has no threshold.
     p, r = precision[:-1], recall[:-1]
     f1 = np.divide(2 * p * r, p + r, out=np.zeros_like(p), where=(p + r) > 0)
+    ordered = np.sort(s)
+    rates = (s.size - np.searchsorted(ordered, cuts, side="left")) / s.size  # share of rows with score >= cut
+    f1[rates > max_alarm_rate] = 0.0
+    if not f1.max() > 0:
+        return None
     best = float(cuts[int(np.argmax(f1))])
     below = s[s < best]
     value = (best + float(below.max())) / 2 if below.size else best
@@ -66,9 +94,59 @@ def calibrate(
     *,
     quantile: float = DEFAULT_QUANTILE,
 ) -> Threshold:
-    """Best F1 on validation when its labels hold both classes, else the training-score quantile."""
+    """Best F1 on validation when its labels hold both classes, else the training-score quantile.
+
+    Degenerate thresholds fall back as the module docstring says, with a :attr:`Threshold.note`.
+    """
+    val = np.asarray(validation_scores, dtype=np.float64)
     if validation_labels is not None:
         y = np.asarray(validation_labels)
         if 0 < int(y.sum()) < y.size:
-            return best_f1_threshold(validation_scores, y)
-    return quantile_threshold(train_scores, quantile)
+            best = best_f1_threshold(val, y)
+            if best is None:  # unreachable with both classes: flagging everything has F1 > 0
+                raise InputError("no best-F1 threshold on validation; check the labels.")
+            label_rate = float(y.mean())
+            limit = alarm_limit(label_rate)
+            rate = _rate(val, best.value)
+            if rate <= limit:
+                return best
+            refused = (
+                f"best F1 on validation flags {rate:.1%} of validation readings against a label rate of "
+                f"{label_rate:.1%} (more than {MAX_ALARM_TO_LABEL_RATIO:g}x: degenerate, the scores rank "
+                "anomalies badly)"
+            )
+            capped = best_f1_threshold(val, y, max_alarm_rate=limit)
+            if capped is not None:
+                return Threshold(
+                    capped.value,
+                    BEST_F1_CAPPED,
+                    f"{refused}; using the best F1 among thresholds flagging at most {limit:.1%} "
+                    f"(flags {_rate(val, capped.value):.1%})",
+                )
+            fallback = quantile_threshold(train_scores, quantile) if np.size(train_scores) else None
+            if fallback is None:
+                fallback = _validation_quantile(val, quantile)
+            return Threshold(
+                fallback.value,
+                fallback.method,
+                f"{refused}; no threshold within the cap catches an anomaly, using {fallback.method}",
+            )
+    threshold = quantile_threshold(train_scores, quantile)
+    rate = _rate(val, threshold.value)
+    if val.size and rate > MAX_UNLABELLED_ALARM_RATE:
+        fallback = _validation_quantile(val, quantile)
+        return Threshold(
+            fallback.value,
+            fallback.method,
+            f"the {threshold.method} threshold flags {rate:.1%} of validation readings (above the "
+            f"{MAX_UNLABELLED_ALARM_RATE:.0%} cap without labels: degenerate); using {fallback.method}",
+        )
+    return threshold
+
+
+def _rate(scores: npt.NDArray[np.float64], value: float) -> float:
+    return float((scores >= value).mean()) if scores.size else 0.0
+
+
+def _validation_quantile(scores: npt.NDArray[np.float64], q: float) -> Threshold:
+    return Threshold(value=float(np.quantile(scores, q)), method=f"quantile-{q:g}-of-validation")

@@ -88,6 +88,7 @@ class DetectorReport:
     shipped: str  # "fp32" or "int8"
     chosen: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+    threshold_note: str = ""  # why a degenerate threshold was refused, when it was
 
     def to_dict(self) -> dict[str, Any]:
         data = dict(self.__dict__)
@@ -215,6 +216,7 @@ def fit_detector(name: str, splits: Splits, fit_rows: Split, config: TrainConfig
     threshold = calibrate(train_scores, val, val_labels, quantile=config.quantile)
     validation = {"alarm_rate": alarm_rate(val, threshold.value)}
     if val_labels is not None:
+        validation["label_rate"] = float(np.mean(val_labels)) if val_labels.size else 0.0
         validation.update(ranking_metrics(val_labels, val))
     metrics = (
         detection_metrics(splits.test.labels, test, threshold.value)
@@ -334,6 +336,7 @@ def _run_detector(
                     "max_train_rows": config.max_train_rows,
                     "split_fractions": ",".join(f"{f:g}" for f in config.fractions),
                     "threshold_method": fitted.threshold.method,
+                    **({"threshold_note": fitted.threshold.note[:500]} if fitted.threshold.note else {}),
                     "seed": config.seed,
                     "opset": fp32.opset,
                     **{f"model__{k}": v for k, v in fitted.pipeline.named_steps["detect"].get_params().items()},
@@ -399,6 +402,7 @@ def _run_detector(
             validation=fitted.validation,
             threshold=fitted.threshold.value,
             threshold_method=fitted.threshold.method,
+            threshold_note=fitted.threshold.note,
             parity=parity.to_dict(),
             parity_status=parity.status,
             onnx_sizes={"fp32": fp32.size, **({"int8": int8.size} if int8.size is not None else {})},
@@ -476,6 +480,8 @@ def train(
                 own_splits, own_rows = prepared[name]
                 with clock.stage(f"fit_{name}"):
                     f = fit_detector(name, own_splits, own_rows, config)
+                if f.threshold.note:
+                    say(f"{name}: degenerate threshold refused: {f.threshold.note}")
                 say(f"{name}: threshold {f.threshold.value:.6g} ({f.threshold.method}); test {_brief(f.metrics)}")
                 fitted.append(f)
                 reports.append(

@@ -5,6 +5,9 @@ table applies to every channel and ``[staging]`` / ``[production]`` override sin
 
 =============== ==================================================================================
 ``metric:<m>``  run metric ``m`` >= its minimum, when the run has it (no labels, no metric: skipped)
+``alarm_rate``  the validation alarm rate is not degenerate: <= ``max_alarm_to_label_ratio`` times the
+                validation label rate, or <= ``max_unlabelled_alarm_rate`` without labels (a threshold
+                that flags nearly everything "wins" best F1 when the scores rank anomalies badly)
 ``parity``      agreement of the shipped ONNX with scikit-learn on anomaly decisions >= minimum
 ``bundle_size`` bytes of model.onnx + model.json <= maximum
 ``latency_p50`` / ``latency_p99``: single-reading scoring on the ONNX file with the device's session
@@ -40,6 +43,8 @@ _KEYS = {
     "max_latency_p50_ms",
     "max_latency_p99_ms",
     "latency_runs",
+    "max_alarm_to_label_ratio",
+    "max_unlabelled_alarm_rate",
 }
 
 
@@ -58,6 +63,8 @@ class GateConfig:
     max_latency_p50_ms: float = 2.0
     max_latency_p99_ms: float = 10.0
     latency_runs: int = 300
+    max_alarm_to_label_ratio: float = 3.0
+    max_unlabelled_alarm_rate: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -149,6 +156,8 @@ def _validated(values: dict[str, Any], file: Path, channel: str) -> GateConfig:
         max_latency_p50_ms=number("max_latency_p50_ms", 2.0),
         max_latency_p99_ms=number("max_latency_p99_ms", 10.0),
         latency_runs=runs,
+        max_alarm_to_label_ratio=number("max_alarm_to_label_ratio", 3.0),
+        max_unlabelled_alarm_rate=number("max_unlabelled_alarm_rate", 0.1),
     )
 
 
@@ -216,6 +225,31 @@ def _parity_value(name: str, metrics: Mapping[str, float], tags: Mapping[str, st
         return None
 
 
+def _alarm_rate_gate(config: GateConfig, metrics: Mapping[str, float]) -> GateResult:
+    """Refuse a degenerate threshold: far more validation alarms than labelled anomalies, or than a sane cap."""
+    if "val_alarm_rate" not in metrics:
+        return GateResult(
+            "alarm_rate", "skipped", None, None, "the run has no 'val_alarm_rate' (trained before this gate)"
+        )
+    rate = float(metrics["val_alarm_rate"])
+    label_rate = metrics.get("val_label_rate")
+    if label_rate is not None and label_rate > 0:
+        limit = min(1.0, config.max_alarm_to_label_ratio * float(label_rate))
+        basis = f"{config.max_alarm_to_label_ratio:g}x the validation label rate {float(label_rate):.2%}"
+    else:
+        limit = config.max_unlabelled_alarm_rate
+        basis = "the cap without labels"
+    ok = rate <= limit
+    return GateResult(
+        "alarm_rate",
+        "pass" if ok else "fail",
+        rate,
+        limit,
+        f"validation alarm rate {rate:.2%} {'<=' if ok else '>'} {limit:.2%} ({basis})"
+        + ("" if ok else "; the threshold is degenerate: retrain (otaml train refuses such thresholds)"),
+    )
+
+
 def evaluate_gates(
     config: GateConfig,
     channel: str,
@@ -245,6 +279,7 @@ def evaluate_gates(
                 f"{name} = {value:.4g} {'>=' if ok else '<'} minimum {minimum:.4g}",
             )
         )
+    results.append(_alarm_rate_gate(config, metrics))
     parity_name = _parity_name(config, bundle)
     parity = _parity_value(parity_name, metrics, tags, bundle)
     if parity is None:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from edge_runtime.errors import InputError
-from pipeline.thresholds import BEST_F1, best_f1_threshold, calibrate, quantile_threshold
+from pipeline.thresholds import BEST_F1, BEST_F1_CAPPED, alarm_limit, best_f1_threshold, calibrate, quantile_threshold
 
 
 def test_best_f1_separates_separable_scores_halfway() -> None:
@@ -48,3 +48,43 @@ def test_bad_quantile_is_rejected(q: float) -> None:
 def test_best_f1_needs_both_classes() -> None:
     with pytest.raises(InputError, match="both"):
         best_f1_threshold([0.1, 0.2], [0, 0])
+
+
+def test_flag_everything_best_f1_is_refused_for_the_best_f1_within_the_alarm_cap() -> None:
+    # Scores that rank anomalies badly: 27 of the 30 anomalies sit at the bottom, so best F1 flags everything.
+    rng = np.random.default_rng(0)
+    scores = np.concatenate([rng.uniform(0.0, 0.1, 27), rng.uniform(0.1, 1.0, 70), [2.0, 2.1, 2.2]])
+    labels = np.r_[np.ones(27), np.zeros(70), np.ones(3)].astype(int)
+    plain = best_f1_threshold(scores, labels)
+    assert plain is not None
+    assert (scores >= plain.value).mean() == 1.0  # the degenerate optimum
+    t = calibrate(np.empty(0), scores, labels)
+    assert t.method == BEST_F1_CAPPED
+    assert (scores >= t.value).mean() <= alarm_limit(0.3) < 1.0
+    assert "flags 100.0% of validation readings against a label rate of 30.0%" in t.note
+
+
+def test_a_sane_best_f1_threshold_is_kept_without_a_note() -> None:
+    scores = np.r_[np.linspace(0, 1, 90), np.linspace(2, 3, 10)]
+    labels = np.r_[np.zeros(90), np.ones(10)].astype(int)
+    t = calibrate(np.empty(0), scores, labels)
+    assert t.method == BEST_F1
+    assert t.note == ""
+
+
+def test_without_labels_a_threshold_flagging_most_of_validation_falls_back_to_its_quantile() -> None:
+    train = np.linspace(0, 1, 1000)
+    validation = np.linspace(5, 6, 200)  # everything scores above the training distribution
+    t = calibrate(train, validation, None, quantile=0.99)
+    assert t.method == "quantile-0.99-of-validation"
+    assert (validation >= t.value).mean() <= 0.02
+    assert "flags 100.0% of validation readings" in t.note
+    sane = calibrate(train, np.linspace(0, 1, 200), None, quantile=0.99)
+    assert sane.method == "quantile-0.99-of-train"
+    assert sane.note == ""
+
+
+def test_best_f1_within_a_cap_catching_nothing_is_none() -> None:
+    scores = np.array([0.1, 0.2, 0.9, 1.0])
+    labels = np.array([1, 0, 0, 0])
+    assert best_f1_threshold(scores, labels, max_alarm_rate=0.5) is None

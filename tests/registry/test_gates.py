@@ -64,10 +64,21 @@ def test_missing_gates_file_says_how_to_fix(tmp_path: Path) -> None:
 def test_all_gates_pass_on_a_good_version(model_bundle: Bundle) -> None:
     config = GateConfig(min_metrics={"test_f1": 0.5})
     report = evaluate_gates(
-        config, "staging", bundle=model_bundle, metrics={"test_f1": 0.9, "parity_fp32_agreement": 1.0}, latency=FAST
+        config,
+        "staging",
+        bundle=model_bundle,
+        metrics={"test_f1": 0.9, "parity_fp32_agreement": 1.0, "val_alarm_rate": 0.05, "val_label_rate": 0.04},
+        latency=FAST,
     )
     assert report.passed
-    assert [r.name for r in report.results] == ["metric:test_f1", "parity", "bundle_size", "latency_p50", "latency_p99"]
+    assert [r.name for r in report.results] == [
+        "metric:test_f1",
+        "alarm_rate",
+        "parity",
+        "bundle_size",
+        "latency_p50",
+        "latency_p99",
+    ]
     json.dumps(report.to_dict())  # recorded as an MLflow tag
 
 
@@ -87,6 +98,38 @@ def test_each_failing_gate_is_listed_with_its_reason(model_bundle: Bundle) -> No
     assert set(failed) == {"metric:test_f1", "parity", "bundle_size", "latency_p50", "latency_p99"}
     assert "0.5 < minimum 0.8" in failed["metric:test_f1"].detail
     assert failed["bundle_size"].value == bundle_bytes(model_bundle)
+
+
+@pytest.mark.parametrize(
+    ("metrics", "status", "limit"),
+    [
+        ({"val_alarm_rate": 0.96, "val_label_rate": 0.03}, "fail", 0.09),  # "flag everything"
+        ({"val_alarm_rate": 0.08, "val_label_rate": 0.03}, "pass", 0.09),
+        ({"val_alarm_rate": 0.6, "val_label_rate": 0.5}, "pass", 1.0),  # most of validation is anomalous
+        ({"val_alarm_rate": 0.25}, "fail", 0.1),  # no labels: the sane cap
+        ({"val_alarm_rate": 0.01}, "pass", 0.1),
+        ({}, "skipped", None),  # a run from before the gate
+    ],
+)
+def test_degenerate_validation_alarm_rate_is_refused(
+    model_bundle: Bundle, metrics: dict[str, float], status: str, limit: float | None
+) -> None:
+    report = evaluate_gates(
+        GateConfig(), "production", bundle=model_bundle, metrics={**metrics, "parity_fp32_agreement": 1.0}, latency=FAST
+    )
+    gate = next(r for r in report.results if r.name == "alarm_rate")
+    assert gate.status == status
+    assert gate.limit == (pytest.approx(limit) if limit is not None else None)
+    if status == "fail":
+        assert "degenerate" in gate.detail
+        assert not report.passed
+
+
+def test_alarm_rate_limits_come_from_the_gates_file(tmp_path: Path) -> None:
+    path = tmp_path / "gates.toml"
+    path.write_text("[default]\nmax_alarm_to_label_ratio = 2.0\nmax_unlabelled_alarm_rate = 0.05\n")
+    config = load_gate_config("staging", path)
+    assert (config.max_alarm_to_label_ratio, config.max_unlabelled_alarm_rate) == (2.0, 0.05)
 
 
 def test_metric_gates_are_skipped_without_labels_but_parity_is_required(model_bundle: Bundle) -> None:

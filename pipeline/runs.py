@@ -27,6 +27,7 @@ KEY_METRICS: tuple[str, ...] = (
     "val_pr_auc",
     "test_pr_auc",
     "test_roc_auc",
+    "test_vus_pr",
     "test_f1",
     "test_precision",
     "test_recall",

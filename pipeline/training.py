@@ -534,7 +534,7 @@ def _groups(spec: FeatureSpec) -> list[str]:
 
 
 def _brief(metrics: dict[str, float]) -> str:
-    keys = [k for k in ("precision", "recall", "f1", "roc_auc", "pr_auc", "alarm_rate") if k in metrics]
+    keys = [k for k in ("precision", "recall", "f1", "roc_auc", "pr_auc", "vus_pr", "alarm_rate") if k in metrics]
     return " ".join(f"{k}={metrics[k]:.3f}" for k in keys)
 
 

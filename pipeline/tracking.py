@@ -103,13 +103,29 @@ def _pins(*names: str) -> list[str]:
     return pins
 
 
-def log_sklearn(pipeline: Any, name: str = "sklearn-model") -> str:
-    """Log the fitted pipeline (sklearn flavor, skops format); return its model URI."""
-    import mlflow.sklearn
+def feature_signature(n_features: int) -> Any:
+    """The models' schema: float32 ``features`` [N, n_features] in, float32 ``score`` [N] out (higher = more anomalous)."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
 
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_features), "features")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1,), "score")]),
+    )
+
+
+def log_sklearn(pipeline: Any, name: str = "sklearn-model", *, example: Any = None) -> str:
+    """Log the fitted pipeline (sklearn flavor, skops format) with a signature and ``example`` rows; return its URI."""
+    import mlflow.sklearn
+    import numpy as np
+
+    n_features = int(pipeline.n_features_in_)
     info = mlflow.sklearn.log_model(
         pipeline,
         name=name,
+        signature=feature_signature(n_features),
+        input_example=None if example is None else np.asarray(example, dtype=np.float32),
         skops_trusted_types=list(SKOPS_TRUSTED_TYPES),
         # Loading also needs otaml's `pipeline` package importable (the detector classes live there).
         pip_requirements=_pins("scikit-learn", "numpy", "skops"),
@@ -117,13 +133,24 @@ def log_sklearn(pipeline: Any, name: str = "sklearn-model") -> str:
     return str(info.model_uri)
 
 
-def log_onnx(onnx_bytes: bytes, name: str = "onnx-model") -> str:
-    """Log the fp32 ONNX graph (onnx flavor); return its model URI."""
+def log_onnx(onnx_bytes: bytes, name: str = "onnx-model", *, example: Any) -> str:
+    """Log the fp32 ONNX graph (onnx flavor) with its signature and ``example`` feature rows; return its model URI.
+
+    The signature lets MLflow show the schema and ``mlflow models serve`` validate requests.
+    """
     import mlflow.onnx
+    import numpy as np
     import onnx
 
+    rows = np.asarray(example, dtype=np.float32)
+    if rows.ndim != 2 or rows.shape[0] == 0:
+        raise ValueError(f"the ONNX input example must be feature rows [N, F] with N >= 1, got shape {rows.shape}.")
     info = mlflow.onnx.log_model(
-        onnx.load_from_string(onnx_bytes), name=name, pip_requirements=_pins("onnx", "onnxruntime", "numpy")
+        onnx.load_from_string(onnx_bytes),
+        name=name,
+        signature=feature_signature(rows.shape[1]),
+        input_example={"features": rows},
+        pip_requirements=_pins("onnx", "onnxruntime", "numpy"),
     )
     return str(info.model_uri)
 

@@ -365,8 +365,9 @@ def _run_detector(
             with tempfile.TemporaryDirectory(prefix="otaml-plots-") as tmp:
                 for path in _write_plots(Path(tmp), fitted, splits.test):
                     mlflow.log_artifact(str(path), "plots")
-            tracking.log_sklearn(fitted.pipeline)
-            onnx_uri = tracking.log_onnx(fp32.onnx_bytes)
+            example = splits.test.features[:5]
+            tracking.log_sklearn(fitted.pipeline, example=example)
+            onnx_uri = tracking.log_onnx(fp32.onnx_bytes, example=example)
             version = tracking.register(onnx_uri, model_name, tags)
         progress(f"{name}: registered {model_name} version {version}")
 

@@ -14,6 +14,7 @@ from pipeline.detectors import DETECTORS, UnknownDetector
 from pipeline.parity import device_session
 from pipeline.synth import synth_telemetry
 from pipeline.telemetry import Telemetry, telemetry_from_frame
+from pipeline.thresholds import BEST_F1, BEST_F1_CAPPED, alarm_limit
 from pipeline.tracking import download_bundle
 from pipeline.training import (
     ALARM_RATE_RULE,
@@ -50,6 +51,7 @@ def _replay(bundle_path: Path) -> float:
 
 
 def _check_registered(report: TrainReport, telemetry: Telemetry, tracking_uri: str) -> None:
+    import mlflow
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -73,6 +75,17 @@ def _check_registered(report: TrainReport, telemetry: Telemetry, tracking_uri: s
         assert {"score_over_time.png", "score_histogram.png"} <= plots
         bundles = {Path(a.path).name for a in client.list_artifacts(d.run_id, "bundle")}
         assert set(d.bundle_paths) == bundles
+        # The registered (ONNX) model carries its schema and an example, so MLflow can validate requests.
+        info = mlflow.models.get_model_info(mv.source)
+        n_features = load_bundle(d.bundle_path).card.features.n_features
+        assert info.signature is not None
+        assert info.signature.inputs.to_dict() == [
+            {"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": (-1, n_features)}, "name": "features"}
+        ]
+        assert info.signature.outputs.input_names() == ["score"]
+        assert info.saved_input_example_info is not None
+        example = mlflow.models.Model.load(mv.source).load_input_example(mlflow.artifacts.download_artifacts(mv.source))
+        assert np.asarray(example["features"]).shape[1] == n_features
 
 
 def test_train_all_detectors_end_to_end(telemetry: Telemetry, tracking_uri: str, tmp_path: Path) -> None:
@@ -90,7 +103,10 @@ def test_train_all_detectors_end_to_end(telemetry: Telemetry, tracking_uri: str,
     _check_registered(report, telemetry, tracking_uri)
 
     for d in report.detectors:
-        assert d.threshold_method == "best-f1-on-validation"
+        assert d.threshold_method in {BEST_F1, BEST_F1_CAPPED}
+        # No shipped threshold is degenerate: a refused one says why and stays within the cap.
+        assert d.validation["alarm_rate"] <= alarm_limit(d.validation["label_rate"])
+        assert bool(d.threshold_note) == (d.threshold_method == BEST_F1_CAPPED)
         assert {"precision", "recall", "f1", "roc_auc", "pr_auc"} <= set(d.metrics)
         # Parity numbers are measured, not placeholders.
         fp32 = d.parity["fp32"]

@@ -12,6 +12,7 @@ import dataclasses
 from pathlib import Path
 
 from edge_runtime.bundle import load_bundle, write_bundle
+from edge_runtime.features import batch_features
 
 GOLDEN_SHIFT = 0.5
 
@@ -29,7 +30,8 @@ def register_broken_version(source_bundle: Path, model_name: str, out_dir: Path,
         mlflow.start_run(run_name="demo: broken golden vectors", experiment_id=experiment_id) as run,
     ):
         mlflow.set_tags({"otaml.kind": "demo-broken", "otaml.detector": source.card.detector})
-        model_uri = log_onnx(onnx_bytes)
+        example = batch_features(source.card.features, source.card.golden.readings)[:5]
+        model_uri = log_onnx(onnx_bytes, example=example)
         version = register(
             model_uri, model_name, {"detector": source.card.detector, "demo": "golden vectors do not match the model"}
         )

@@ -104,7 +104,7 @@ def _pins(*names: str) -> list[str]:
 
 
 def feature_signature(n_features: int) -> Any:
-    """The models' schema: float32 ``features`` [N, n_features] in, float32 ``score`` [N] out (higher = more anomalous)."""
+    """The models' schema: float32 ``features`` [N, n_features] in, float32 ``score`` [N] out (higher: anomalous)."""
     import numpy as np
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec

@@ -79,6 +79,10 @@ class FeatureSpec:
             raise FeatureSpecError(
                 f"FeatureSpec normalize {self.normalize!r} is unknown; choose from {list(NORMALIZATIONS)}."
             )
+        if self.normalize == "window" and self.window < 2:
+            raise FeatureSpecError(
+                "FeatureSpec normalize 'window' needs window >= 2: a reading minus the mean of itself is always 0."
+            )
 
     @property
     def n_sensors(self) -> int:

@@ -54,6 +54,7 @@ def test_streaming_in_any_chunks_equals_batch_exactly(
     n: int, window: int, sensors: int, cuts: list[int], seed: int, lag_share: float, normalize: str
 ) -> None:
     lags = int(lag_share * (window - 1))
+    normalize = normalize if window > 1 else "none"
     spec = FeatureSpec(tuple(f"s{i}" for i in range(sensors)), window=window, lags=lags, normalize=normalize)
     x = _readings(n, sensors, seed)
     stream = StreamWindow(spec)
@@ -81,6 +82,7 @@ def test_stream_memory_is_bounded_by_the_window() -> None:
         ({"sensors": ("a",), "window": 4, "lags": 4}, "raise window to at least lags"),
         ({"sensors": ("a",), "lags": -1}, "lags"),
         ({"sensors": ("a",), "normalize": "zscore"}, "normalize 'zscore' is unknown"),
+        ({"sensors": ("a",), "window": 1, "stats": (), "normalize": "window"}, "window >= 2"),
     ],
 )
 def test_invalid_specs_say_what_is_wrong(kwargs: dict[str, object], message: str) -> None:

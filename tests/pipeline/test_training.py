@@ -13,17 +13,19 @@ from pipeline.baseline import raw_iforest_metrics
 from pipeline.detectors import DETECTORS, UnknownDetector
 from pipeline.parity import device_session
 from pipeline.synth import synth_telemetry
-from pipeline.telemetry import Telemetry, telemetry_from_frame
-from pipeline.thresholds import BEST_F1, BEST_F1_CAPPED, alarm_limit
+from pipeline.telemetry import Telemetry, load_telemetry, telemetry_from_frame
+from pipeline.thresholds import BEST_F1, BEST_F1_CAPPED, Threshold, alarm_limit
 from pipeline.tracking import download_bundle
 from pipeline.training import (
     ALARM_RATE_RULE,
     BEST_PR_AUC_RULE,
+    FittedDetector,
     TrainConfig,
     TrainReport,
     choose,
     fit_detector,
     prepare,
+    prepare_all,
     resolve_detectors,
     train,
 )
@@ -268,3 +270,48 @@ def test_chosen_detector_beats_isolation_forest_on_raw_values(seed: int) -> None
     baseline = raw_iforest_metrics(fit_rows, splits.test, seed=0)
     assert best.metrics["pr_auc"] > 2 * baseline["pr_auc"]
     assert best.metrics["roc_auc"] > baseline["roc_auc"]
+
+
+def _fitted(name: str, pr_auc: float) -> FittedDetector:
+    empty = np.empty(0)
+    return FittedDetector(name, None, Threshold(0.5, "x"), empty, empty, {"pr_auc": pr_auc, "alarm_rate": 0.01}, {})
+
+
+@pytest.mark.parametrize(
+    ("scores", "chosen"),
+    [
+        ({"iforest_raw": 0.540, "pca_lag": 0.585, "iforest": 0.55}, "iforest_raw"),  # 8 % better: noise, keep
+        ({"iforest_raw": 0.30, "pca_lag": 0.585, "iforest": 0.55}, "pca_lag"),  # clearly better: replace
+        ({"iforest_raw": 0.60, "pca_lag": 0.585}, "iforest_raw"),  # the baseline is best
+        ({"iforest": 0.4, "pca": 0.41}, "pca"),  # no baseline among the candidates: plain best
+    ],
+)
+def test_choice_keeps_the_baseline_unless_clearly_beaten(scores: dict[str, float], chosen: str) -> None:
+    fitted = [_fitted(name, pr) for name, pr in scores.items()]
+    assert choose(fitted) == (chosen, BEST_PR_AUC_RULE)
+
+
+def test_a_baseline_that_fails_parity_is_not_preferred() -> None:
+    fitted = [_fitted("iforest_raw", 0.54), _fitted("pca_lag", 0.585)]
+    assert choose(fitted, {"iforest_raw": False, "pca_lag": True})[0] == "pca_lag"
+
+
+REAL_SLICE = Path(__file__).resolve().parents[1] / "data" / "nab_machine_temperature_slice.csv"
+
+
+def test_on_real_telemetry_the_choice_never_loses_to_the_raw_isolation_forest() -> None:
+    """NAB machine temperature (MIT, Numenta), 2014-01-06 to 02-10: one failure window in validation, one in test."""
+    telemetry = load_telemetry(REAL_SLICE, label_column="label")
+    config = TrainConfig()
+    prepared = prepare_all(telemetry, config, DETECTORS)
+    fitted = [fit_detector(name, *prepared[name], config) for name in DETECTORS]
+    chosen, rule = choose(fitted)
+    assert rule == BEST_PR_AUC_RULE
+    best = next(f for f in fitted if f.name == chosen)
+    baseline = next(f for f in fitted if f.name == "iforest_raw")
+    assert best.validation["pr_auc"] >= baseline.validation["pr_auc"]
+    assert best.metrics["roc_auc"] >= baseline.metrics["roc_auc"]
+    assert best.metrics["roc_auc"] >= 0.9
+    assert {"vus_pr", "pr_auc"} <= set(best.metrics)
+    for f in fitted:  # no threshold flags far more than the failure windows
+        assert f.validation["alarm_rate"] <= alarm_limit(f.validation["label_rate"])

@@ -115,17 +115,18 @@ def feature_signature(n_features: int) -> Any:
     )
 
 
-def log_sklearn(pipeline: Any, name: str = "sklearn-model", *, example: Any = None) -> str:
-    """Log the fitted pipeline (sklearn flavor, skops format) with a signature and ``example`` rows; return its URI."""
-    import mlflow.sklearn
-    import numpy as np
+def log_sklearn(pipeline: Any, name: str = "sklearn-model") -> str:
+    """Log the fitted pipeline (sklearn flavor, skops format) with its signature; return its model URI.
 
-    n_features = int(pipeline.n_features_in_)
+    No input example: the pipelines have ``score_samples``, not ``predict``, so MLflow has no python_function
+    flavor to check an example against (the registered ONNX model carries one).
+    """
+    import mlflow.sklearn
+
     info = mlflow.sklearn.log_model(
         pipeline,
         name=name,
-        signature=feature_signature(n_features),
-        input_example=None if example is None else np.asarray(example, dtype=np.float32),
+        signature=feature_signature(int(pipeline.n_features_in_)),
         skops_trusted_types=list(SKOPS_TRUSTED_TYPES),
         # Loading also needs otaml's `pipeline` package importable (the detector classes live there).
         pip_requirements=_pins("scikit-learn", "numpy", "skops"),
@@ -150,6 +151,8 @@ def log_onnx(onnx_bytes: bytes, name: str = "onnx-model", *, example: Any) -> st
         name=name,
         signature=feature_signature(rows.shape[1]),
         input_example={"features": rows},
+        # The device runs on CPU; without this MLflow asks for CUDA first and warns that it is missing.
+        onnx_execution_providers=["CPUExecutionProvider"],
         pip_requirements=_pins("onnx", "onnxruntime", "numpy"),
     )
     return str(info.model_uri)

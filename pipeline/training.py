@@ -376,7 +376,7 @@ def _run_detector(
                 for path in _write_plots(Path(tmp), fitted, splits.test):
                     mlflow.log_artifact(str(path), "plots")
             example = splits.test.features[:5]
-            tracking.log_sklearn(fitted.pipeline, example=example)
+            tracking.log_sklearn(fitted.pipeline)
             onnx_uri = tracking.log_onnx(fp32.onnx_bytes, example=example)
             version = tracking.register(onnx_uri, model_name, tags)
         progress(f"{name}: registered {model_name} version {version}")

@@ -218,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="otaml-bench-detect-") as tmp:
         scratch = Path(tmp)
         datasets: dict[str, tuple[Callable[[], tuple[pd.DataFrame, str]], tuple[float, float, float] | None]] = {
-            "nab-machine-temperature": (lambda: nab_frame(args.nab), None),
+            # Named apart when only the slice is there, so a table never passes the slice off as the full series.
+            "nab-machine-temperature" + ("" if args.nab else "-slice"): (lambda: nab_frame(args.nab), None),
             # The archive's own split: 1,200 anomaly-free training readings of 7,501, the event in the rest.
             "ucr-internal-bleeding-16": (
                 lambda: ucr_frame(args.aeon_wheel, not args.no_download, scratch),

@@ -2,8 +2,10 @@
 # Build the otaml base runtime image (no model) for linux/amd64 and linux/arm64 without a Docker daemon.
 #
 #   images/build-runtime.sh [--platforms linux/amd64,linux/arm64] [--push HOST:PORT/REPO:TAG]
-#                           [--cache-dir DIR] [--refresh] [--tls-verify]
+#                           [--cache-dir DIR] [--refresh] [--tls-verify] [--preflight]
 #
+# 0. A preflight checks every tool and package the build needs (and arm64 emulation) before the cache is
+#    consulted, so a warm cache cannot hide a missing package; --preflight stops after it.
 # 1. Debian bookworm root filesystems from mmdebstrap (cached as OCI archives keyed by arch + package list):
 #    a runtime base per target arch (python3 3.11 and the shared libraries the wheels need) and one
 #    builder base for the build machine (python3-pip).
@@ -16,7 +18,8 @@
 #    Dockerfile, edge_runtime/, pyproject.toml, constraints.txt and the bases) and pushed if asked.
 #
 # The last line on stdout is `OCI_LAYOUT=<dir>:<tag>`; progress goes to stderr.
-# Needs root, mmdebstrap, buildah, skopeo, and for arm64 on x86 qemu-user-static + binfmt-support.
+# Needs root and the Debian packages of scripts/host-deps.sh (mmdebstrap, buildah, skopeo, python3-pip; for arm64 on
+# x86 arch-test, qemu-user-static and binfmt-support).
 set -euo pipefail
 
 SCRIPT_VERSION=3 # bump to invalidate every cached tarball and image
@@ -28,6 +31,7 @@ PUSH=""
 CACHE_DIR=${OTAML_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/otaml}
 REFRESH=0
 TLS_VERIFY=false
+PREFLIGHT_ONLY=0
 ROOT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1700000000}
 
@@ -53,7 +57,7 @@ DPKG_OPTS=(
 log() { printf '[build-runtime %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -62,26 +66,14 @@ while [[ $# -gt 0 ]]; do
     --cache-dir) CACHE_DIR=$2; shift 2 ;;
     --refresh) REFRESH=1; shift ;;
     --tls-verify) TLS_VERIFY=true; shift ;;
+    --preflight) PREFLIGHT_ONLY=1; shift ;;
     -h|--help) usage ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
 
-[[ $(id -u) -eq 0 ]] || die "run as root: mmdebstrap and buildah's vfs storage need it here"
-for tool in mmdebstrap buildah skopeo sha256sum; do
-  command -v "$tool" >/dev/null || die "'$tool' not found: apt-get install -y mmdebstrap buildah skopeo"
-done
-
 HOST_ARCH=$(dpkg --print-architecture)
 IFS=, read -r -a PLATFORM_LIST <<<"$PLATFORMS"
-mkdir -p "$CACHE_DIR/rootfs" "$CACHE_DIR/images" "$CACHE_DIR/tmp"
-# One build per cache at a time: concurrent runs would share partial files and the buildah store.
-exec 9>"$CACHE_DIR/lock"
-if ! flock --nonblock 9; then
-  log "another build holds $CACHE_DIR/lock; waiting for it"
-  flock 9
-fi
-BUILDAH=(buildah --root "$CACHE_DIR/storage" --runroot "$CACHE_DIR/run" --storage-driver vfs)
 
 deb_arch() {
   case "$1" in
@@ -89,6 +81,11 @@ deb_arch() {
     linux/arm64|linux/arm64/v8) echo arm64 ;;
     *) die "unsupported platform '$1': use linux/amd64 and/or linux/arm64" ;;
   esac
+}
+
+# pip on the build machine (it has this machine's proxy/CA/index settings; the build container does not).
+pip_python() {
+  if [[ -x $ROOT_DIR/.venv/bin/python ]]; then echo "$ROOT_DIR/.venv/bin/python"; else echo python3; fi
 }
 
 ensure_emulation() { # $1 = Debian arch
@@ -105,6 +102,72 @@ ensure_emulation() { # $1 = Debian arch
     update-binfmts --enable "$qemu_name" || die "update-binfmts --enable $qemu_name failed: apt-get install -y qemu-user-static binfmt-support"
   fi
 }
+
+# Everything a build needs, checked before the cache is looked at: a warm cache skips mmdebstrap, and must not
+# hide a tool a fresh machine lacks. Each missing piece is named with the Debian package that provides it
+# (scripts/host-deps.sh installs them all; tests/scripts/test_host_deps.py keeps the two lists in step).
+PREFLIGHT_MISSING=()
+need_cmd() { # $1 = command, $2 = Debian package
+  command -v "$1" >/dev/null || PREFLIGHT_MISSING+=("$2 (for '$1')")
+}
+preflight() {
+  [[ $(id -u) -eq 0 ]] || die "run as root: mmdebstrap and buildah's vfs storage need it here (sudo $0)"
+  need_cmd mmdebstrap mmdebstrap
+  need_cmd buildah buildah
+  need_cmd skopeo skopeo
+  need_cmd sha256sum coreutils
+  need_cmd flock util-linux
+  need_cmd dpkg dpkg
+  need_cmd python3 python3
+  if command -v mmdebstrap >/dev/null && [[ ! -d /usr/share/mmdebstrap/hooks/merged-usr ]]; then
+    PREFLIGHT_MISSING+=("mmdebstrap >= 1.0 (for its merged-usr hook)")
+  fi
+  local py
+  py=$(pip_python)
+  if command -v "$py" >/dev/null && ! "$py" -c 'import tomllib, pip' 2>/dev/null; then
+    PREFLIGHT_MISSING+=("python3-pip (for '$py -m pip download'; Python >= 3.11 for tomllib)")
+  fi
+  local foreign=()
+  for platform in "${PLATFORM_LIST[@]}"; do
+    arch=$(deb_arch "$platform")
+    [[ $arch == "$HOST_ARCH" ]] || foreign+=("$arch")
+  done
+  if [[ ${#foreign[@]} -gt 0 ]]; then
+    # mmdebstrap refuses a foreign architecture without arch-test (a Recommends that --no-install-recommends drops).
+    need_cmd arch-test arch-test
+    need_cmd update-binfmts binfmt-support
+    for arch in "${foreign[@]}"; do
+      case "$arch" in
+        arm64) need_cmd qemu-aarch64-static qemu-user-static ;;
+        amd64) need_cmd qemu-x86_64-static qemu-user-static ;;
+      esac
+    done
+  fi
+  if [[ ${#PREFLIGHT_MISSING[@]} -gt 0 ]]; then
+    local pkgs=()
+    for item in "${PREFLIGHT_MISSING[@]}"; do pkgs+=("${item%% *}"); done
+    log "error: missing on this machine:"
+    for item in "${PREFLIGHT_MISSING[@]}"; do log "  - $item"; done
+    die "install them: apt-get install -y --no-install-recommends ${pkgs[*]} (or run scripts/host-deps.sh, which installs all of them)"
+  fi
+  for arch in "${foreign[@]}"; do
+    ensure_emulation "$arch"
+    # What mmdebstrap itself checks: can this kernel run $arch binaries right now?
+    arch-test "$arch" >/dev/null 2>&1 \
+      || die "this machine cannot run $arch binaries (arch-test $arch fails): enable binfmt with 'update-binfmts --enable qemu-aarch64' (packages qemu-user-static binfmt-support)"
+  done
+  log "preflight: root, mmdebstrap, buildah, skopeo, pip${foreign[*]:+, emulation for ${foreign[*]}} ok"
+}
+preflight
+[[ $PREFLIGHT_ONLY -eq 0 ]] || exit 0
+mkdir -p "$CACHE_DIR/rootfs" "$CACHE_DIR/images" "$CACHE_DIR/tmp"
+# One build per cache at a time: concurrent runs would share partial files and the buildah store.
+exec 9>"$CACHE_DIR/lock"
+if ! flock --nonblock 9; then
+  log "another build holds $CACHE_DIR/lock; waiting for it"
+  flock 9
+fi
+BUILDAH=(buildah --root "$CACHE_DIR/storage" --runroot "$CACHE_DIR/run" --storage-driver vfs)
 
 key_of() { printf '%s\n' "$@" | sha256sum | cut -c1-16; }
 
@@ -148,11 +211,6 @@ base_archive() {
   fi
   rm -f "$CACHE_DIR/rootfs/$stem.tar" # left by older versions of this script
   printf '%s\n' "$stem"
-}
-
-# pip on the build machine (it has this machine's proxy/CA/index settings; the build container does not).
-pip_python() {
-  if [[ -x $ROOT_DIR/.venv/bin/python ]]; then echo "$ROOT_DIR/.venv/bin/python"; else echo python3; fi
 }
 
 # Print a directory holding the target arch's wheels of the serve extra (cached by requirement list).

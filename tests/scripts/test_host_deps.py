@@ -60,7 +60,8 @@ NO_PACKAGE = frozenset(
     continue declare eval source unset readonly type hash ulimit umask kill pwd cat cp mv rm
     mkdir rmdir ln ls touch chmod chown date sleep id env basename dirname head tail cut
     sort uniq wc tr tee mktemp sha256sum seq du df stat readlink realpath nproc timeout printenv
-    yes install sync flock mount umount mountpoint su unshare nsenter setpriv useradd getent dpkg dpkg-query apt-get apt-cache find xargs
+    yes install sync flock mount umount mountpoint su unshare nsenter setpriv useradd getent
+    dpkg dpkg-query apt-get apt-cache find xargs
     grep sed gzip tar awk mawk which bash sh
     """.split()  # noqa: SIM905 (a word list reads better than 100 quoted strings)
 )

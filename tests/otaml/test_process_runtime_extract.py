@@ -40,9 +40,7 @@ def entry(name: str, kind: bytes, linkname: str = "", mode: int = 0o755) -> tupl
 
 
 def tree(root: Path) -> dict[str, bytes | None]:
-    return {
-        str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))
-    }
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
 
 
 def test_extracts_only_the_subtree_with_plain_permissions(tmp_path: Path) -> None:

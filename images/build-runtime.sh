@@ -40,8 +40,13 @@ export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1700000000}
 # it drags in perl and openssl, and the scoring service makes no TLS connections.
 RUNTIME_PACKAGES=python3-minimal,libpython3.11-stdlib,libstdc++6
 BUILDER_PACKAGES=python3,python3-pip
-# glibc's iconv modules (20 MB) serve iconv(3), which neither CPython nor the wheels call.
-RUNTIME_TRIM='rm -rf "$1"/usr/lib/*-linux-gnu/gconv'
+# glibc's iconv modules (20 MB) serve iconv(3), which neither CPython nor the wheels call. images/trim-rootfs.py
+# then removes every package outside python3's dependency closure (perl, coreutils, util-linux, PAM, ...) and
+# the standard-library modules a service never imports, and checks that no shared library went missing. It
+# runs natively on this machine's python3 for either target architecture; its content is part of the cache key.
+TRIM_SCRIPT=$ROOT_DIR/images/trim-rootfs.py
+RUNTIME_TRIM='rm -rf "$1"/usr/lib/*-linux-gnu/gconv && python3 "$OTAML_TRIM_SCRIPT" "$1"'
+export OTAML_TRIM_SCRIPT=$TRIM_SCRIPT
 # Merged /usr set up by mmdebstrap's hook instead of the usrmerge package (which drags in 50 MB of perl).
 # Docs, man pages and translations never help a container.
 DPKG_OPTS=(
@@ -177,7 +182,10 @@ key_of() { printf '%s\n' "$@" | sha256sum | cut -c1-16; }
 base_archive() {
   local arch=$1 packages=$2 name=$3 trim=${4:-true}
   local key stem archive tar
+  local trim_content=""
+  [[ $trim == *OTAML_TRIM_SCRIPT* ]] && trim_content=$(sha256sum <"$TRIM_SCRIPT")
   key=$(key_of "$SCRIPT_VERSION" "$SUITE" "$MIRROR" "$SECURITY_MIRROR" "$arch" "$packages" "${DPKG_OPTS[*]}" "$trim" \
+    "$trim_content" \
     "$(mmdebstrap --version)")
   stem="$name-$arch-$key"
   archive="$CACHE_DIR/rootfs/$stem.oci.tar"

@@ -182,11 +182,10 @@ key_of() { printf '%s\n' "$@" | sha256sum | cut -c1-16; }
 base_archive() {
   local arch=$1 packages=$2 name=$3 trim=${4:-true}
   local key stem archive tar
-  local trim_content=""
-  [[ $trim == *OTAML_TRIM_SCRIPT* ]] && trim_content=$(sha256sum <"$TRIM_SCRIPT")
-  key=$(key_of "$SCRIPT_VERSION" "$SUITE" "$MIRROR" "$SECURITY_MIRROR" "$arch" "$packages" "${DPKG_OPTS[*]}" "$trim" \
-    "$trim_content" \
+  local parts=("$SCRIPT_VERSION" "$SUITE" "$MIRROR" "$SECURITY_MIRROR" "$arch" "$packages" "${DPKG_OPTS[*]}" "$trim"
     "$(mmdebstrap --version)")
+  [[ $trim != *OTAML_TRIM_SCRIPT* ]] || parts+=("$(sha256sum <"$TRIM_SCRIPT")")
+  key=$(key_of "${parts[@]}")
   stem="$name-$arch-$key"
   archive="$CACHE_DIR/rootfs/$stem.oci.tar"
   tar="$CACHE_DIR/tmp/$stem.tar"

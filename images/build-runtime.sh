@@ -203,7 +203,7 @@ base_archive() {
       --customize-hook="$trim" \
       "$SUITE" "$tar" "deb $MIRROR $SUITE main" "deb $MIRROR $SUITE-updates main" \
       "deb $SECURITY_MIRROR $SUITE-security main" >&2 \
-      || die "mmdebstrap $name/$arch failed (network to $MIRROR? binfmt for $arch?)"
+      || die "mmdebstrap $name/$arch failed (see above: network to $MIRROR? binfmt for $arch? a customize hook?)"
     log "base $name/$arch: rootfs $(du -h "$tar" | cut -f1) in $((SECONDS - t0)) s; committing it as an image"
     local ctr
     ctr=$("${BUILDAH[@]}" from --arch "$arch" --os linux scratch)

@@ -82,6 +82,18 @@ STDLIB_UNUSED = (
     "lib-dynload/_multibytecodec*",
 )
 LIB_DIRS = ("usr/lib", "usr/lib64", "lib", "lib64", "usr/local/lib")
+# Mounted by mmdebstrap while its hooks run; never part of the image.
+VIRTUAL = ("proc", "sys", "dev")
+
+
+def walk(root: Path, top: Path | None = None) -> list[Path]:
+    """Every path under ``top`` (default ``root``), not following links, skipping ``root``'s virtual filesystems."""
+    found = []
+    for directory, dirnames, filenames in os.walk(top or root):
+        if Path(directory) == root:
+            dirnames[:] = [d for d in dirnames if d not in VIRTUAL]
+        found += [Path(directory, name) for name in dirnames + filenames]
+    return found
 
 
 class TrimError(Exception):
@@ -184,8 +196,8 @@ def remove_packages(root: Path, remove: set[str], keep: set[str]) -> None:
 def dangling_links(root: Path) -> list[Path]:
     """Symbolic links under ``root`` whose target, read inside the rootfs, does not exist."""
     dangling = []
-    for link in root.rglob("*"):
-        if not link.is_symlink() or link.relative_to(root).parts[0] in ("proc", "sys", "dev"):
+    for link in walk(root):
+        if not link.is_symlink():
             continue
         path = link
         for _ in range(16):  # follow chains such as /usr/bin/awk -> /etc/alternatives/awk -> /usr/bin/mawk
@@ -243,10 +255,11 @@ def missing_libraries(root: Path) -> dict[str, list[str]]:
     for lib_dir in LIB_DIRS:
         base = root / lib_dir
         if base.is_dir() and not base.is_symlink():
-            available |= {p.name for p in base.rglob("*") if p.is_file() or p.is_symlink()}
-    available |= {p.name for p in root.rglob("*.so*") if p.is_file()}  # wheels' own libs ($ORIGIN rpaths)
+            available |= {p.name for p in walk(root, base) if p.is_file() or p.is_symlink()}
+    everything = walk(root)
+    available |= {p.name for p in everything if ".so" in p.name and p.is_file()}  # wheels' own ($ORIGIN) libs
     problems = {}
-    for path in root.rglob("*"):
+    for path in everything:
         if path.is_symlink() or not path.is_file() or path.stat().st_size < 64:
             continue
         try:
@@ -260,7 +273,7 @@ def missing_libraries(root: Path) -> dict[str, list[str]]:
 
 
 def size(root: Path) -> int:
-    return sum(p.lstat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+    return sum(p.lstat().st_size for p in walk(root) if p.is_file() and not p.is_symlink())
 
 
 def trim(root: Path, keep: tuple[str, ...] = KEEP, drop: tuple[str, ...] = DROP) -> tuple[int, int, list[str]]:

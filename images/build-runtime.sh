@@ -39,7 +39,8 @@ export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1700000000}
 # against. numpy/onnxruntime/cryptography wheels bundle everything else (checked with ldd). No ca-certificates:
 # it drags in perl and openssl, and the scoring service makes no TLS connections.
 RUNTIME_PACKAGES=python3-minimal,libpython3.11-stdlib,libstdc++6
-BUILDER_PACKAGES=python3,python3-pip
+# The target's binutils strip the unstripped shared libraries some wheels ship (either architecture).
+BUILDER_PACKAGES=python3,python3-pip,binutils-aarch64-linux-gnu,binutils-x86-64-linux-gnu
 # glibc's iconv modules (20 MB) serve iconv(3), which neither CPython nor the wheels call. images/trim-rootfs.py
 # then removes every package outside python3's dependency closure (perl, coreutils, util-linux, PAM, ...) and
 # the standard-library modules a service never imports, and checks that no shared library went missing. It

@@ -5,8 +5,8 @@ bytes a device pulls per update, bake time.
 
 Without ``--registry`` it starts a private docker-registry on a free loopback port. The base image comes from
 ``images/build-runtime.sh`` (cached under ~/.cache/otaml; the first run on a machine takes minutes). The models are
-what a user gets: ``otaml data synth`` defaults (4 devices, 7 days), then ``otaml train --detector all`` defaults,
-twice (data seeds 0 and 1, for versions 1 and 2), one bundle per detector, against a scratch sqlite MLflow store.
+what a user gets (bench/pipeline_models.py): ``otaml data synth`` then ``otaml train`` with their defaults, twice
+(data seeds 0 and 1, for versions 1 and 2), the shipped bundle of every detector.
 "Uncompressed" is the sum of the layers' tar streams (what a device unpacks); "compressed" is what a fresh device
 pulls (index, manifest, config and gzip layers). Limits for the arm64 image: 500 MB hard, 150 MB required,
 120 MB goal. Asserts nothing.
@@ -19,7 +19,6 @@ import contextlib
 import gzip
 import io
 import json
-import os
 import statistics
 import sys
 import tarfile
@@ -32,6 +31,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from edge_runtime.oci import RegistryClient, select_platform  # noqa: E402
 from registry.bake import bake  # noqa: E402
@@ -97,19 +97,12 @@ def update_bytes(client: RegistryClient, old: str, new: str, arch: str) -> int:
 
 
 def trained_bundles(work: Path) -> dict[str, list[Path]]:
-    """``{detector: [v1 bundle, v2 bundle]}`` from the pipeline with its default settings (two data seeds)."""
-    from pipeline.synth import synth_telemetry, write_telemetry
-    from pipeline.telemetry import load_telemetry
-    from pipeline.training import train
+    """``{detector: [v1 bundle, v2 bundle]}``: ``otaml data synth`` + ``otaml train`` defaults, data seeds 0 and 1."""
+    from pipeline_models import train_default_models
 
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
-    bundles: dict[str, list[Path]] = {}
-    for seed in (0, 1):
-        telemetry = load_telemetry(write_telemetry(synth_telemetry(seed=seed), work / f"telemetry-{seed}.csv"))
-        report = train(telemetry, detectors="all", out_dir=work / f"bundles-{seed}")
-        for detector in report.detectors:
-            bundles.setdefault(detector.detector, []).append(detector.bundle_path)
-    return bundles
+    v1 = train_default_models(work / "models-v1", seed=0)
+    v2 = train_default_models(work / "models-v2", seed=1)
+    return {name: [v1.bundles[name], v2.bundles[name]] for name in v1.bundles}
 
 
 def measure(args: argparse.Namespace, work: Path, stack: contextlib.ExitStack) -> dict[str, Any]:
@@ -217,13 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="otaml-bench-") as tmp, contextlib.ExitStack() as stack:
-        work = Path(tmp)
-        cwd = Path.cwd()
-        os.chdir(work)  # anything MLflow writes relative to the working directory stays in the scratch dir
-        try:
-            result = measure(args, work, stack)
-        finally:
-            os.chdir(cwd)
+        result = measure(args, Path(tmp), stack)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

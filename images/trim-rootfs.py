@@ -36,7 +36,9 @@ from pathlib import Path
 
 # What the runtime needs: the interpreter and its standard library (with their shared libraries), the C++
 # runtime onnxruntime links against, /bin/sh for a shell when debugging, os-release and passwd for tools.
-KEEP = ("python3-minimal", "libpython3.11-stdlib", "libstdc++6", "dash", "base-files", "base-passwd", "libc-bin")
+# Not libc-bin (ldconfig, localedef, locale data): the loader's cache is already written, and Python runs in
+# UTF-8 mode under the C locale.
+KEEP = ("python3-minimal", "libpython3.11-stdlib", "libstdc++6", "dash", "base-files", "base-passwd")
 # Inside the closure, but unused: dpkg and tar serve python3's maintainer scripts; the others are the shared
 # libraries of the standard-library modules removed below (sqlite3, dbm, curses, readline, nis).
 DROP = (

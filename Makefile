@@ -1,4 +1,5 @@
 # The two commands of the README: `make demo` (set up, then run the main job) and `make test`.
+# Any CPython >= 3.11 works, Debian bookworm's own /usr/bin/python3 (3.11.2) included: PYTHON=... picks one.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,7 +10,9 @@ STAMP := $(VENV)/.installed-stamp
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "otaml needs Python >= 3.11; set PYTHON=python3.11")'
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "otaml needs Python >= 3.11 (Debian bookworm'"'"'s 3.11.2 is fine); set PYTHON=python3.11")'
+	@test -x $(BIN)/python || $(PYTHON) -c 'import ensurepip' 2>/dev/null \
+		|| { echo "make setup: $(PYTHON) cannot create a virtualenv (no ensurepip): apt-get install python3-venv (Debian/Ubuntu), or sudo scripts/host-deps.sh" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[dev]'

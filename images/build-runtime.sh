@@ -2,8 +2,10 @@
 # Build the otaml base runtime image (no model) for linux/amd64 and linux/arm64 without a Docker daemon.
 #
 #   images/build-runtime.sh [--platforms linux/amd64,linux/arm64] [--push HOST:PORT/REPO:TAG]
-#                           [--cache-dir DIR] [--refresh] [--tls-verify]
+#                           [--cache-dir DIR] [--refresh] [--tls-verify] [--preflight]
 #
+# 0. A preflight checks every tool and package the build needs (and arm64 emulation) before the cache is
+#    consulted, so a warm cache cannot hide a missing package; --preflight stops after it.
 # 1. Debian bookworm root filesystems from mmdebstrap (cached as OCI archives keyed by arch + package list):
 #    a runtime base per target arch (python3 3.11 and the shared libraries the wheels need) and one
 #    builder base for the build machine (python3-pip).
@@ -16,7 +18,8 @@
 #    Dockerfile, edge_runtime/, pyproject.toml, constraints.txt and the bases) and pushed if asked.
 #
 # The last line on stdout is `OCI_LAYOUT=<dir>:<tag>`; progress goes to stderr.
-# Needs root, mmdebstrap, buildah, skopeo, and for arm64 on x86 qemu-user-static + binfmt-support.
+# Needs root and the Debian packages of scripts/host-deps.sh (mmdebstrap, buildah, skopeo, python3-pip; for arm64 on
+# x86 arch-test, qemu-user-static and binfmt-support).
 set -euo pipefail
 
 SCRIPT_VERSION=3 # bump to invalidate every cached tarball and image
@@ -28,6 +31,7 @@ PUSH=""
 CACHE_DIR=${OTAML_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/otaml}
 REFRESH=0
 TLS_VERIFY=false
+PREFLIGHT_ONLY=0
 ROOT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1700000000}
 
@@ -35,9 +39,15 @@ export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1700000000}
 # against. numpy/onnxruntime/cryptography wheels bundle everything else (checked with ldd). No ca-certificates:
 # it drags in perl and openssl, and the scoring service makes no TLS connections.
 RUNTIME_PACKAGES=python3-minimal,libpython3.11-stdlib,libstdc++6
-BUILDER_PACKAGES=python3,python3-pip
-# glibc's iconv modules (20 MB) serve iconv(3), which neither CPython nor the wheels call.
-RUNTIME_TRIM='rm -rf "$1"/usr/lib/*-linux-gnu/gconv'
+# The target's binutils strip the unstripped shared libraries some wheels ship (either architecture).
+BUILDER_PACKAGES=python3,python3-pip,binutils-aarch64-linux-gnu,binutils-x86-64-linux-gnu
+# glibc's iconv modules (20 MB) serve iconv(3), which neither CPython nor the wheels call. images/trim-rootfs.py
+# then removes every package outside python3's dependency closure (perl, coreutils, util-linux, PAM, ...) and
+# the standard-library modules a service never imports, and checks that no shared library went missing. It
+# runs natively on this machine's python3 for either target architecture; its content is part of the cache key.
+TRIM_SCRIPT=$ROOT_DIR/images/trim-rootfs.py
+RUNTIME_TRIM='rm -rf "$1"/usr/lib/*-linux-gnu/gconv && python3 "$OTAML_TRIM_SCRIPT" "$1"'
+export OTAML_TRIM_SCRIPT=$TRIM_SCRIPT
 # Merged /usr set up by mmdebstrap's hook instead of the usrmerge package (which drags in 50 MB of perl).
 # Docs, man pages and translations never help a container.
 DPKG_OPTS=(
@@ -53,7 +63,7 @@ DPKG_OPTS=(
 log() { printf '[build-runtime %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -62,26 +72,14 @@ while [[ $# -gt 0 ]]; do
     --cache-dir) CACHE_DIR=$2; shift 2 ;;
     --refresh) REFRESH=1; shift ;;
     --tls-verify) TLS_VERIFY=true; shift ;;
+    --preflight) PREFLIGHT_ONLY=1; shift ;;
     -h|--help) usage ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
 
-[[ $(id -u) -eq 0 ]] || die "run as root: mmdebstrap and buildah's vfs storage need it here"
-for tool in mmdebstrap buildah skopeo sha256sum; do
-  command -v "$tool" >/dev/null || die "'$tool' not found: apt-get install -y mmdebstrap buildah skopeo"
-done
-
 HOST_ARCH=$(dpkg --print-architecture)
 IFS=, read -r -a PLATFORM_LIST <<<"$PLATFORMS"
-mkdir -p "$CACHE_DIR/rootfs" "$CACHE_DIR/images" "$CACHE_DIR/tmp"
-# One build per cache at a time: concurrent runs would share partial files and the buildah store.
-exec 9>"$CACHE_DIR/lock"
-if ! flock --nonblock 9; then
-  log "another build holds $CACHE_DIR/lock; waiting for it"
-  flock 9
-fi
-BUILDAH=(buildah --root "$CACHE_DIR/storage" --runroot "$CACHE_DIR/run" --storage-driver vfs)
 
 deb_arch() {
   case "$1" in
@@ -89,6 +87,11 @@ deb_arch() {
     linux/arm64|linux/arm64/v8) echo arm64 ;;
     *) die "unsupported platform '$1': use linux/amd64 and/or linux/arm64" ;;
   esac
+}
+
+# pip on the build machine (it has this machine's proxy/CA/index settings; the build container does not).
+pip_python() {
+  if [[ -x $ROOT_DIR/.venv/bin/python ]]; then echo "$ROOT_DIR/.venv/bin/python"; else echo python3; fi
 }
 
 ensure_emulation() { # $1 = Debian arch
@@ -106,6 +109,72 @@ ensure_emulation() { # $1 = Debian arch
   fi
 }
 
+# Everything a build needs, checked before the cache is looked at: a warm cache skips mmdebstrap, and must not
+# hide a tool a fresh machine lacks. Each missing piece is named with the Debian package that provides it
+# (scripts/host-deps.sh installs them all; tests/scripts/test_host_deps.py keeps the two lists in step).
+PREFLIGHT_MISSING=()
+need_cmd() { # $1 = command, $2 = Debian package
+  command -v "$1" >/dev/null || PREFLIGHT_MISSING+=("$2 (for '$1')")
+}
+preflight() {
+  [[ $(id -u) -eq 0 ]] || die "run as root: mmdebstrap and buildah's vfs storage need it here (sudo $0)"
+  need_cmd mmdebstrap mmdebstrap
+  need_cmd buildah buildah
+  need_cmd skopeo skopeo
+  need_cmd sha256sum coreutils
+  need_cmd flock util-linux
+  need_cmd dpkg dpkg
+  need_cmd python3 python3
+  if command -v mmdebstrap >/dev/null && [[ ! -d /usr/share/mmdebstrap/hooks/merged-usr ]]; then
+    PREFLIGHT_MISSING+=("mmdebstrap >= 1.0 (for its merged-usr hook)")
+  fi
+  local py
+  py=$(pip_python)
+  if command -v "$py" >/dev/null && ! "$py" -c 'import tomllib, pip' 2>/dev/null; then
+    PREFLIGHT_MISSING+=("python3-pip (for '$py -m pip download'; Python >= 3.11 for tomllib)")
+  fi
+  local foreign=()
+  for platform in "${PLATFORM_LIST[@]}"; do
+    arch=$(deb_arch "$platform")
+    [[ $arch == "$HOST_ARCH" ]] || foreign+=("$arch")
+  done
+  if [[ ${#foreign[@]} -gt 0 ]]; then
+    # mmdebstrap refuses a foreign architecture without arch-test (a Recommends that --no-install-recommends drops).
+    need_cmd arch-test arch-test
+    need_cmd update-binfmts binfmt-support
+    for arch in "${foreign[@]}"; do
+      case "$arch" in
+        arm64) need_cmd qemu-aarch64-static qemu-user-static ;;
+        amd64) need_cmd qemu-x86_64-static qemu-user-static ;;
+      esac
+    done
+  fi
+  if [[ ${#PREFLIGHT_MISSING[@]} -gt 0 ]]; then
+    local pkgs=()
+    for item in "${PREFLIGHT_MISSING[@]}"; do pkgs+=("${item%% *}"); done
+    log "error: missing on this machine:"
+    for item in "${PREFLIGHT_MISSING[@]}"; do log "  - $item"; done
+    die "install them: apt-get install -y --no-install-recommends ${pkgs[*]} (or run scripts/host-deps.sh, which installs all of them)"
+  fi
+  for arch in "${foreign[@]}"; do
+    ensure_emulation "$arch"
+    # What mmdebstrap itself checks: can this kernel run $arch binaries right now?
+    arch-test "$arch" >/dev/null 2>&1 \
+      || die "this machine cannot run $arch binaries (arch-test $arch fails): enable binfmt with 'update-binfmts --enable qemu-aarch64' (packages qemu-user-static binfmt-support)"
+  done
+  log "preflight: root, mmdebstrap, buildah, skopeo, pip${foreign[*]:+, emulation for ${foreign[*]}} ok"
+}
+preflight
+[[ $PREFLIGHT_ONLY -eq 0 ]] || exit 0
+mkdir -p "$CACHE_DIR/rootfs" "$CACHE_DIR/images" "$CACHE_DIR/tmp"
+# One build per cache at a time: concurrent runs would share partial files and the buildah store.
+exec 9>"$CACHE_DIR/lock"
+if ! flock --nonblock 9; then
+  log "another build holds $CACHE_DIR/lock; waiting for it"
+  flock 9
+fi
+BUILDAH=(buildah --root "$CACHE_DIR/storage" --runroot "$CACHE_DIR/run" --storage-driver vfs)
+
 key_of() { printf '%s\n' "$@" | sha256sum | cut -c1-16; }
 
 # Print "<name>-<arch>-<key>" and make sure "$CACHE_DIR/rootfs/<that>.oci.tar" exists: a Debian root
@@ -114,8 +183,10 @@ key_of() { printf '%s\n' "$@" | sha256sum | cut -c1-16; }
 base_archive() {
   local arch=$1 packages=$2 name=$3 trim=${4:-true}
   local key stem archive tar
-  key=$(key_of "$SCRIPT_VERSION" "$SUITE" "$MIRROR" "$SECURITY_MIRROR" "$arch" "$packages" "${DPKG_OPTS[*]}" "$trim" \
+  local parts=("$SCRIPT_VERSION" "$SUITE" "$MIRROR" "$SECURITY_MIRROR" "$arch" "$packages" "${DPKG_OPTS[*]}" "$trim"
     "$(mmdebstrap --version)")
+  [[ $trim != *OTAML_TRIM_SCRIPT* ]] || parts+=("$(sha256sum <"$TRIM_SCRIPT")")
+  key=$(key_of "${parts[@]}")
   stem="$name-$arch-$key"
   archive="$CACHE_DIR/rootfs/$stem.oci.tar"
   tar="$CACHE_DIR/tmp/$stem.tar"
@@ -133,7 +204,7 @@ base_archive() {
       --customize-hook="$trim" \
       "$SUITE" "$tar" "deb $MIRROR $SUITE main" "deb $MIRROR $SUITE-updates main" \
       "deb $SECURITY_MIRROR $SUITE-security main" >&2 \
-      || die "mmdebstrap $name/$arch failed (network to $MIRROR? binfmt for $arch?)"
+      || die "mmdebstrap $name/$arch failed (see above: network to $MIRROR? binfmt for $arch? a customize hook?)"
     log "base $name/$arch: rootfs $(du -h "$tar" | cut -f1) in $((SECONDS - t0)) s; committing it as an image"
     local ctr
     ctr=$("${BUILDAH[@]}" from --arch "$arch" --os linux scratch)
@@ -148,11 +219,6 @@ base_archive() {
   fi
   rm -f "$CACHE_DIR/rootfs/$stem.tar" # left by older versions of this script
   printf '%s\n' "$stem"
-}
-
-# pip on the build machine (it has this machine's proxy/CA/index settings; the build container does not).
-pip_python() {
-  if [[ -x $ROOT_DIR/.venv/bin/python ]]; then echo "$ROOT_DIR/.venv/bin/python"; else echo python3; fi
 }
 
 # Print a directory holding the target arch's wheels of the serve extra (cached by requirement list).

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tarfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from edge_runtime.agent.runtime import AGENT_LABEL, ContainerSpec, ContainerStatus, PullResult, RuntimeFailure
@@ -26,6 +26,82 @@ from edge_runtime.agent.source import pick_platform
 from edge_runtime.errors import NotFound
 
 BUNDLE_DIR = "opt/model"
+WHITEOUT = ".wh."
+OPAQUE = ".wh..wh..opq"
+
+
+def _member_path(name: str) -> PurePosixPath | None:
+    """``name`` as a relative path, or None when it is absolute or climbs with ``..`` (never extracted)."""
+    path = PurePosixPath(name)  # drops "." parts and repeated slashes
+    if path.is_absolute() or ".." in path.parts or not path.parts:
+        return None
+    return path
+
+
+def extract_subtree(tar: tarfile.TarFile, prefix: str, dest: Path) -> int:
+    """Extract the regular files and directories of ``tar`` under ``prefix/`` into ``dest``; return the file count.
+
+    Written out by hand rather than with ``TarFile.extractall(filter="data")``, which Debian bookworm's Python
+    (3.11.2) lacks. Safe for untrusted layers: an absolute or ``..`` name, a symlink, hard link, device or fifo
+    under ``prefix`` is refused (:class:`RuntimeFailure`, nothing written outside ``dest``), members elsewhere
+    are ignored, permissions are reduced to ``0644``/``0755`` (no set-id bits, the current owner). OCI
+    whiteouts (``.wh.NAME``, ``.wh..wh..opq``) delete what an earlier layer put there.
+    """
+    root = PurePosixPath(prefix)
+    dest_resolved = dest.resolve()
+    chosen: list[tuple[tarfile.TarInfo, PurePosixPath, Path]] = []
+    for member in tar.getmembers():
+        path = _member_path(member.name)
+        if path is None:
+            if member.name.lstrip("/").startswith(prefix + "/") or f"/{prefix}/" in member.name:
+                raise RuntimeFailure(
+                    f"Layer member {member.name!r} is absolute or climbs out with '..'; refusing the image."
+                )
+            continue
+        if path == root or not path.is_relative_to(root):
+            continue
+        target = dest.joinpath(*path.parts)
+        if not target.resolve().is_relative_to(dest_resolved):  # a symlinked parent left by an earlier layer
+            raise RuntimeFailure(f"Layer member {member.name!r} would land outside {dest}; refusing the image.")
+        if not (member.isdir() or member.isreg()):
+            kind = "symlink" if member.issym() else "hard link" if member.islnk() else "device or fifo"
+            raise RuntimeFailure(
+                f"Layer member {member.name!r} is a {kind}; a model bundle holds only files and directories."
+            )
+        chosen.append((member, path, target))
+    # Whiteouts hide what lower layers left, never what this layer adds: apply them all first.
+    for _member, path, target in chosen:
+        if path.name == OPAQUE:
+            if target.parent.is_dir():
+                for child in target.parent.iterdir():
+                    _remove(child)
+        elif path.name.startswith(WHITEOUT):
+            _remove(target.with_name(path.name.removeprefix(WHITEOUT)))
+    written = 0
+    for member, path, target in chosen:
+        if path.name.startswith(WHITEOUT):
+            continue
+        if member.isdir():
+            target.mkdir(parents=True, exist_ok=True)
+            target.chmod(0o755)
+            continue
+        source = tar.extractfile(member)
+        if source is None:
+            raise RuntimeFailure(f"Layer member {member.name!r} has no data.")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _remove(target)
+        with source, open(target, "xb") as out:
+            shutil.copyfileobj(source, out)
+        target.chmod(0o755 if member.mode & 0o111 else 0o644)
+        written += 1
+    return written
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 @dataclass
@@ -96,12 +172,7 @@ class ProcessRuntime:
         """Extract only ``opt/model/*`` (a real runtime base layer holds a whole Debian root we do not need)."""
         try:
             with tarfile.open(fileobj=io.BytesIO(blob), mode="r:*") as tar:
-                members = [
-                    m
-                    for m in tar.getmembers()
-                    if m.name.lstrip("./").startswith(BUNDLE_DIR + "/") and (m.isfile() or m.isdir())
-                ]
-                tar.extractall(dest, members=members, filter="data")
+                extract_subtree(tar, BUNDLE_DIR, dest)
         except tarfile.TarError as exc:
             raise RuntimeFailure(f"A layer is not a readable tar: {exc}") from exc
 

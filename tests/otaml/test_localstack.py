@@ -21,6 +21,7 @@ def test_missing_registry_binary_names_the_package(tmp_path: Path) -> None:
         pass
 
 
+@pytest.mark.containerd
 def test_containerd_socket_path_too_long_is_refused(tmp_path: Path) -> None:
     require(os.geteuid() == 0 and not missing_tools(LocalContainerd.TOOLS), "root + containerd, ctr, runc")
     deep = tmp_path / ("x" * 90)

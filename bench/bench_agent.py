@@ -15,8 +15,8 @@ Phases and figures:
 - ``probation-failure`` (the new container SIGKILLed in probation → previous version serving, agent idle): time
   to the previous version answering, failed requests, and the RAM the warm previous container held meanwhile
   (``warm_rollback = "auto"``, the default, keeps it when MemAvailable ≥ 256 MB; ``--warm-rollback off``: cold)
-- agent memory: the peak RSS of the agent's whole process tree (the ``ctr`` children included), sampled every
-  10 ms from start-up on, and the agent's own VmHWM
+- agent memory: the peak of the agent's whole process tree (the ``ctr`` children included), sampled every
+  10 ms from start-up on, as PSS (shared pages counted once) and as RSS, and the agent's own VmHWM
 
 Usage: ``sudo .venv/bin/python bench/bench_agent.py --updates 10 [--json] [--warm-rollback off] [--keep-alive]``
 (root: containerd + iptables). The first run builds the base runtime image (minutes, cached under ~/.cache/otaml).
@@ -101,14 +101,35 @@ def status_kb(pid: int, key: str) -> int:
     return 0
 
 
+def pss_kb(pid: int) -> int:
+    """Proportional set size: shared pages split between the processes that map them (no double counting)."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def exe(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return ""
+
+
 class TreeSampler:
-    """Peak of the summed VmRSS of ``root``'s process tree, every ``interval_s``; also the largest child seen."""
+    """Peaks of ``root``'s whole process tree, every ``interval_s``: summed PSS, and summed VmRSS of the root plus
+    its children that exec'd something else (a child between fork and exec shares the parent's pages)."""
 
     def __init__(self, root: int, interval_s: float = 0.01) -> None:
         self.root, self.interval_s = root, interval_s
-        self.peak_kb = 0
+        self.peak_pss_kb = 0
+        self.peak_rss_kb = 0
         self.child_peak_kb = 0
         self.samples = 0
+        self._exe = exe(root)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -124,9 +145,11 @@ class TreeSampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             pids = tree(self.root)
-            sizes = [status_kb(p, "VmRSS") for p in pids]
-            self.peak_kb = max(self.peak_kb, sum(sizes))
-            self.child_peak_kb = max([self.child_peak_kb, *(status_kb(p, "VmHWM") for p in pids[1:])])
+            children = [p for p in pids[1:] if exe(p) not in ("", self._exe)]
+            rss = [status_kb(p, "VmRSS") for p in [self.root, *children]]
+            self.peak_rss_kb = max(self.peak_rss_kb, sum(rss))
+            self.peak_pss_kb = max(self.peak_pss_kb, sum(pss_kb(p) for p in pids))
+            self.child_peak_kb = max([self.child_peak_kb, *rss[1:]])
             self.samples += 1
             self._stop.wait(self.interval_s)
 
@@ -386,9 +409,10 @@ def main() -> int:
                 "first_install": pulled[0] if pulled else None,
             },
             "agent_memory_mb": {
-                "tree_peak_rss": sampler.peak_kb / 1024,
+                "tree_peak_pss": sampler.peak_pss_kb / 1024,
+                "tree_peak_rss": sampler.peak_rss_kb / 1024,
                 "agent_vmhwm": status_kb(agent.pid, "VmHWM") / 1024,
-                "largest_ctr_child_vmhwm": sampler.child_peak_kb / 1024,
+                "largest_ctr_child_rss": sampler.child_peak_kb / 1024,
                 "samples": sampler.samples,
             },
             "load": report.to_dict(),
@@ -423,9 +447,9 @@ def main() -> int:
                 f"({p['missed']} missed); warm previous container RSS {p['warm_previous_container_rss_mb']:.1f} MB"
             )
             print(
-                f"  agent memory: process-tree peak {m['tree_peak_rss']:.1f} MB (ctr children included, "
-                f"{m['samples']} samples), agent VmHWM {m['agent_vmhwm']:.1f} MB, "
-                f"largest ctr child {m['largest_ctr_child_vmhwm']:.1f} MB"
+                f"  agent memory, peak of the process tree (ctr children included, {m['samples']} samples): "
+                f"PSS {m['tree_peak_pss']:.1f} MB, RSS {m['tree_peak_rss']:.1f} MB; agent VmHWM "
+                f"{m['agent_vmhwm']:.1f} MB, largest ctr child RSS {m['largest_ctr_child_rss']:.1f} MB"
             )
             if report.errors:
                 print("  first errors:", *report.errors[:5], sep="\n    ")

@@ -518,7 +518,7 @@ class Reconciler:
     def probation(self, dep: Deployment) -> None:
         """Watch ``dep`` for ``probation_s``: it must keep running (no exit, no OOM kill) and stay ready.
 
-        Its exit is seen within milliseconds (:meth:`ContainerRuntime.exit_watch`); readiness is probed every
+        Its exit is seen within milliseconds (:meth:`WatchesExits.exit_watch`); readiness is probed every
         ``health_interval_s`` and ``unhealthy_after`` misses in a row fail it."""
         c = self.config
         end = self.monotonic() + c.probation_s
@@ -527,8 +527,12 @@ class Reconciler:
         if isinstance(self.runtime, WatchesExits):
             try:
                 watch = self.runtime.exit_watch(dep.container)
-            except NotFound:
-                watch = None  # no task (it died already): the status check below says how
+            except NotFound as exc:  # no running task: it died between the hand-over and now
+                raise ContainerExited(f"Container {dep.container} exited during probation.") from exc
+            except (OtamlError, OSError) as exc:  # containerd hiccup: fall back to the status checks
+                log.warning(
+                    "cannot watch %s for its exit (%s); checking every %g s", dep.container, exc, c.health_interval_s
+                )
         try:
             while self.monotonic() < end:
                 wait_s = min(c.health_interval_s, max(0.0, end - self.monotonic()))

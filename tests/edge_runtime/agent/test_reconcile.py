@@ -203,6 +203,28 @@ def test_a_death_in_probation_is_seen_when_it_happens_and_the_warm_switch_comes_
     assert_serving(world, agent, "1")
 
 
+def test_a_death_before_the_exit_watch_is_set_fails_probation_at_once(world: World) -> None:
+    world.config = replace(world.config, warm_rollback="on")
+    agent = install(world, "1")
+    bad = world.publish("2")
+    original = world.runtime.exit_watch
+    handed_over: list[float] = []
+
+    def die_first(name: str):  # type: ignore[no-untyped-def]
+        world.runtime.containers[name].killed = True  # killed right after the hand-over
+        handed_over.append(world.clock.now)
+        return original(name)
+
+    world.runtime.exit_watch = die_first  # type: ignore[method-assign]
+    report = agent.reconcile()
+    assert (report.outcome, report.step) == ("rolled_back", "probation"), report.to_dict()
+    assert "exited" in report.error
+    assert report.timings["probation_s"] == 0.0  # no health_interval_s wait before noticing
+    assert handed_over
+    assert bad in agent.state.blocked
+    assert_serving(world, agent, "1")
+
+
 def test_rollback_after_probation_needs_no_registry(world: World) -> None:
     agent = install(world, "1")
     world.publish("2", Behaviour(die_after_s=10))

@@ -559,10 +559,7 @@ class CorruptingProxy:
 
 def _through_proxy(device: Device, proxy: CorruptingProxy) -> AgentConfig:
     """The device talks to the registry through the proxy, so image names carry the proxy's address."""
-    from dataclasses import replace
-
-    config = replace(device.config, registry_url=f"http://{proxy.address}")
-    device.agent.config = config
+    config = device.reconfigure(registry_url=f"http://{proxy.address}")
     device.agent.source = RegistrySource.connect(config.registry_url, REPO, config.channel, 10)
     return config
 

@@ -1,17 +1,25 @@
-"""Figures for the OTA agent, measured on real containerd + docker-registry + the real runtime image.
+"""Figures for the OTA agent on real containerd + docker-registry + the real runtime image, as deployed.
 
-The agent runs as its own process (``python -m edge_runtime agent run``), as on a device; a load generator
-scores against the public port at ``--rate`` req/s throughout. Printed:
+The model is trained by the pipeline with its defaults (``otaml data synth`` telemetry, ``train(detectors="all")``,
+the chosen detector); its bundle is baked as versions 1..N+2 (the same model, relabelled), each signed by a fleet
+key the agent verifies (``[verification] public_key``). The agent runs as its own process
+(``python -m edge_runtime agent run``) with the default configuration except the poll interval and the
+probation length of the consecutive updates (``--poll``, ``--probation``). One open-loop load generator
+(otaml/loadgen.py) scores against the public port at ``--rate`` req/s throughout; every figure counts only the
+requests of its own phase, and missed slots count as failures.
 
-- time from channel move to the new version answering on the public port (poll ``--poll`` s), median/max
-- failed requests across ``--updates`` consecutive updates
-- rollback after a failed canary (channel move → digest blocked; the old container never stopped serving)
-- rollback after a probation failure (new container killed → previous version answering again) and the
-  requests that failed meanwhile
-- bytes pulled per update, agent RSS (VmRSS now, VmHWM peak)
+Phases and figures:
 
-Usage: ``sudo .venv/bin/python bench/bench_agent.py --updates 20`` (root: containerd + iptables).
-First run builds the base runtime image (minutes, cached under ~/.cache/otaml).
+- ``update-vN`` (channel move → vN out of probation): time to vN answering, failed requests
+- ``failed-canary`` (channel move → golden-mismatch digest blocked): failed requests
+- ``probation-failure`` (the new container SIGKILLed in probation → previous version serving, agent idle): time
+  to the previous version answering, failed requests, and the RAM the warm previous container held meanwhile
+  (``warm_rollback = "auto"``, the default, keeps it when MemAvailable ≥ 256 MB; ``--warm-rollback off``: cold)
+- agent memory: the peak of the agent's whole process tree (the ``ctr`` children included), sampled every
+  10 ms from start-up on, as PSS (shared pages counted once) and as RSS, and the agent's own VmHWM
+
+Usage: ``sudo .venv/bin/python bench/bench_agent.py --updates 10 [--json] [--warm-rollback off] [--keep-alive]``
+(root: containerd + iptables). The first run builds the base runtime image (minutes, cached under ~/.cache/otaml).
 """
 
 from __future__ import annotations
@@ -24,24 +32,25 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from otaml.loadgen import LoadGenerator  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from otaml.localstack import free_port  # noqa: E402
 
 REPO = "otaml/agent-bench"
+MODEL = "pump-anomaly"
+CHANNEL = "bench"
+MB = 1024 * 1024
 
 
-def start(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "wb") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def wait_until(predicate, timeout: float, what: str, step: float = 0.05) -> float:  # type: ignore[no-untyped-def]
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, step: float = 0.02) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if predicate():
@@ -50,105 +59,244 @@ def wait_until(predicate, timeout: float, what: str, step: float = 0.05) -> floa
     raise TimeoutError(f"{what} did not happen within {timeout} s")
 
 
-def read_state(state_dir: Path) -> dict:  # type: ignore[type-arg]
+def read_state(state_dir: Path) -> dict[str, Any]:
     try:
-        return json.loads((state_dir / "state.json").read_text())
+        data = json.loads((state_dir / "state.json").read_text())
     except (OSError, ValueError):
         return {}
+    return data if isinstance(data, dict) else {}
 
 
-def rss_kb(pid: int) -> dict[str, int]:
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM", "RssAnon"):
-            out[key] = int(value.split()[0])
+# ── process-tree memory ────────────────────────────────────────────────────────────────────────────
+
+
+def _children() -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text(errors="replace")
+            except OSError:
+                continue
+            out.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
     return out
+
+
+def tree(root: int) -> list[int]:
+    children, out, todo = _children(), [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def status_kb(pid: int, key: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def pss_kb(pid: int) -> int:
+    """Proportional set size: shared pages split between the processes that map them (no double counting)."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def exe(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return ""
+
+
+class TreeSampler:
+    """Peaks of ``root``'s whole process tree, every ``interval_s``: summed PSS, and summed VmRSS of the root plus
+    its children that exec'd something else (a child between fork and exec shares the parent's pages)."""
+
+    def __init__(self, root: int, interval_s: float = 0.01) -> None:
+        self.root, self.interval_s = root, interval_s
+        self.peak_pss_kb = 0
+        self.peak_rss_kb = 0
+        self.child_peak_kb = 0
+        self.samples = 0
+        self._exe = exe(root)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> TreeSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            pids = tree(self.root)
+            children = [p for p in pids[1:] if exe(p) not in ("", self._exe)]
+            rss = [status_kb(p, "VmRSS") for p in [self.root, *children]]
+            self.peak_rss_kb = max(self.peak_rss_kb, sum(rss))
+            self.peak_pss_kb = max(self.peak_pss_kb, sum(pss_kb(p) for p in pids))
+            self.child_peak_kb = max([self.child_peak_kb, *rss[1:]])
+            self.samples += 1
+            self._stop.wait(self.interval_s)
+
+
+def container_rss_kb(socket: str, namespace: str, name: str) -> int:
+    """VmRSS of a container's process tree (from its task's pid on the host)."""
+    out = subprocess.run(
+        ["ctr", "--address", socket, "-n", namespace, "task", "ls"], capture_output=True, text=True, check=True
+    ).stdout
+    for line in out.splitlines()[1:]:
+        parts = line.split()
+        if parts and parts[0] == name and parts[1].isdigit():
+            return sum(status_kb(p, "VmRSS") for p in tree(int(parts[1])))
+    return 0
+
+
+# ── models, images, signatures ─────────────────────────────────────────────────────────────────────
+
+
+def train_default_bundle(work: Path) -> tuple[Path, str]:
+    """The pipeline with its defaults: synthetic telemetry, every detector, the chosen one's bundle."""
+    from pipeline.synth import synth_telemetry
+    from pipeline.telemetry import telemetry_from_frame
+    from pipeline.training import train
+
+    telemetry = telemetry_from_frame(synth_telemetry(), source="bench_agent synth defaults")
+    report = train(
+        telemetry, model_name=MODEL, out_dir=work / "trained", tracking_uri=f"sqlite:///{work / 'mlflow.db'}"
+    )
+    chosen = report.chosen_report
+    return Path(chosen.bundle_path), chosen.detector
+
+
+def relabelled(bundle: Path, out: Path, version: str, golden_shift: float = 0.0) -> Path:
+    shutil.copytree(bundle, out)
+    card = json.loads((out / "model.json").read_text())
+    card["version"] = version
+    if golden_shift:
+        card["golden"]["scores"] = [s + golden_shift for s in card["golden"]["scores"]]
+    (out / "model.json").write_text(json.dumps(card))
+    return out
+
+
+def sign(key: Any, address: str, digest: str, version: str) -> None:
+    from registry.signing import build_payload, open_signature_store, push_signature, sign_payload
+
+    payload = build_payload(
+        digest=digest,
+        reference=f"{address}/{REPO}",
+        model=MODEL,
+        version=version,
+        channel=CHANNEL,
+        approver="bench",
+    )
+    push_signature(open_signature_store(f"{address}/{REPO}"), digest, sign_payload(key, payload))
+
+
+# ── the bench ──────────────────────────────────────────────────────────────────────────────────────
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--updates", type=int, default=20, help="consecutive updates (default 20)")
+    parser.add_argument("--updates", type=int, default=10, help="consecutive updates (default 10)")
     parser.add_argument("--rate", type=float, default=50.0, help="load, requests per second (default 50)")
     parser.add_argument("--poll", type=float, default=5.0, help="agent poll interval in seconds (default 5)")
-    parser.add_argument("--probation", type=float, default=5.0, help="probation seconds (default 5)")
-    parser.add_argument("--warm-rollback", action="store_true", help="keep the previous container up in probation")
-    parser.add_argument("--keep-alive", action="store_true", help="load generator reuses connections")
-    parser.add_argument("--base-image", default="", help="prebuilt base (skopeo ref, e.g. docker://HOST/REPO:TAG)")
+    parser.add_argument("--probation", type=float, default=5.0, help="probation of the updates, s (default 5)")
+    parser.add_argument("--warm-rollback", choices=("auto", "on", "off"), default="auto", help="[update] warm_rollback")
+    parser.add_argument("--keep-alive", action="store_true", help="the load generator reuses connections")
+    parser.add_argument("--base-image", default="", help="prebuilt base (skopeo ref, e.g. oci:DIR:base)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep files here (default: a temp dir)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench_agent needs root (containerd, iptables)", file=sys.stderr)
         return 2
+    say: Callable[[str], None] = (lambda m: print(m, file=sys.stderr, flush=True)) if args.json else print
 
+    from edge_runtime.agent.handover import IptablesRedirect
     from otaml.localstack import LocalContainerd, LocalRegistry, build_runtime_image
     from registry.bake import bake, tag
-    from tests.fixtures.bundles import build_bundle
+    from registry.signing import generate_keys, load_private_key
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-agent-"))
     work.mkdir(parents=True, exist_ok=True)
     agent_proc: subprocess.Popen[bytes] | None = None
-    socket, public = "", 0
+    sampler: TreeSampler | None = None
+    load: LoadGenerator | None = None
+    public = 0
+    namespace = "agent-bench"
     registry = LocalRegistry(work / "registry")
-    containerd = LocalContainerd(tempfile.mkdtemp(prefix="ctrd-"), "agent-bench")  # short: socket path limit
+    containerd = LocalContainerd(tempfile.mkdtemp(prefix="ctrd-"), namespace)  # short: socket path limit
     try:
         address = registry.start()
         socket = containerd.start().socket
-
         base = f"{address}/otaml/runtime:base"
         if args.base_image:
             subprocess.run(
-                [
-                    "skopeo",
-                    "copy",
-                    "--src-tls-verify=false",
-                    "--dest-tls-verify=false",
-                    args.base_image,
-                    f"docker://{base}",
-                ],
+                ["skopeo", "copy", "--all", "--dest-tls-verify=false", args.base_image, f"docker://{base}"],
                 check=True,
                 capture_output=True,
             )
         else:
-            print("building/pushing the base runtime image (cached) …", flush=True)
+            say("building/pushing the base runtime image (cached) …")
             build_runtime_image(push=base, log=work / "build.log")
+        say("training the default model with the pipeline …")
+        bundle, detector = train_default_bundle(work)
+        readings = json.loads((bundle / "model.json").read_text())["golden"]["readings"]
+        keys = generate_keys(work / "keys")
+        key = load_private_key(keys.private_key)
         n = args.updates
-        print(f"baking {n + 3} model images …", flush=True)
+        say(f"baking and signing {n + 3} images of the {detector} model …")
         for v in range(1, n + 3):
-            bundle = build_bundle(work / "bundles" / f"v{v}", version=str(v), seed=v)
-            bake(base, bundle.path, f"{address}/{REPO}")
-        bad = build_bundle(work / "bundles" / "bad", version=str(n + 10), seed=99)
-        card = json.loads((bad.path / "model.json").read_text())
-        card["golden"]["scores"] = [s + 0.5 for s in card["golden"]["scores"]]
-        (bad.path / "model.json").write_text(json.dumps(card))
-        bake(base, bad.path, f"{address}/{REPO}")
+            result = bake(base, relabelled(bundle, work / "bundles" / f"v{v}", str(v)), f"{address}/{REPO}")
+            sign(key, address, result.index_digest, str(v))
+        bad_version = str(n + 10)
+        bad = relabelled(bundle, work / "bundles" / "bad", bad_version, golden_shift=0.5)
+        sign(key, address, bake(base, bad, f"{address}/{REPO}").index_digest, bad_version)
 
         public, a, b = free_port(), free_port(), free_port()
         state_dir = work / "state"
         config = work / "agent.toml"
         config.write_text(
-            f'[registry]\nurl = "http://{address}"\nrepository = "{REPO}"\nchannel = "bench"\n'
-            f"[poll]\ninterval_s = {args.poll}\njitter = 0.2\nbackoff_base_s = 1\nbackoff_max_s = 10\n"
-            f'[containerd]\nsocket = "{socket}"\nnamespace = "agent-bench"\n'
+            f'[registry]\nurl = "http://{address}"\nrepository = "{REPO}"\nchannel = "{CHANNEL}"\n'
+            f"[poll]\ninterval_s = {args.poll}\n"
+            f'[containerd]\nsocket = "{socket}"\nnamespace = "{namespace}"\n'
             f'[service]\npublic_port = {public}\nprivate_ports = [{a}, {b}]\nhost = "127.0.0.1"\n'
-            f"drain_s = 2\nstop_timeout_s = 10\nswitch_grace_s = 1\n"
-            f"[update]\nprobation_s = {args.probation}\nready_timeout_s = 90\nhealth_interval_s = 0.5\n"
-            f"unhealthy_after = 2\nwarm_rollback = {'true' if args.warm_rollback else 'false'}\n"
+            f'[update]\nprobation_s = {args.probation}\nwarm_rollback = "{args.warm_rollback}"\n'
             f'[agent]\nstate_dir = "{state_dir}"\n'
+            f'[verification]\npublic_key = "{keys.public_key}"\nmodel = "{MODEL}"\n'
         )
-        tag(f"{address}/{REPO}:model-v1", "bench", force=True)
-        agent = agent_proc = start(
-            [sys.executable, "-m", "edge_runtime", "agent", "run", "--config", str(config)], work / "agent.log"
-        )
+        tag(f"{address}/{REPO}:model-v1", CHANNEL, force=True)
+        with open(work / "agent.log", "wb") as log:
+            agent_proc = subprocess.Popen(
+                [sys.executable, "-m", "edge_runtime", "agent", "run", "--config", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        agent = agent_proc
+        sampler = TreeSampler(agent.pid).start()
 
         def serving() -> str:
-            cur = read_state(state_dir).get("current") or {}
-            return str(cur.get("version", "")) if read_state(state_dir).get("phase") == "idle" else ""
+            state = read_state(state_dir)
+            return str((state.get("current") or {}).get("version", "")) if state.get("phase") == "idle" else ""
 
-        wait_until(lambda: serving() == "1", 180, "v1 serving")
-        print(f"v1 serving; agent RSS {rss_kb(agent.pid)} kB", flush=True)
-
-        readings = [[60.0, 0.5, 3.0], [61.0, 0.52, 3.01]]
+        wait_until(lambda: serving() == "1", 300, "v1 serving")
+        say("v1 serving")
         load = LoadGenerator(public, readings, rate=args.rate, workers=4, keep_alive=args.keep_alive, phase="warm-up")
         load.start()
         time.sleep(2)
@@ -156,88 +304,165 @@ def main() -> int:
         for v in range(2, n + 2):
             load.mark(f"update-v{v}")
             moved = time.monotonic()
-            tag(f"{address}/{REPO}:model-v{v}", "bench", force=True)
-            wait_until(lambda v=v: load.last_version() == str(v), 180, f"v{v} answering")
-            first = load.first_answer(str(v), moved)
-            delays.append((first or moved) - moved)
-            wait_until(lambda v=v: serving() == str(v), 180, f"v{v} out of probation")
-            failed = load.report().phase(f"update-v{v}").failed
-            print(f"  update to v{v}: serving after {delays[-1]:.2f} s; {failed} failed requests", flush=True)
-        updates = [load.report().phase(f"update-v{v}") for v in range(2, n + 2)]
-        failed_updates = sum(p.failed for p in updates)
-        requests_updates = sum(p.slots for p in updates)
-        rss_after_updates = rss_kb(agent.pid)
+            tag(f"{address}/{REPO}:model-v{v}", CHANNEL, force=True)
+            wait_until(lambda v=v, t=moved: load.first_answer(str(v), t) is not None, 300, f"v{v} answering")
+            delays.append((load.first_answer(str(v), moved) or moved) - moved)
+            wait_until(lambda v=v: serving() == str(v), 300, f"v{v} out of probation")
+            say(
+                f"  v{v}: answering {delays[-1]:.2f} s after the move; "
+                f"{load.report().phase(f'update-v{v}').failed} failed"
+            )
+        load.mark("between")
+        time.sleep(1)
 
-        # A failed canary: the channel moves to an image whose golden replay fails.
-        current = str(n + 1)
+        # A failed canary: the channel moves to a signed image whose golden replay fails.
+        previous = str(n + 1)
         load.mark("failed-canary")
         moved = time.monotonic()
-        bad_digest = tag(f"{address}/{REPO}:model-v{n + 10}", "bench", force=True)
-        wait_until(lambda: bad_digest in read_state(state_dir).get("blocked", {}), 180, "bad digest blocked")
-        canary_rollback = time.monotonic() - moved
+        bad_digest = tag(f"{address}/{REPO}:model-v{bad_version}", CHANNEL, force=True)
+        wait_until(lambda: bad_digest in read_state(state_dir).get("blocked", {}), 300, "bad digest blocked")
+        canary_blocked_s = time.monotonic() - moved
+        wait_until(lambda: serving() == previous, 60, "agent idle again")
+        load.mark("between")
+        time.sleep(1)
 
-        # A probation failure: a good image whose container dies once it serves.
-        load.mark("update-before-probation-failure")
+        # A probation failure: a good image whose container is SIGKILLed once it serves, in probation.
         good = str(n + 2)
-        tag(f"{address}/{REPO}:model-v{good}", "bench", force=True)
-        wait_until(lambda: load.last_version() == good, 180, f"v{good} answering")
-        name = read_state(state_dir)["current"]["container"]
+        load.mark(f"update-v{good}")
+        tag(f"{address}/{REPO}:model-v{good}", CHANNEL, force=True)
+
+        def in_probation() -> bool:
+            state = read_state(state_dir)
+            return state.get("phase") == "probation" and (state.get("current") or {}).get("version") == good
+
+        wait_until(in_probation, 300, f"v{good} in probation")
+        wait_until(lambda: load.first_answer(good) is not None, 60, f"v{good} answering")
+        time.sleep(1.0)
+        state = read_state(state_dir)
+        warm_kb = container_rss_kb(socket, namespace, state["previous"]["container"]) if state.get("previous") else 0
         load.mark("probation-failure")
         killed = time.monotonic()
         subprocess.run(
-            ["ctr", "--address", socket, "-n", "agent-bench", "task", "kill", "-s", "SIGKILL", name], check=True
+            [
+                "ctr",
+                "--address",
+                socket,
+                "-n",
+                namespace,
+                "task",
+                "kill",
+                "-s",
+                "SIGKILL",
+                state["current"]["container"],
+            ],
+            check=True,
         )
-        wait_until(lambda: load.first_answer(current, killed) is not None, 180, "previous back")
-        probation_rollback = (load.first_answer(current, killed) or killed) - killed
-        wait_until(lambda: serving() == current, 180, f"v{current} serving again")
+        wait_until(lambda: load.first_answer(previous, killed) is not None, 300, f"v{previous} answering again")
+        back_s = (load.first_answer(previous, killed) or killed) - killed
+        wait_until(lambda: serving() == previous, 300, f"v{previous} serving again")
+        load.mark("after")
         time.sleep(1)
-        result = load.stop()
-        canary_failed = result.phase("failed-canary").failed
-        probation_failed = result.phase("probation-failure").failed
+        report = load.stop()
+        sampler.stop()
         history = read_state(state_dir).get("history", [])
+        rollback = next((h for h in reversed(history) if h.get("outcome") == "rolled_back"), {})
+        warm = any(str(x).startswith("switch → ") and "(warm " in str(x) for x in rollback.get("actions", []))
         pulled = [h["bytes_pulled"] for h in history if h.get("outcome") == "updated" and h.get("bytes_pulled")]
-
-        print()
-        print(
-            f"agent bench: {n} updates at {args.rate:g} req/s, "
-            f"poll {args.poll:g} s ± 20 %, probation {args.probation:g} s, "
-            f"warm rollback {'on' if args.warm_rollback else 'off'}"
-        )
-        print(
-            f"  channel move → new version answering: median {statistics.median(delays):.2f} s, "
-            f"max {max(delays):.2f} s, min {min(delays):.2f} s"
-        )
-        print(
-            f"  failed requests across {n} updates: {failed_updates} of {requests_updates} "
-            f"({'keep-alive' if args.keep_alive else 'one connection per request'})"
-        )
-        print(
-            f"  failed canary (golden mismatch): blocked {canary_rollback:.2f} s after the channel move, "
-            f"{canary_failed} failed requests"
-        )
-        print(
-            f"  probation failure (container killed): previous version answering {probation_rollback:.2f} s later, "
-            f"{probation_failed} failed requests"
-        )
-        if len(pulled) > 1:
-            print(
-                f"  bytes pulled per update: median {statistics.median(pulled[1:]) / 1024:.1f} KiB "
-                f"(first install: {pulled[0] / 1e6:.1f} MB, the base layers included)"
+        updates = [report.phase(f"update-v{v}") for v in range(2, n + 2)]
+        figures: dict[str, Any] = {
+            "model": {"detector": detector, "trained_by": "pipeline.training.train defaults on synth_telemetry()"},
+            "settings": {
+                "updates": n,
+                "rate": args.rate,
+                "poll_s": args.poll,
+                "probation_s": args.probation,
+                "warm_rollback": args.warm_rollback,
+                "keep_alive": args.keep_alive,
+                "signatures": True,
+            },
+            "update": {
+                "move_to_answering_s": {
+                    "median": statistics.median(delays),
+                    "min": min(delays),
+                    "max": max(delays),
+                },
+                "requests": sum(p.slots for p in updates),
+                "failed": sum(p.failed for p in updates),
+                "missed": sum(p.missed for p in updates),
+            },
+            "failed_canary": {
+                "blocked_after_s": canary_blocked_s,
+                "requests": report.phase("failed-canary").slots,
+                "failed": report.phase("failed-canary").failed,
+            },
+            "probation_failure": {
+                "warm": warm,
+                "previous_answering_after_s": back_s,
+                "requests": report.phase("probation-failure").slots,
+                "failed": report.phase("probation-failure").failed,
+                "missed": report.phase("probation-failure").missed,
+                "warm_previous_container_rss_mb": warm_kb / 1024 if warm else 0.0,
+                "agent_error": rollback.get("error", ""),
+            },
+            "bytes_pulled": {
+                "median_update": statistics.median(pulled[1:]) if len(pulled) > 1 else None,
+                "first_install": pulled[0] if pulled else None,
+            },
+            "agent_memory_mb": {
+                "tree_peak_pss": sampler.peak_pss_kb / 1024,
+                "tree_peak_rss": sampler.peak_rss_kb / 1024,
+                "agent_vmhwm": status_kb(agent.pid, "VmHWM") / 1024,
+                "largest_ctr_child_rss": sampler.child_peak_kb / 1024,
+                "samples": sampler.samples,
+            },
+            "load": report.to_dict(),
+        }
+        if args.json:
+            print(json.dumps(figures, indent=2))
+        else:
+            u, c, p, m = (
+                figures["update"],
+                figures["failed_canary"],
+                figures["probation_failure"],
+                figures["agent_memory_mb"],
             )
-        print(
-            f"  agent RSS: {rss_after_updates['VmRSS'] / 1024:.1f} MB now, "
-            f"peak {rss_after_updates['VmHWM'] / 1024:.1f} MB"
-        )
-        if result.errors:
-            print("  first errors:", *result.errors[:5], sep="\n    ")
+            print()
+            print(
+                f"agent bench: {detector} model (pipeline defaults), {n} updates at {args.rate:g} req/s, poll "
+                f"{args.poll:g} s, probation {args.probation:g} s, warm_rollback {args.warm_rollback}, signatures on"
+            )
+            d = u["move_to_answering_s"]
+            print(
+                f"  channel move → new version answering: median {d['median']:.2f} s "
+                f"(min {d['min']:.2f}, max {d['max']:.2f})"
+            )
+            print(f"  failed requests during the {n} updates: {u['failed']} of {u['requests']} ({u['missed']} missed)")
+            print(
+                f"  failed canary: digest blocked {c['blocked_after_s']:.2f} s after the move, "
+                f"{c['failed']} of {c['requests']} failed"
+            )
+            print(
+                f"  probation failure ({'warm' if p['warm'] else 'cold'} rollback): previous version answering "
+                f"{p['previous_answering_after_s']:.3f} s after the kill, {p['failed']} of {p['requests']} failed "
+                f"({p['missed']} missed); warm previous container RSS {p['warm_previous_container_rss_mb']:.1f} MB"
+            )
+            print(
+                f"  agent memory, peak of the process tree (ctr children included, {m['samples']} samples): "
+                f"PSS {m['tree_peak_pss']:.1f} MB, RSS {m['tree_peak_rss']:.1f} MB; agent VmHWM "
+                f"{m['agent_vmhwm']:.1f} MB, largest ctr child RSS {m['largest_ctr_child_rss']:.1f} MB"
+            )
+            if report.errors:
+                print("  first errors:", *report.errors[:5], sep="\n    ")
         return 0
     finally:
+        if load is not None:
+            load.stop()
+        if sampler is not None:
+            sampler.stop()
         if agent_proc is not None:
             agent_proc.terminate()
             agent_proc.wait(timeout=130)
         if public:
-            from edge_runtime.agent.handover import IptablesRedirect
-
             IptablesRedirect(public).remove()
         containerd.stop()  # removes every container left in the namespace first
         registry.stop()

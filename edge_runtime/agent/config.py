@@ -69,7 +69,8 @@ class AgentConfig:
     health_timeout_s: float = 2.0
     health_interval_s: float = 2.0
     unhealthy_after: int = 3
-    warm_rollback: bool = False
+    warm_rollback: str = "auto"  # "auto" | "on" | "off": keep the previous container running through probation
+    warm_min_available_mb: int = 256
     state_dir: Path = Path("/var/lib/otaml-agent")
     metrics_textfile: Path | None = None
     handover: str = "iptables"
@@ -158,7 +159,8 @@ class AgentConfig:
             health_timeout_s=r.number("update", "health_timeout_s", 2.0),
             health_interval_s=r.number("update", "health_interval_s", 2.0),
             unhealthy_after=int(r.number("update", "unhealthy_after", 3)),
-            warm_rollback=r.boolean("update", "warm_rollback", False),
+            warm_rollback=r.warm("update", "warm_rollback"),
+            warm_min_available_mb=int(r.number("update", "warm_min_available_mb", 256, zero_ok=True)),
             state_dir=Path(r.string("agent", "state_dir", "/var/lib/otaml-agent")),
             metrics_textfile=Path(textfile) if textfile else None,
             handover=handover,
@@ -212,11 +214,16 @@ class _Reader:
             raise ConfigError(f"Config '{section}.{key}' has value {value!r}. Out of range; expected {bound}.")
         return float(value)
 
-    def boolean(self, section: str, key: str, default: bool) -> bool:
-        value = self.get(section, key, default)
-        if not isinstance(value, bool):
-            raise ConfigError(f"Config '{section}.{key}' has value {value!r}. Not a boolean; use true or false.")
-        return value
+    def warm(self, section: str, key: str) -> str:
+        value = self.get(section, key, "auto")
+        if value is True or value is False:
+            return "on" if value else "off"
+        if value not in ("auto", "on", "off"):
+            raise ConfigError(
+                f"Config '{section}.{key}' has value {value!r}. Use \"auto\" (keep the previous container warm "
+                "when the device has the memory), true or false."
+            )
+        return str(value)
 
     def port(self, section: str, key: str, default: int) -> int:
         value = self.get(section, key, default)

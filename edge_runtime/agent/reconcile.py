@@ -26,12 +26,21 @@ from edge_runtime.agent.canary import Prober, golden_from_layers, replay_golden,
 from edge_runtime.agent.config import AgentConfig
 from edge_runtime.agent.handover import HandoverError, TrafficSwitch
 from edge_runtime.agent.policy import CandidateImage, VerificationPolicy
-from edge_runtime.agent.runtime import AGENT_LABEL, ContainerRuntime, ContainerSpec, RuntimeFailure
+from edge_runtime.agent.runtime import (
+    AGENT_LABEL,
+    ContainerRuntime,
+    ContainerSpec,
+    ContainerStatus,
+    ExitWatch,
+    RuntimeFailure,
+    WatchesExits,
+)
 from edge_runtime.agent.source import ImageSource, NoMatchingPlatform, ResolvedImage
 from edge_runtime.agent.state import AgentState, Deployment, StateStore
 from edge_runtime.errors import NotFound, OtamlError, TemporaryError, Unhealthy, VerificationFailed
 
 log = logging.getLogger("otaml.agent")
+MB = 1024 * 1024
 
 MAX_ATTEMPTS = 3
 PORT_LABEL = "io.otaml.port"
@@ -92,6 +101,7 @@ class Reconciler:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        available_memory: Callable[[], int | None] | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -103,6 +113,7 @@ class Reconciler:
         self.clock = clock
         self.monotonic = monotonic
         self.sleep = sleep
+        self.available_memory = available_memory or mem_available_bytes
         self.state: AgentState = store.load()
         self._unready_checks = 0
 
@@ -437,7 +448,8 @@ class Reconciler:
         s.previous, s.current, s.candidate = old, cand, None
         self._phase("probation")
         report.timings["switch_s"] = self.monotonic() - t
-        if old is not None and not c.warm_rollback:
+        warm = old is not None and self._keep_warm(old, report)
+        if old is not None and not warm:
             self._retire(old, report)
         # 7. Probation.
         report.step = "probation"
@@ -446,9 +458,9 @@ class Reconciler:
             self.probation(cand)
         except Unhealthy as exc:
             report.timings["probation_s"] = self.monotonic() - t
-            return self.rollback(report, started, exc)
+            return self.rollback(report, started, exc, warm=warm)
         report.timings["probation_s"] = self.monotonic() - t
-        if old is not None and c.warm_rollback:
+        if old is not None and warm:
             self._retire(old, report, grace=False)
         s.phase = "idle"
         s.count("updates")
@@ -470,6 +482,31 @@ class Reconciler:
             report.actions.append(f"stopping {old.container} failed: {exc}")
         report.timings["drain_s"] = self.monotonic() - t
 
+    def _stopped(self, dep: Deployment) -> ContainerStatus:
+        """The status of a container whose process exited; containerd may take a moment to notice."""
+        deadline = self.monotonic() + 2.0
+        while True:
+            status = self.runtime.status(dep.container)
+            if not status.running or self.monotonic() >= deadline:
+                return status
+            self.sleep(0.05)
+
+    def _keep_warm(self, old: Deployment, report: UpdateReport) -> bool:
+        """Keep the previous container running through probation? ``auto``: when the device has the memory."""
+        mode = self.config.warm_rollback
+        if mode != "auto":
+            keep = mode == "on"
+        else:
+            available = self.available_memory()
+            keep = available is not None and available >= self.config.warm_min_available_mb * MB
+            seen = "unknown" if available is None else f"{available / MB:.0f} MB"
+            report.actions.append(
+                f"{'keep' if keep else 'retire'} {old.container} "
+                f"({'warm for a rollback' if keep else 'cold rollback'}: MemAvailable {seen}, "
+                f"warm_min_available_mb {self.config.warm_min_available_mb})"
+            )
+        return keep
+
     def _abandon_candidate(self, report: UpdateReport, remove_image: bool = False) -> None:
         cand = self.state.candidate
         self.state.candidate = None
@@ -479,32 +516,70 @@ class Reconciler:
             self._gc_images(report)
 
     def probation(self, dep: Deployment) -> None:
-        """Watch ``dep`` for ``probation_s``: it must keep running (no exit, no OOM kill) and stay ready."""
+        """Watch ``dep`` for ``probation_s``: it must keep running (no exit, no OOM kill) and stay ready.
+
+        Its exit is seen within milliseconds (:meth:`WatchesExits.exit_watch`); readiness is probed every
+        ``health_interval_s`` and ``unhealthy_after`` misses in a row fail it."""
         c = self.config
         end = self.monotonic() + c.probation_s
         failures = 0
-        while self.monotonic() < end:
-            self.sleep(min(c.health_interval_s, max(0.0, end - self.monotonic())))
+        watch: ExitWatch | None = None
+        if isinstance(self.runtime, WatchesExits):
             try:
-                status = self.runtime.status(dep.container)
-            except NotFound as exc:
-                raise Unhealthy(f"Container {dep.container} disappeared during probation.") from exc
-            if not status.running:
-                why = "was OOM-killed" if status.oom_killed else f"exited with code {status.exit_code}"
-                raise Unhealthy(f"Container {dep.container} {why} during probation.")
-            if self.prober.ready(dep.port):
-                failures = 0
-                continue
-            failures += 1
-            if failures >= c.unhealthy_after:
-                raise Unhealthy(f"Container {dep.container} failed {failures} readiness checks in a row in probation.")
+                watch = self.runtime.exit_watch(dep.container)
+            except NotFound as exc:  # no running task: it died between the hand-over and now
+                raise ContainerExited(f"Container {dep.container} exited during probation.") from exc
+            except (OtamlError, OSError) as exc:  # containerd hiccup: fall back to the status checks
+                log.warning(
+                    "cannot watch %s for its exit (%s); checking every %g s", dep.container, exc, c.health_interval_s
+                )
+        try:
+            while self.monotonic() < end:
+                wait_s = min(c.health_interval_s, max(0.0, end - self.monotonic()))
+                if watch is not None:
+                    if watch.wait(wait_s):
+                        raise ContainerExited(f"Container {dep.container} exited during probation.")
+                else:
+                    self.sleep(wait_s)
+                try:
+                    status = self.runtime.status(dep.container)
+                except NotFound as exc:
+                    raise Unhealthy(f"Container {dep.container} disappeared during probation.") from exc
+                if not status.running:
+                    raise Unhealthy(f"Container {dep.container} {_why_stopped(status)} during probation.")
+                if self.prober.ready(dep.port):
+                    failures = 0
+                    continue
+                failures += 1
+                if failures >= c.unhealthy_after:
+                    raise Unhealthy(
+                        f"Container {dep.container} failed {failures} readiness checks in a row in probation."
+                    )
+        finally:
+            if watch is not None:
+                watch.close()
 
-    def rollback(self, report: UpdateReport, started: float, exc: BaseException) -> UpdateReport:
-        """The new image failed probation: serve the previous one again (local image), block the new digest."""
+    def rollback(self, report: UpdateReport, started: float, exc: BaseException, warm: bool = False) -> UpdateReport:
+        """The new image failed probation: serve the previous one again (local image), block the new digest.
+
+        With the previous container kept ``warm`` the redirect moves back first, before anything else is asked
+        of containerd: every millisecond here is requests refused by the dead container's port."""
         s = self.state
         failed, good = s.current, s.previous
         if failed is None:
             raise RuntimeError("rollback without a current deployment")
+        if warm and good is not None:
+            try:
+                self.switch.point_to(good.port)
+                report.actions.append(f"switch → {good.port} (warm {good.container})")
+            except (HandoverError, OSError) as err:
+                report.actions.append(f"switch back to the warm {good.container} failed: {err}")
+        if isinstance(exc, ContainerExited):
+            try:  # now that traffic is safe, find out how it died
+                why = _why_stopped(self._stopped(failed))
+                exc = ContainerExited(f"Container {failed.container} {why} during probation.")
+            except (OtamlError, OSError) as err:
+                report.actions.append(f"reading how {failed.container} stopped failed: {err}")
         self._block(failed.digest, f"probation: {exc}")
         s.count("rollbacks")
         report.outcome, report.error = "rolled_back", str(exc)
@@ -523,6 +598,28 @@ class Reconciler:
         s.phase = "idle"
         self._gc_images(report)
         return self._finish(report, started)
+
+
+class ContainerExited(Unhealthy):
+    """The container's main process exited (killed, OOM-killed, crashed) while it was being watched."""
+
+
+def _why_stopped(status: ContainerStatus) -> str:
+    if status.oom_killed:
+        return "was OOM-killed"
+    return f"exited with code {status.exit_code}" if status.exit_code is not None else "exited"
+
+
+def mem_available_bytes(meminfo: str = "/proc/meminfo") -> int | None:
+    """The kernel's estimate of memory available for new work (``MemAvailable``), or None when unknown."""
+    try:
+        with open(meminfo) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def reconcile(reconciler: Reconciler) -> UpdateReport:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from edge_runtime.errors import OtamlError
 
@@ -49,6 +49,16 @@ class ContainerStatus:
     exit_code: int | None = None
     oom_killed: bool = False
     labels: Mapping[str, str] = field(default_factory=dict)
+
+
+class ExitWatch(Protocol):
+    """Tells at once when a container's main process exits (the kernel says so; containerd is not polled)."""
+
+    def wait(self, timeout_s: float) -> bool:
+        """Block up to ``timeout_s``; True as soon as the process has exited (also when it already had)."""
+        ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -92,4 +102,14 @@ class ContainerRuntime(Protocol):
 
     def logs(self, name: str, max_bytes: int = 2000) -> str:
         """The end of the container's output ("" when none was kept): quoted in canary failures."""
+        ...
+
+
+@runtime_checkable
+class WatchesExits(Protocol):
+    """A runtime that can also tell at once when a container exits (the real one can; without it the agent
+    sees an exit at its next status check, up to ``health_interval_s`` later)."""
+
+    def exit_watch(self, name: str) -> ExitWatch:
+        """A watch on the running container's main process; raises NotFound when it has no task."""
         ...

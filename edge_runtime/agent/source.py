@@ -62,6 +62,13 @@ def _platform_of(entry: Mapping[str, Any]) -> str:
     return f"{text}/{p['variant']}" if p.get("variant") else text
 
 
+def _config_platform(config: Mapping[str, Any]) -> str:
+    os_, arch = config.get("os", ""), config.get("architecture", "")
+    if not os_ or not arch:
+        return ""
+    return f"{os_}/{arch}/{config['variant']}" if config.get("variant") else f"{os_}/{arch}"
+
+
 def pick_platform(index: Mapping[str, Any], platform: str, where: str) -> Mapping[str, Any]:
     """The index entry for ``platform`` (``linux/arm64`` also matches ``linux/arm64/v8``)."""
     entries = [m for m in index.get("manifests", []) if isinstance(m, dict)]
@@ -118,6 +125,14 @@ class RegistrySource:
             manifest, _ = self._manifest(manifest_digest)
         config_desc = manifest.get("config") or {}
         config = json.loads(self.client.get_blob(config_desc["digest"], max_bytes=MAX_SMALL_BLOB_BYTES))
+        if manifest_digest == digest:
+            # A single-platform image (no index): its config says which platform it is for.
+            have = _config_platform(config)
+            if have and not (have == platform or have.startswith(platform + "/")):
+                raise NoMatchingPlatform(
+                    f"{where} is a single-platform image for {have} but this device is {platform}. "
+                    "Bake the image for this platform (registry/bake.py) and promote it again."
+                )
         labels = (config.get("config") or {}).get("Labels") or {}
         layers = manifest.get("layers", [])
         return ResolvedImage(

@@ -89,6 +89,7 @@ class FakeRuntime:
         self.fail: dict[str, Exception] = {}  # method name -> error to raise once
         self.kill_on: dict[str, int] = {}  # method name -> raise AgentKilled on the n-th call
         self.calls: list[str] = []
+        self.calls_log: list[tuple[str, str, float]] = []  # ("start", image, fake time) of each start
         self.bytes_pulled = 0
 
     def _call(self, name: str) -> None:
@@ -136,19 +137,14 @@ class FakeRuntime:
         port = int(spec.env["OTAML_PORT"])
         behaviour = self.world.behaviours.get(spec.image.split("@", 1)[1], Behaviour())
         c = FakeContainer(spec, self.world.clock.now, behaviour)
+        self.calls_log.append(("start", spec.image, self.world.clock.now))
         if any(o.port == port and self._running(o) for o in self.containers.values()):
             c.killed = True  # address already in use: the service exits at once
         self.containers[spec.name] = c
 
     def _running(self, c: FakeContainer) -> bool:
-        age = self.world.clock.now - c.started_at
-        b = c.behaviour
-        return not (
-            c.killed
-            or b.crash_at_start
-            or (b.die_after_s is not None and age >= b.die_after_s)
-            or (b.oom_after_s is not None and age >= b.oom_after_s)
-        )
+        death = self.death_time(c)
+        return not (c.killed or c.behaviour.crash_at_start or (death is not None and self.world.clock.now >= death))
 
     def status(self, name: str) -> ContainerStatus:
         self._call("status")
@@ -156,8 +152,7 @@ class FakeRuntime:
             raise NotFound(name)
         c = self.containers[name]
         running = self._running(c)
-        age = self.world.clock.now - c.started_at
-        oom = c.behaviour.oom_after_s is not None and age >= c.behaviour.oom_after_s
+        oom = c.behaviour.oom_after_s is not None and self.world.clock.now >= c.started_at + c.behaviour.oom_after_s
         return ContainerStatus(
             name, c.spec.image, running, None if running else (137 if oom else 1), oom, dict(c.spec.labels)
         )
@@ -168,6 +163,18 @@ class FakeRuntime:
 
     def list_containers(self) -> list[ContainerStatus]:
         return [self.status(n) for n in list(self.containers) if AGENT_LABEL in self.containers[n].spec.labels]
+
+    def exit_watch(self, name: str) -> FakeExitWatch:
+        self._call("exit_watch")
+        c = self.containers.get(name)
+        if c is None or not self._running(c):
+            raise NotFound(f"{name} has no running task")
+        return FakeExitWatch(self, c)
+
+    def death_time(self, c: FakeContainer) -> float | None:
+        """When the container's process dies by its Behaviour (None: it does not)."""
+        ends = [a for a in (c.behaviour.die_after_s, c.behaviour.oom_after_s) if a is not None]
+        return c.started_at + min(ends) if ends else None
 
     def logs(self, name: str, max_bytes: int = 2000) -> str:
         c = self.containers.get(name)
@@ -181,6 +188,30 @@ class FakeRuntime:
         """Tasks die; containers (metadata) and images stay, as with containerd after a reboot."""
         for c in self.containers.values():
             c.killed = True
+
+
+class FakeExitWatch:
+    """Fires the moment the container dies on the fake clock (as a pidfd does), not at the next poll."""
+
+    def __init__(self, runtime: FakeRuntime, container: FakeContainer) -> None:
+        self.runtime = runtime
+        self.container = container
+        self.closed = False
+
+    def wait(self, timeout_s: float) -> bool:
+        clock = self.runtime.world.clock
+        death = self.runtime.death_time(self.container)
+        if death is not None and clock.now < death <= clock.now + timeout_s:
+            clock.now = death
+        elif self.runtime._running(self.container):
+            clock.sleep(timeout_s)
+        fired = not self.runtime._running(self.container)
+        if fired:
+            self.runtime.calls.append("exit_watch fired")
+        return fired
+
+    def close(self) -> None:
+        self.closed = True
 
 
 class FakeProber:
@@ -274,6 +305,7 @@ class World:
     channel: str = ""
     registry_down: bool = False
     registry_500: bool = False
+    mem_available: int | None = 4 * 1024**3
 
     def __post_init__(self) -> None:
         self.runtime = FakeRuntime(self)
@@ -323,6 +355,7 @@ class World:
             clock=self.clock.time,
             monotonic=self.clock.time,
             sleep=self.clock.sleep,
+            available_memory=lambda: self.mem_available,
         )
 
 

@@ -56,3 +56,17 @@ def test_missing_and_malformed_files_say_what_to_do(tmp_path: Path) -> None:
     bad.write_text("[registry\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad)
+
+
+@pytest.mark.parametrize(("value", "mode"), [(None, "auto"), ("auto", "auto"), (True, "on"), (False, "off")])
+def test_warm_rollback_is_auto_by_default_and_takes_booleans(value: object, mode: str) -> None:
+    data: dict = {"registry": {"url": "http://127.0.0.1:5000", "repository": "pump"}}
+    if value is not None:
+        data["update"] = {"warm_rollback": value}
+    assert AgentConfig.from_mapping(data).warm_rollback == mode
+
+
+def test_a_bad_warm_rollback_value_says_what_to_use() -> None:
+    data: dict = {"registry": {"url": "http://x:1", "repository": "p"}, "update": {"warm_rollback": "maybe"}}
+    with pytest.raises(ConfigError, match=r"'update\.warm_rollback' has value 'maybe'.*\"auto\""):
+        AgentConfig.from_mapping(data)

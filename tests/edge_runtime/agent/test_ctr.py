@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from edge_runtime.agent.ctr import CtrRuntime, _parse_size
+from edge_runtime.agent.ctr import CtrRuntime, _parse_size, _PidfdWatch, _ProcWatch
 from edge_runtime.agent.runtime import ContainerSpec, RuntimeFailure
 from edge_runtime.errors import NotFound, TemporaryError
 
@@ -87,3 +89,20 @@ def test_run_arguments_harden_the_container(tmp_path: Path, monkeypatch: pytest.
         assert argv[i : i + len(flag)] == flag
     assert any(a.startswith("type=tmpfs,src=tmpfs,dst=/tmp,") for a in argv)
     assert "--user" not in argv  # the image's (non-root) user applies
+
+
+def test_the_exit_watch_fires_when_the_process_is_killed_not_before() -> None:
+    for make in (lambda pid: _PidfdWatch(os.pidfd_open(pid)), lambda pid: _ProcWatch(pid, OSError("test"))):
+        process = subprocess.Popen(["sleep", "60"])
+        watch = make(process.pid)
+        try:
+            assert watch.wait(0.05) is False
+            os.kill(process.pid, signal.SIGKILL)
+            if isinstance(watch, _ProcWatch):
+                process.wait()  # /proc/<pid> goes only once the zombie is reaped (containerd's shim reaps)
+            assert watch.wait(30) is True
+            assert watch.wait(0) is True
+        finally:
+            watch.close()
+            process.kill()
+            process.wait()

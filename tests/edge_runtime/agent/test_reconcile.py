@@ -132,7 +132,7 @@ def test_failed_update_rolls_back_and_blocks_the_digest(world: World, case: str)
     "case", ["dies inside probation", "OOM-killed inside probation", "turns unhealthy inside probation"]
 )
 def test_warm_rollback_switches_back_to_the_still_running_previous_container(world: World, case: str) -> None:
-    world.config = replace(world.config, warm_rollback=True)
+    world.config = replace(world.config, warm_rollback="on")
     agent = install(world, "1")
     behaviour, step, _ = FAILURES[case]
     bad = world.publish("2", behaviour)
@@ -145,7 +145,7 @@ def test_warm_rollback_switches_back_to_the_still_running_previous_container(wor
 
 
 def test_warm_rollback_keeps_two_containers_only_during_probation(world: World) -> None:
-    world.config = replace(world.config, warm_rollback=True)
+    world.config = replace(world.config, warm_rollback="on")
     agent = install(world, "1")
     world.publish("2")
     seen: list[int] = []
@@ -160,6 +160,69 @@ def test_warm_rollback_keeps_two_containers_only_during_probation(world: World) 
     assert agent.reconcile().outcome == "updated"
     assert set(seen) == {2}
     assert_serving(world, agent, "2")
+
+
+@pytest.mark.parametrize(("available_mb", "warm"), [(4096, True), (255, False), (None, False)])
+def test_auto_warm_rollback_keeps_the_previous_container_only_when_the_device_has_the_memory(
+    world: World, available_mb: int | None, warm: bool
+) -> None:
+    assert world.config.warm_rollback == "auto"  # the default
+    world.mem_available = None if available_mb is None else available_mb * 1024 * 1024
+    agent = install(world, "1")
+    bad = world.publish("2", Behaviour(die_after_s=10))
+    starts = world.runtime.calls.count("start")
+    report = agent.reconcile()
+    assert (report.outcome, report.step) == ("rolled_back", "probation")
+    # Warm: only the canary was started; cold: the previous container had to be started again.
+    assert world.runtime.calls.count("start") == starts + (1 if warm else 2)
+    assert any(a.startswith("keep" if warm else "retire") and "MemAvailable" in a for a in report.actions)
+    assert bad in agent.state.blocked
+    assert_serving(world, agent, "1")
+
+
+def test_a_death_in_probation_is_seen_when_it_happens_and_the_warm_switch_comes_first(world: World) -> None:
+    world.config = replace(world.config, warm_rollback="on", health_interval_s=2)
+    agent = install(world, "1")
+    v1_port = world.switch.port
+    world.publish("2", Behaviour(die_after_s=7.3))
+    switched: list[tuple[float, str]] = []
+    original = world.switch.point_to
+
+    def point_to(port: int) -> None:
+        if port == v1_port and agent.state.phase == "probation":
+            switched.append((world.clock.now, world.runtime.calls[-1]))
+        original(port)
+
+    world.switch.point_to = point_to  # type: ignore[method-assign]
+    report = agent.reconcile()
+    assert report.outcome == "rolled_back"
+    assert "exited with code 1 during probation" in report.error
+    canary = next(c for c in world.runtime.calls_log if c[1].endswith(digest_of("2")))
+    # Back on v1 at the instant of death (not at the next 2 s probe), before containerd was asked anything.
+    assert switched == [(canary[2] + 7.3, "exit_watch fired")]
+    assert_serving(world, agent, "1")
+
+
+def test_a_death_before_the_exit_watch_is_set_fails_probation_at_once(world: World) -> None:
+    world.config = replace(world.config, warm_rollback="on")
+    agent = install(world, "1")
+    bad = world.publish("2")
+    original = world.runtime.exit_watch
+    handed_over: list[float] = []
+
+    def die_first(name: str):  # type: ignore[no-untyped-def]
+        world.runtime.containers[name].killed = True  # killed right after the hand-over
+        handed_over.append(world.clock.now)
+        return original(name)
+
+    world.runtime.exit_watch = die_first  # type: ignore[method-assign]
+    report = agent.reconcile()
+    assert (report.outcome, report.step) == ("rolled_back", "probation"), report.to_dict()
+    assert "exited" in report.error
+    assert report.timings["probation_s"] == 0.0  # no health_interval_s wait before noticing
+    assert handed_over
+    assert bad in agent.state.blocked
+    assert_serving(world, agent, "1")
 
 
 def test_rollback_after_probation_needs_no_registry(world: World) -> None:

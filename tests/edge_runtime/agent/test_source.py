@@ -1,0 +1,53 @@
+"""Resolving the channel's image for this device's platform (the registry client is faked at its I/O seam)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from edge_runtime.agent.source import NoMatchingPlatform, RegistrySource
+
+INDEX = "application/vnd.oci.image.index.v1+json"
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+class Client:
+    def __init__(self, platforms: list[tuple[str, str]], plain: bool) -> None:
+        self.objects: dict[str, tuple[bytes, str]] = {}
+        self.blobs: dict[str, bytes] = {}
+        entries = []
+        for i, (os_, arch) in enumerate(platforms):
+            config = json.dumps({"os": os_, "architecture": arch, "config": {"Labels": {"v": str(i)}}}).encode()
+            self.blobs[f"sha256:c{i}"] = config
+            manifest = {"config": {"digest": f"sha256:c{i}", "size": len(config)}, "layers": []}
+            self.objects[f"sha256:m{i}"] = (json.dumps(manifest).encode(), MANIFEST)
+            entries.append({"digest": f"sha256:m{i}", "platform": {"os": os_, "architecture": arch}})
+        if plain:
+            self.top = "sha256:m0"
+        else:
+            self.top = "sha256:i"
+            self.objects[self.top] = (json.dumps({"manifests": entries}).encode(), INDEX)
+
+    def get_manifest(self, ref: str) -> tuple[bytes, str, Any]:
+        data, media_type = self.objects[ref]
+        return data, media_type, None
+
+    def get_blob(self, digest: str, max_bytes: int = 0) -> bytes:
+        return self.blobs[digest]
+
+
+@pytest.mark.parametrize("plain", [False, True], ids=["index", "single-platform manifest"])
+def test_an_image_for_this_platform_resolves(plain: bool) -> None:
+    client = Client([("linux", "amd64"), ("linux", "arm64")], plain)
+    image = RegistrySource(client, "pump", "prod").resolve(client.top, "linux/amd64")
+    assert image.labels == {"v": "0"}
+    assert image.manifest_digest == "sha256:m0"
+
+
+@pytest.mark.parametrize("plain", [False, True], ids=["index", "single-platform manifest"])
+def test_an_image_without_this_platform_is_refused_naming_both(plain: bool) -> None:
+    client = Client([("linux", "arm64")], plain)
+    with pytest.raises(NoMatchingPlatform, match=r"linux/arm64.*this device is linux/amd64"):
+        RegistrySource(client, "pump", "prod").resolve(client.top, "linux/amd64")

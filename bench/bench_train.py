@@ -6,12 +6,17 @@ Each repetition synthesises telemetry (4 devices, 25,000 readings each), writes 
 repetition, the median total, the machine load, and the chosen detector's test PR-AUC / ROC-AUC next to a
 plain IsolationForest on the raw values.
 
-    .venv/bin/python bench/bench_train.py [--rows 100000] [--repeat 3] [--seed 0]
+    .venv/bin/python bench/bench_train.py [--rows 100000] [--repeat 3] [--seed 0] [--json]
+
+With ``--json`` the figures go to stdout as JSON and the progress lines to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import builtins
+import functools
+import json
 import os
 import statistics
 import sys
@@ -26,7 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0, help="seed of the first repetition (then +1, +2, ...)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
     args = parser.parse_args(argv)
+    out = sys.stderr if args.json else sys.stdout
+    print = functools.partial(builtins.print, file=out)  # progress goes to stderr under --json
+    runs: list[dict[str, object]] = []
 
     start = time.perf_counter()
     from pipeline.synth import synth_telemetry, write_telemetry
@@ -85,6 +94,19 @@ def main(argv: list[str] | None = None) -> int:
                 f"{base['pr_auc']:.3f}; roc_auc {chosen.metrics['roc_auc']:.3f} vs {base['roc_auc']:.3f}"
             )
             print(f"  load average now {os.getloadavg()}")
+            runs.append(
+                {
+                    "seed": seed,
+                    "rows": telemetry.n_rows,
+                    "total_s": total,
+                    "stages_s": stages,
+                    "train_s": dict(report.timings),
+                    "chosen": chosen.detector,
+                    "chosen_test": {k: chosen.metrics[k] for k in ("pr_auc", "roc_auc")},
+                    "baseline_test": {k: base[k] for k in ("pr_auc", "roc_auc")},
+                    "load_average": os.getloadavg(),
+                }
+            )
     print(
         f"\nmedian total {statistics.median(totals):.1f} s over {len(totals)} "
         f"(runs: {', '.join(f'{t:.1f}' for t in totals)})"
@@ -95,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             f"  {detector:<12} pr_auc {pr:.3f} vs {base_pr:.3f} ({pr / base_pr:.1f}x)  "
             f"roc_auc {roc:.3f} vs {base_roc:.3f}"
         )
+    if args.json:
+        builtins.print(json.dumps({"median_total_s": statistics.median(totals), "runs": runs}, indent=2))
     return 0
 
 

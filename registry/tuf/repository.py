@@ -1,0 +1,442 @@
+"""The fleet's TUF repository: create it, approve images, keep it fresh, rotate and revoke keys.
+
+Layout in the store (consistent snapshots, so a device never mixes files of two publications):
+``<N>.root.json`` (every root version, the device walks the chain) and ``root.json`` (the newest, to bootstrap
+new devices), ``<N>.targets.json``, ``<N>.snapshot.json``, ``timestamp.json``, and ``pending.targets.json`` (a
+targets version signed by fewer keys than the threshold; devices never read it).
+
+Publishing writes targets, then snapshot, then the timestamp last: a reader sees the old publication or the new.
+One pending approval at a time: the targets version it signs is the next one.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from securesystemslib.signer import Key, Signer
+from tuf.api.exceptions import RepositoryError
+from tuf.api.metadata import (
+    Metadata,
+    MetaFile,
+    Root,
+    Signed,
+    Snapshot,
+    TargetFile,
+    Targets,
+    Timestamp,
+)
+
+from edge_runtime.trust.approval import Approval
+from registry.tuf.errors import ApprovalError, MetadataMissing, ThresholdNotMet, TrustRepositoryError
+from registry.tuf.store import MetadataStore
+
+Role = Literal["root", "targets", "snapshot", "timestamp"]
+ROLES: tuple[Role, ...] = ("root", "targets", "snapshot", "timestamp")
+PENDING = "pending.targets.json"
+TIMESTAMP = "timestamp.json"
+_ROOT_FILE = re.compile(r"^([1-9][0-9]*)\.root\.json$")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Expiry:
+    """How long each role's metadata stays valid after signing. The timestamp is short: a frozen repository
+    (one that keeps serving old metadata) is noticed by devices within this time."""
+
+    root: timedelta = timedelta(days=365)
+    targets: timedelta = timedelta(days=90)
+    snapshot: timedelta = timedelta(days=7)
+    timestamp: timedelta = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class RoleKeys:
+    """The public keys of one role and how many of them must sign."""
+
+    keys: Sequence[Key]
+    threshold: int = 1
+
+    def __post_init__(self) -> None:
+        if self.threshold < 1:
+            raise ThresholdNotMet(f"threshold {self.threshold} is below 1; a role needs at least one signature")
+        if len({k.keyid for k in self.keys}) < self.threshold:
+            raise ThresholdNotMet(
+                f"threshold {self.threshold} is more than the {len(self.keys)} distinct keys given; "
+                "add keys or lower the threshold"
+            )
+
+
+@dataclass(frozen=True)
+class ApprovalStatus:
+    """Where an approval stands: ``approved`` (published, devices see it) or ``pending`` (more keys must sign)."""
+
+    approval: Approval
+    state: Literal["approved", "pending"]
+    signed_by: tuple[str, ...]
+    threshold: int
+
+    @property
+    def missing(self) -> int:
+        return max(0, self.threshold - len(self.signed_by))
+
+
+def _encode(md: Metadata[Any]) -> bytes:
+    return md.to_bytes()
+
+
+def _meta(data: bytes, version: int) -> MetaFile:
+    meta = MetaFile.from_data(version, data, ["sha256"])  # length and hash: mix-and-match is refused by hash
+    return meta
+
+
+def create(
+    store: MetadataStore,
+    *,
+    root: RoleKeys,
+    targets: RoleKeys,
+    snapshot: RoleKeys,
+    timestamp: RoleKeys,
+    root_signers: Sequence[Signer],
+    targets_signers: Sequence[Signer],
+    snapshot_signer: Signer,
+    timestamp_signer: Signer,
+    expiry: Expiry = Expiry(),
+    now: Callable[[], datetime] = utcnow,
+) -> FleetRepository:
+    """A new repository in ``store`` with no approved image: root v1 and an empty targets, snapshot and timestamp.
+
+    Every role's first metadata is signed by a threshold of its keys here, so this is the key ceremony:
+    the root and targets key holders must all be present (their private keys never touch the store).
+    """
+    if store.exists("1.root.json"):
+        raise TrustRepositoryError(f"{store.describe()} already holds a repository (1.root.json); open it instead")
+    at = now()
+    root_md = Metadata(Root(expires=at + expiry.root, consistent_snapshot=True))
+    for role, keys in (("root", root), ("targets", targets), ("snapshot", snapshot), ("timestamp", timestamp)):
+        for key in keys.keys:
+            root_md.signed.add_key(key, role)
+        root_md.signed.roles[role].threshold = keys.threshold
+    for signer in root_signers:
+        root_md.sign(signer, append=True)
+    _require(root_md.signed, "root", root_md, "root")
+    targets_md = Metadata(Targets(expires=at + expiry.targets))
+    for signer in targets_signers:
+        targets_md.sign(signer, append=True)
+    _require(root_md.signed, "targets", targets_md, "targets")
+    repo = FleetRepository(
+        store, snapshot_signer=snapshot_signer, timestamp_signer=timestamp_signer, expiry=expiry, now=now
+    )
+    _check_online(root_md.signed, "snapshot", snapshot_signer)
+    _check_online(root_md.signed, "timestamp", timestamp_signer)
+    root_bytes = _encode(root_md)
+    store.write("1.root.json", root_bytes)
+    store.write("root.json", root_bytes)
+    repo._publish(targets_md, previous_snapshot=None)
+    return repo
+
+
+def _require(root: Root, role: str, md: Metadata[Any], what: str) -> tuple[str, ...]:
+    result = root.get_verification_result(role, md.signed_bytes, md.signatures)
+    if not result.verified:
+        raise ThresholdNotMet(
+            f"{what} is signed by {len(result.signed)} of the {result.threshold} {role} keys it needs; "
+            f"sign with more of the role's keys (key ids {sorted(root.roles[role].keyids)})"
+        )
+    return tuple(sorted(result.signed))
+
+
+def _check_online(root: Root, role: str, signer: Signer) -> None:
+    if signer.public_key.keyid not in root.roles[role].keyids:
+        raise ApprovalError(
+            f"the {role} signer's key {signer.public_key.keyid} is not a {role} key of root v{root.version}"
+        )
+
+
+class FleetRepository:
+    """One fleet's TUF repository in a :class:`MetadataStore`; holds only the online (snapshot, timestamp) signers.
+
+    Offline keys (root, targets) are passed to the call that needs them and never kept.
+    """
+
+    def __init__(
+        self,
+        store: MetadataStore,
+        *,
+        snapshot_signer: Signer,
+        timestamp_signer: Signer,
+        expiry: Expiry = Expiry(),
+        now: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.store = store
+        self._snapshot_signer = snapshot_signer
+        self._timestamp_signer = timestamp_signer
+        self.expiry = expiry
+        self._now = now
+
+    # --- reading -------------------------------------------------------------------------------------------
+    def root(self) -> Metadata[Root]:
+        """The newest root."""
+        versions = [int(m.group(1)) for n in self.store.names() if (m := _ROOT_FILE.match(n))]
+        if not versions:
+            raise MetadataMissing(f"{self.store.describe()} has no root metadata; create the repository first")
+        return self._load(f"{max(versions)}.root.json", Root)
+
+    def timestamp(self) -> Metadata[Timestamp]:
+        return self._load(TIMESTAMP, Timestamp)
+
+    def snapshot(self) -> Metadata[Snapshot]:
+        return self._load(f"{self.timestamp().signed.snapshot_meta.version}.snapshot.json", Snapshot)
+
+    def targets(self) -> Metadata[Targets]:
+        return self._load(f"{self.snapshot().signed.meta['targets.json'].version}.targets.json", Targets)
+
+    def approvals(self) -> list[Approval]:
+        """Every published approval, ordered by channel, model and version."""
+        found = [
+            Approval.from_target(path, t.length, t.hashes, t.custom)
+            for path, t in self.targets().signed.targets.items()
+        ]
+        return sorted(found, key=lambda a: (a.channel, a.model, a.version))
+
+    def pending(self) -> ApprovalStatus | None:
+        """The approval waiting for more signatures, if any."""
+        if not self.store.exists(PENDING):
+            return None
+        md = self._load(PENDING, Targets)
+        return self._status(md, "pending")
+
+    def _load(self, name: str, kind: type[Signed]) -> Metadata[Any]:
+        data = self.store.read(name)
+        try:
+            md = Metadata.from_bytes(data)
+        except RepositoryError as exc:
+            raise TrustRepositoryError(f"{self.store.describe()}/{name} is not TUF metadata: {exc}") from exc
+        if not isinstance(md.signed, kind):
+            raise TrustRepositoryError(f"{self.store.describe()}/{name} holds {md.signed.type}, not {kind.type}")
+        return md
+
+    # --- approving images ----------------------------------------------------------------------------------
+    def propose(self, approval: Approval, signer: Signer) -> ApprovalStatus:
+        """Approve ``approval`` with one targets key: published at once if that meets the threshold, else pending.
+
+        A version already approved with the same digest is reported approved again; with another digest it is
+        refused (approved versions are immutable).
+        """
+        current = self.targets()
+        existing = current.signed.targets.get(approval.target_path)
+        if existing is not None:
+            published = Approval.from_target(existing.path, existing.length, existing.hashes, existing.custom)
+            if published != approval:
+                raise ApprovalError(
+                    f"{approval.target_path} is already approved as {published.digest} (base {published.base_digest}); "
+                    f"approved versions are immutable, so {approval.digest} needs a new model version"
+                )
+            return self._status(current, "approved")
+        if (pending := self.pending()) is not None:
+            raise ApprovalError(
+                f"{pending.approval.target_path} ({pending.approval.digest}) is waiting for {pending.missing} more "
+                "signature(s); complete it with approve_pending or remove it with discard_pending first"
+            )
+        self._check_approver(signer)
+        md = Metadata(copy.deepcopy(current.signed))
+        md.signed.version += 1
+        md.signed.expires = self._now() + self.expiry.targets
+        md.signed.targets[approval.target_path] = TargetFile(
+            length=approval.length,
+            hashes={"sha256": approval.sha256},
+            path=approval.target_path,
+            unrecognized_fields={"custom": approval.custom()},
+        )
+        md.sign(signer)
+        return self._settle(md, approval)
+
+    def approve_pending(self, signer: Signer) -> ApprovalStatus:
+        """Add ``signer``'s signature to the pending approval; publish it once the threshold is met."""
+        if not self.store.exists(PENDING):
+            raise ApprovalError(f"{self.store.describe()} has no pending approval; propose one first")
+        md: Metadata[Targets] = self._load(PENDING, Targets)
+        current = self.targets().signed.version
+        if md.signed.version != current + 1:
+            raise ApprovalError(
+                f"the pending approval signs targets v{md.signed.version} but v{current} is published since; "
+                "discard it (discard_pending) and propose again"
+            )
+        self._check_approver(signer)
+        if signer.public_key.keyid in md.signatures:
+            raise ApprovalError(
+                f"key {signer.public_key.keyid} already signed this approval; a second, different approver must sign"
+            )
+        md.sign(signer, append=True)
+        added = _added_target(self.targets().signed, md.signed)
+        return self._settle(md, added)
+
+    def discard_pending(self) -> None:
+        self.store.delete(PENDING)
+
+    def _check_approver(self, signer: Signer) -> None:
+        root = self.root().signed
+        if signer.public_key.keyid not in root.roles["targets"].keyids:
+            raise ApprovalError(
+                f"key {signer.public_key.keyid} is not a targets key of root v{root.version}; "
+                f"approvers are {sorted(root.roles['targets'].keyids)}"
+            )
+
+    def _settle(self, md: Metadata[Targets], approval: Approval) -> ApprovalStatus:
+        root = self.root().signed
+        if root.get_verification_result("targets", md.signed_bytes, md.signatures).verified:
+            self._publish(md, previous_snapshot=self.snapshot())
+            self.store.delete(PENDING)
+            return self._status(md, "approved", approval)
+        self.store.write(PENDING, _encode(md))
+        return self._status(md, "pending", approval)
+
+    def _status(
+        self, md: Metadata[Targets], state: Literal["approved", "pending"], approval: Approval | None = None
+    ) -> ApprovalStatus:
+        root = self.root().signed
+        result = root.get_verification_result("targets", md.signed_bytes, md.signatures)
+        if approval is None:
+            approval = _added_target(self.targets().signed, md.signed) if state == "pending" else _last(md.signed)
+        return ApprovalStatus(approval, state, tuple(sorted(result.signed)), result.threshold)
+
+    # --- publishing and freshness --------------------------------------------------------------------------
+    def _publish(self, targets_md: Metadata[Targets], previous_snapshot: Metadata[Snapshot] | None) -> None:
+        at = self._now()
+        targets_bytes = _encode(targets_md)
+        version = previous_snapshot.signed.version + 1 if previous_snapshot else 1
+        snapshot_md = Metadata(
+            Snapshot(
+                version=version,
+                expires=at + self.expiry.snapshot,
+                meta={"targets.json": _meta(targets_bytes, targets_md.signed.version)},
+            )
+        )
+        self.store.write(f"{targets_md.signed.version}.targets.json", targets_bytes)
+        self._write_snapshot(snapshot_md)
+
+    def _write_snapshot(self, snapshot_md: Metadata[Snapshot]) -> None:
+        snapshot_md.sign(self._snapshot_signer)
+        data = _encode(snapshot_md)
+        self.store.write(f"{snapshot_md.signed.version}.snapshot.json", data)
+        self._write_timestamp(_meta(data, snapshot_md.signed.version))
+
+    def _write_timestamp(self, snapshot_meta: MetaFile) -> None:
+        version = self.timestamp().signed.version + 1 if self.store.exists(TIMESTAMP) else 1
+        md = Metadata(
+            Timestamp(version=version, expires=self._now() + self.expiry.timestamp, snapshot_meta=snapshot_meta)
+        )
+        md.sign(self._timestamp_signer)
+        self.store.write(TIMESTAMP, _encode(md))
+
+    def refresh(self) -> datetime:
+        """Re-sign the timestamp (and the snapshot when it would expire before the next run); return the new expiry.
+
+        Call it periodically (a systemd timer) well within ``expiry.timestamp``: devices refuse expired metadata
+        and report ``stale-metadata`` until it is fresh again.
+        """
+        snapshot = self.snapshot()
+        at = self._now()
+        if snapshot.signed.expires <= at + self.expiry.timestamp:
+            fresh = Metadata(copy.deepcopy(snapshot.signed))
+            fresh.signed.version += 1
+            fresh.signed.expires = at + self.expiry.snapshot
+            self._write_snapshot(fresh)
+        else:
+            self._write_timestamp(copy.deepcopy(self.timestamp().signed.snapshot_meta))
+        return self.timestamp().signed.expires
+
+    # --- keys ----------------------------------------------------------------------------------------------
+    def rotate(
+        self,
+        role: Role,
+        *,
+        add: Iterable[Key] = (),
+        remove: Iterable[str] = (),
+        threshold: int | None = None,
+        root_signers: Sequence[Signer],
+        role_signers: Sequence[Signer] = (),
+    ) -> int:
+        """Change a role's keys (add new ones, revoke ``remove`` key ids) or threshold in a new root version.
+
+        The new root must be signed by a threshold of the old root keys *and* of the new ones (``root_signers``
+        may hold both), so a device walks the chain without trusting anything new on its own. For ``targets``,
+        ``role_signers`` (a threshold of the new targets keys) re-sign the current approvals; for ``snapshot`` or
+        ``timestamp`` the first of ``role_signers`` becomes this repository's online signer. Nothing is written
+        unless every signature needed is there. Returns the new root version.
+        """
+        if role not in ROLES:
+            raise TrustRepositoryError(f"role {role!r} is not one of {', '.join(ROLES)}")
+        old = self.root()
+        new = Metadata(copy.deepcopy(old.signed))
+        new.signed.version += 1
+        new.signed.expires = self._now() + self.expiry.root
+        for keyid in remove:
+            if keyid not in new.signed.roles[role].keyids:
+                raise TrustRepositoryError(f"key {keyid} is not a {role} key of root v{old.signed.version}")
+            new.signed.revoke_key(keyid, role)
+        for key in add:
+            new.signed.add_key(key, role)
+        if threshold is not None:
+            new.signed.roles[role].threshold = threshold
+        RoleKeys([new.signed.keys[k] for k in new.signed.roles[role].keyids], new.signed.roles[role].threshold)
+        for signer in root_signers:
+            new.sign(signer, append=True)
+        _require(old.signed, "root", new, f"root v{new.signed.version} (by the keys of v{old.signed.version})")
+        _require(new.signed, "root", new, f"root v{new.signed.version} (by its own keys)")
+        resigned: Metadata[Targets] | None = None
+        if role == "targets":
+            resigned = Metadata(copy.deepcopy(self.targets().signed))
+            resigned.signed.version += 1
+            resigned.signed.expires = self._now() + self.expiry.targets
+            for signer in role_signers:
+                resigned.sign(signer, append=True)
+            _require(new.signed, "targets", resigned, f"targets v{resigned.signed.version} under the new keys")
+        elif role in ("snapshot", "timestamp"):
+            if not role_signers:
+                raise ApprovalError(f"rotating {role} needs its new online signer in role_signers")
+            _check_online(new.signed, role, role_signers[0])
+        data = _encode(new)
+        self.store.write(f"{new.signed.version}.root.json", data)
+        self.store.write("root.json", data)
+        if role == "snapshot":
+            self._snapshot_signer = role_signers[0]
+        if role == "timestamp":
+            self._timestamp_signer = role_signers[0]
+        if resigned is not None:
+            self.discard_pending()  # it signed a targets version that is now taken
+            self._publish(resigned, previous_snapshot=self.snapshot())
+        elif role in ("snapshot", "timestamp"):
+            fresh = Metadata(copy.deepcopy(self.snapshot().signed))
+            fresh.signed.version += 1
+            fresh.signed.expires = self._now() + self.expiry.snapshot
+            self._write_snapshot(fresh)
+        return new.signed.version
+
+    def revoke(
+        self, role: Role, keyid: str, *, root_signers: Sequence[Signer], role_signers: Sequence[Signer] = ()
+    ) -> int:
+        """Remove a (lost or leaked) key from ``role``: :meth:`rotate` with only a removal."""
+        return self.rotate(role, remove=[keyid], root_signers=root_signers, role_signers=role_signers)
+
+
+def _added_target(published: Targets, proposed: Targets) -> Approval:
+    new = [t for path, t in proposed.targets.items() if path not in published.targets]
+    if len(new) != 1:
+        raise ApprovalError(f"the pending approval adds {len(new)} targets, expected exactly one; discard it")
+    t = new[0]
+    return Approval.from_target(t.path, t.length, t.hashes, t.custom)
+
+
+def _last(targets: Targets) -> Approval:
+    if not targets.targets:
+        raise MetadataMissing("targets metadata has no approved image yet")
+    t = list(targets.targets.values())[-1]
+    return Approval.from_target(t.path, t.length, t.hashes, t.custom)

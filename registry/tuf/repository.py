@@ -239,7 +239,7 @@ class FleetRepository:
                     f"{approval.target_path} is already approved as {published.digest} (base {published.base_digest}); "
                     f"approved versions are immutable, so {approval.digest} needs a new model version"
                 )
-            return self._status(current, "approved")
+            return self._status(current, "approved", published)
         if (pending := self.pending()) is not None:
             raise ApprovalError(
                 f"{pending.approval.target_path} ({pending.approval.digest}) is waiting for {pending.missing} more "
@@ -353,6 +353,26 @@ class FleetRepository:
             self._write_timestamp(copy.deepcopy(self.timestamp().signed.snapshot_meta))
         return self.timestamp().signed.expires
 
+    def renew_targets(self, signers: Sequence[Signer]) -> datetime:
+        """Re-sign the current approvals unchanged with a new expiry (a threshold of targets keys must sign).
+
+        Targets expire after ``expiry.targets``; renew them before that, or devices refuse every update
+        (``stale-metadata``). Returns the new expiry.
+        """
+        md = self._next_targets(signers)
+        _require(self.root().signed, "targets", md, f"targets v{md.signed.version}")
+        self.discard_pending()  # it signed the version this takes
+        self._publish(md, previous_snapshot=self.snapshot())
+        return md.signed.expires
+
+    def _next_targets(self, signers: Sequence[Signer]) -> Metadata[Targets]:
+        md = Metadata(copy.deepcopy(self.targets().signed))
+        md.signed.version += 1
+        md.signed.expires = self._now() + self.expiry.targets
+        for signer in signers:
+            md.sign(signer, append=True)
+        return md
+
     # --- keys ----------------------------------------------------------------------------------------------
     def rotate(
         self,
@@ -393,11 +413,7 @@ class FleetRepository:
         _require(new.signed, "root", new, f"root v{new.signed.version} (by its own keys)")
         resigned: Metadata[Targets] | None = None
         if role == "targets":
-            resigned = Metadata(copy.deepcopy(self.targets().signed))
-            resigned.signed.version += 1
-            resigned.signed.expires = self._now() + self.expiry.targets
-            for signer in role_signers:
-                resigned.sign(signer, append=True)
+            resigned = self._next_targets(role_signers)
             _require(new.signed, "targets", resigned, f"targets v{resigned.signed.version} under the new keys")
         elif role in ("snapshot", "timestamp"):
             if not role_signers:

@@ -141,7 +141,7 @@ def test_a_key_that_is_no_targets_key_cannot_approve(fleet: Fleet) -> None:
 
 def test_approved_versions_are_immutable(fleet: Fleet) -> None:
     fleet.approve(image(7))
-    assert fleet.repo.propose(image(7), fleet.targets_keys[0]).state == "approved"  # idempotent
+    assert fleet.repo.propose(image(7), fleet.targets_keys[0]).approval == image(7)  # idempotent
     with pytest.raises(ApprovalError, match="approved versions are immutable"):
         fleet.repo.propose(image(7, tag="other bytes"), fleet.targets_keys[0])
 
@@ -266,3 +266,23 @@ def test_rotating_targets_discards_a_pending_approval(fleet: Fleet) -> None:
     fleet.repo.rotate("targets", threshold=1, root_signers=fleet.root_keys[:2], role_signers=fleet.targets_keys[:1])
     assert fleet.repo.pending() is None
     assert fleet.repo.propose(image(7), fleet.targets_keys[2]).state == "approved"  # threshold now 1
+
+
+def test_renewing_targets_extends_their_expiry_and_needs_the_threshold(fleet: Fleet) -> None:
+    fleet.approve(image(7))
+    fleet.clock.advance(days=80)
+    with pytest.raises(ThresholdNotMet, match="signed by 1 of the 2 targets keys"):
+        fleet.repo.renew_targets(fleet.targets_keys[:1])
+    expires = fleet.repo.renew_targets(fleet.targets_keys[1:])
+    _, _, _, targets = verified(fleet)
+    assert expires == targets.expires == fleet.clock() + timedelta(days=90)
+    assert targets.version == 3
+    assert fleet.repo.approvals() == [image(7)]
+
+
+def test_proposing_an_approved_version_again_reports_that_approval(fleet: Fleet) -> None:
+    fleet.approve(image(7))
+    fleet.approve(image(8))
+    status = fleet.repo.propose(image(7), fleet.targets_keys[2])
+    assert status.state == "approved"
+    assert status.approval == image(7)

@@ -1,7 +1,7 @@
 """The FastAPI application of the scoring service: the OpenAPI description, and every route on the same handlers.
 
 :class:`edge_runtime.server.ScoringService` builds it on the first ``GET /openapi.json``; nothing else on a
-device imports this module (FastAPI and its dependencies cost 23 MB resident).
+device imports this module (FastAPI and its dependencies cost 16 MB resident).
 """
 
 from __future__ import annotations

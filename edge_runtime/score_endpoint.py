@@ -7,7 +7,6 @@ The service's router (:class:`edge_runtime.server.ScoringService`) and FastAPI's
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
@@ -66,13 +65,6 @@ async def read_body(headers: Iterable[tuple[bytes, bytes]], receive: Receive, li
             return bytes(body)
 
 
-def _authorized(headers: Iterable[tuple[bytes, bytes]], expected: bytes) -> bool:
-    for name, value in headers:
-        if name == b"authorization":
-            return hmac.compare_digest(value, expected)
-    return False
-
-
 def _media_type(headers: Iterable[tuple[bytes, bytes]]) -> str:
     for name, value in headers:
         if name == b"content-type":
@@ -89,8 +81,6 @@ class ScoreEndpoint:
         self.metrics = metrics
         self.golden = golden
         card = scorer.card
-        token = settings.api_token
-        self._authorization = None if token is None else f"Bearer {token}".encode()
         prefix = _ENCODER.encode({"model": card.name, "version": card.version})
         self._head = prefix[:-1].encode() + b',"stream":'
         self._threshold = f',"threshold":{_ENCODER.encode(scorer.threshold)},"scores":['.encode()
@@ -102,23 +92,19 @@ class ScoreEndpoint:
         headers = list(headers)
         settings = self.settings
         try:
-            if self._authorization is not None and not _authorized(headers, self._authorization):
-                raise RequestError(
-                    401, "unauthorized", "This service needs 'Authorization: Bearer <token>' (its OTAML_API_TOKEN)."
-                )
             media = _media_type(headers)
             if media != "application/json":
                 raise RequestError(
                     415, "unsupported_media_type", f"Content-Type {media or 'missing'!r}; send application/json."
                 )
             try:
-                async with asyncio.timeout(settings.body_timeout_seconds):
+                async with asyncio.timeout(settings.read_timeout_seconds):
                     body = await read_body(headers, receive, settings.max_body_bytes)
             except TimeoutError:
                 raise RequestError(
                     408,
                     "body_timeout",
-                    f"The body did not arrive within {settings.body_timeout_seconds} s of its headers; send it whole.",
+                    f"The body did not arrive within {settings.read_timeout_seconds} s of its headers; send it whole.",
                 ) from None
             parsed = parse_score_request(
                 body,

@@ -14,6 +14,7 @@ import logging
 import signal
 import sys
 from types import FrameType
+from typing import Any
 
 from edge_runtime.errors import OtamlError
 from edge_runtime.jsonlog import configure_logging
@@ -33,10 +34,18 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add("--port", help="port to bind (env OTAML_PORT, default 8080)")
     add("--max-batch", help="most readings per request (env OTAML_MAX_BATCH, default 1000)")
     add("--max-body-bytes", help="largest request body (env OTAML_MAX_BODY_BYTES, default 262144)")
-    add("--max-connections", help="connections served at once, 503 beyond (env OTAML_MAX_CONNECTIONS, default 64)")
     add(
-        "--body-timeout-seconds",
-        help="seconds for a request body to arrive, 408 after (env OTAML_BODY_TIMEOUT_SECONDS, default 5)",
+        "--max-concurrent-scores",
+        help="score requests in progress at once, 503 beyond (env OTAML_MAX_CONCURRENT_SCORES, default 16)",
+    )
+    add(
+        "--read-timeout-seconds",
+        help="seconds for a request's head, then its body, to arrive (env OTAML_READ_TIMEOUT_SECONDS, default 5)",
+    )
+    add(
+        "--openapi",
+        choices=("true", "false"),
+        help="serve GET /openapi.json, loading FastAPI on first request (env OTAML_OPENAPI, default true)",
     )
     add("--max-streams", help="streams whose windows are kept, LRU (env OTAML_MAX_STREAMS, default 1024)")
     add("--max-stream-id-length", help="longest stream id (env OTAML_MAX_STREAM_ID_LENGTH, default 128)")
@@ -62,6 +71,20 @@ def _http_parser(choice: str) -> str:
     import importlib.util
 
     return "httptools" if importlib.util.find_spec("httptools") else "h11"
+
+
+def _protocol(settings: ServeSettings) -> Any:
+    """httptools with a deadline on request heads; h11 (pure Python) only when asked for, without one."""
+    parser = _http_parser(settings.http)
+    if parser == "h11":
+        log.warning(
+            "HTTP parser h11: request heads have no deadline (slow clients can hold connections)",
+            extra={"event": "no_head_deadline"},
+        )
+        return parser
+    from edge_runtime.http_protocol import with_head_deadline
+
+    return with_head_deadline(settings.read_timeout_seconds)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -106,7 +129,7 @@ def run_serve(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         loop="asyncio",
-        http=_http_parser(settings.http),
+        http=_protocol(settings),
         ws="none",
         lifespan="off",
         interface="asgi3",
@@ -114,7 +137,6 @@ def run_serve(args: argparse.Namespace) -> int:
         access_log=settings.access_log,
         server_header=False,
         timeout_graceful_shutdown=settings.drain_seconds,
-        limit_concurrency=settings.max_connections,
     )
     server = uvicorn.Server(config)
     # uvicorn re-raises the signal it caught after draining; with a handler of ours installed that

@@ -5,7 +5,7 @@ Routes: ``POST /v1/score``, ``GET /healthz``, ``GET /readyz``, ``GET /v1/model``
 
 :class:`ScoringService` is what uvicorn runs. It answers the five operational routes itself, through the
 same handlers the FastAPI routes call, and hands ``/openapi.json`` to the FastAPI application, which it
-builds on that first request. Importing FastAPI, Starlette, pydantic and opentelemetry-api costs 23 MB
+builds on that first request. Importing FastAPI, Starlette, pydantic and opentelemetry-api costs 16 MB
 resident and ~1 s of start-up on a 2-core x86 (``docs/footprint.md``): a device that never asks for its
 API description never pays it, and score requests skip a framework middleware stack that cost more CPU
 than the model. :func:`api_app` is a complete FastAPI app on its own as well (every route served by
@@ -14,6 +14,7 @@ the same handlers), for tooling and for mounting elsewhere.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -30,6 +31,7 @@ from edge_runtime.settings import ServeSettings
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 GET_ROUTES = ("/healthz", "/readyz", "/v1/model", "/metrics", "/openapi.json")
 ROUTES = ("/v1/score", *GET_ROUTES)
 Scope = MutableMapping[str, Any]
@@ -79,12 +81,12 @@ async def _answer(send: Send, status: int, body: bytes, content_type: bytes, ext
     await send({"type": "http.response.body", "body": body})
 
 
-def _not_routed(method: str, path: str) -> tuple[int, str, str, list[tuple[bytes, bytes]]]:
-    if path in ROUTES:
+def _not_routed(method: str, path: str, routes: tuple[str, ...]) -> tuple[int, str, str, list[tuple[bytes, bytes]]]:
+    if path in routes:
         allow = "POST" if path == "/v1/score" else "GET, HEAD"
-        detail = f"{method} {path}: Method Not Allowed. Routes: {', '.join(ROUTES)}."
+        detail = f"{method} {path}: Method Not Allowed. Routes: {', '.join(routes)}."
         return 405, "method_not_allowed", detail, [(b"allow", allow.encode())]
-    return 404, "not_found", f"{method} {path}: Not Found. Routes: {', '.join(ROUTES)}.", []
+    return 404, "not_found", f"{method} {path}: Not Found. Routes: {', '.join(routes)}.", []
 
 
 class ScoringService:
@@ -107,6 +109,9 @@ class ScoringService:
             "/metrics": self.handlers.prometheus,
         }
         self._api: FastAPI | None = None
+        self._api_building: asyncio.Lock | None = None
+        self._scoring = 0  # score requests in progress
+        self._routes = ROUTES if settings.openapi else tuple(r for r in ROUTES if r != "/openapi.json")
 
     @property
     def api(self) -> FastAPI:
@@ -132,7 +137,7 @@ class ScoringService:
         try:
             if path == "/v1/score" and method == "POST":
                 status = await self._score(scope, receive, send)
-            elif path == "/openapi.json" and method in ("GET", "HEAD"):
+            elif path == "/openapi.json" and method in ("GET", "HEAD") and self.settings.openapi:
                 status = 0
 
                 async def send_status(message: Message) -> None:
@@ -141,18 +146,41 @@ class ScoringService:
                         status = int(message["status"])
                     await send(message)
 
-                await self.api(scope, receive, send_status)
+                api = await self._built_api()
+                await api(scope, receive, send_status)
             elif method in ("GET", "HEAD") and (handler := self._gets.get(path)) is not None:
                 status, body, content_type = handler()
                 await _answer(send, status, body, content_type, [])
             else:
-                status, code, detail, extra = _not_routed(method, path)
+                status, code, detail, extra = _not_routed(method, path, self._routes)
                 await _answer(send, status, error_body(code, detail), JSON_TYPE, extra)
         finally:
-            route = path if path in ROUTES else "other"  # bounded label cardinality
-            self.metrics.observe_request(method, route, status, time.perf_counter() - start)
+            # Bounded label cardinality: only known routes and methods become label values.
+            route = path if path in ROUTES else "other"
+            self.metrics.observe_request(
+                method if method in METHODS else "other", route, status, time.perf_counter() - start
+            )
+
+    async def _built_api(self) -> FastAPI:
+        """:attr:`api`, built in a worker thread the first time, so scoring and probes go on meanwhile."""
+        if self._api is None:
+            if self._api_building is None:
+                self._api_building = asyncio.Lock()
+            async with self._api_building:
+                if self._api is None:
+                    from edge_runtime.api import api_app
+
+                    self._api = await asyncio.to_thread(api_app, self)
+        return self._api
 
     async def _score(self, scope: Scope, receive: Receive, send: Send) -> int:
+        if self._scoring >= self.settings.max_concurrent_scores:
+            busy = f"{self._scoring} score requests are in progress, the limit; retry shortly."
+            # Its body is still on the wire, unread: close the connection rather than buffer it.
+            extra = [(b"retry-after", b"1"), (b"connection", b"close")]
+            await _answer(send, 503, error_body("busy", busy), JSON_TYPE, extra)
+            return 503
+        self._scoring += 1
         try:
             status, body = await self.endpoint.handle(scope["headers"], receive)
         except ClientGone:
@@ -160,6 +188,8 @@ class ScoringService:
         except Exception:  # a bug, not bad input: answer and keep serving
             log.exception("scoring failed", extra={"event": "score_failed"})
             status, body = 500, error_body("internal_error", "Scoring failed unexpectedly; see the service log.")
+        finally:
+            self._scoring -= 1
         # After a refused or unfinished body the rest of it may still be on the wire: never reuse the connection.
         extra = [(b"connection", b"close")] if status in (408, 413) else []
         await _answer(send, status, body, JSON_TYPE, extra)

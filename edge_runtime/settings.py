@@ -32,14 +32,15 @@ class ServeSettings:
     port: int = 8080
     max_batch: int = 1000
     max_body_bytes: int = 256 << 10
-    # Connections served at once (uvicorn answers 503 beyond): with max_body_bytes, bounds what request
-    # bodies can hold in memory (64 x 256 KiB = 16 MiB).
-    max_connections: int = 64
-    # A body must arrive within this many seconds of its headers (408 otherwise): slow clients cannot hold
-    # connections and buffers for long.
-    body_timeout_seconds: int = 5
-    # When set (environment only, so it never shows in `ps`), POST /v1/score needs `Authorization: Bearer <token>`.
-    api_token: str | None = None
+    # Score requests in progress at once (503 beyond; the probes are never refused): with max_body_bytes,
+    # bounds what request bodies can hold in memory (16 x 256 KiB = 4 MiB). A request takes about a
+    # millisecond: 16 at once is far more than a device's local clients need.
+    max_concurrent_scores: int = 16
+    # A request's head must arrive within this many seconds of the connection (or of its first byte), and its
+    # body within as many seconds of the head (408): slow clients cannot hold connections and buffers for long.
+    read_timeout_seconds: int = 5
+    # GET /openapi.json: built by FastAPI on first request (+16 MB resident, ~1 s in a worker thread).
+    openapi: bool = True
     max_streams: int = 1024
     max_stream_id_length: int = 128
     log_level: str = "info"
@@ -65,9 +66,6 @@ class ServeSettings:
                 values[name] = parse(f"--{name.replace('_', '-')}", flag)
             elif env.get(key, "") != "":
                 values[name] = parse(key, env[key])
-        token = env.get("OTAML_API_TOKEN", "")
-        if token:
-            values["api_token"] = token
         if "bundle" not in values:
             raise SettingsError("No model bundle given. Pass --bundle DIR or set OTAML_BUNDLE=DIR.")
         return cls(**values)
@@ -128,8 +126,9 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "port": _int(1, 65535),
     "max_batch": _int(1, 1_000_000),
     "max_body_bytes": _int(64, 1 << 30),
-    "max_connections": _int(1, 100_000),
-    "body_timeout_seconds": _int(1, 3600),
+    "max_concurrent_scores": _int(1, 100_000),
+    "read_timeout_seconds": _int(1, 3600),
+    "openapi": _bool,
     "max_streams": _int(1, 10_000_000),
     "max_stream_id_length": _int(1, 4096),
     "log_level": _choice(LOG_LEVELS),

@@ -239,3 +239,28 @@ def test_slow_body_flood_stays_within_memory_and_normal_requests_get_answers(
     finally:
         for sock in attackers:
             sock.close()
+
+
+@pytest.mark.integration
+def test_slow_request_heads_are_cut_off_and_never_lock_out_the_probes(model_bundle: Bundle) -> None:
+    """Clients that send a request head a byte at a time ("slowloris") are disconnected after the read timeout."""
+    port = free_port()
+    cmd = serve_command(model_bundle.path, port, "--read-timeout-seconds", "1")
+    proc = subprocess.Popen(cmd, env=run_env(), stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    slow = []
+    try:
+        assert wait_ready(url, proc).status_code == 200
+        for _ in range(100):
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+            slow.append(sock)
+        assert httpx.get(url + "/readyz", timeout=5).status_code == 200
+        for sock in slow:
+            sock.settimeout(30)
+            assert sock.recv(1024) == b""  # closed by the server, not by us
+    finally:
+        for sock in slow:
+            sock.close()
+        proc.kill()
+        proc.wait(timeout=10)

@@ -25,6 +25,7 @@ from tests.edge_runtime.asgi import ASGIClient
 from tests.fixtures.bundles import SENSORS, onnx_scores, synthetic_readings
 
 JSON = {"content-type": "application/json"}
+JSON_HEADERS = [(b"content-type", b"application/json")]
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -344,7 +345,7 @@ def test_unknown_route_and_wrong_method_answer_json_with_the_routes(client: ASGI
 
 
 def test_serving_never_imports_fastapi_until_the_api_description_is_asked_for(model_bundle: Bundle) -> None:
-    """FastAPI, Starlette and pydantic cost 23 MB on a device; scoring and probes must not load them."""
+    """FastAPI, Starlette and pydantic cost 16 MB on a device; scoring and probes must not load them."""
     code = f"""
 import json, sys
 from edge_runtime.bundle import load_bundle
@@ -441,7 +442,7 @@ def _scope(headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
 
 
 def test_a_body_that_stalls_gets_408_and_the_connection_closes(model_bundle: Bundle) -> None:
-    settings = ServeSettings(bundle=model_bundle.path, body_timeout_seconds=1)
+    settings = ServeSettings(bundle=model_bundle.path, read_timeout_seconds=1)
     app = create_app(Scorer.load(model_bundle), settings)
     sent: list[dict[str, Any]] = []
     pulled = 0
@@ -463,14 +464,57 @@ def test_a_body_that_stalls_gets_408_and_the_connection_closes(model_bundle: Bun
     assert app.state.scorer.streams.peek("s") is None
 
 
-def test_api_token_guards_scoring_only(model_bundle: Bundle) -> None:
-    settings = ServeSettings.from_sources({"bundle": str(model_bundle.path)}, {"OTAML_API_TOKEN": "s3cret"})
+def test_score_requests_beyond_the_limit_are_busy_while_probes_answer(model_bundle: Bundle) -> None:
+    settings = ServeSettings(bundle=model_bundle.path, max_concurrent_scores=2, read_timeout_seconds=60)
+    app = create_app(Scorer.load(model_bundle), settings)
+    release = asyncio.Event()
+    answers: list[dict[str, Any]] = []
+
+    async def stalled() -> dict[str, Any]:
+        await release.wait()
+        return {"type": "http.disconnect"}
+
+    async def collect(message: dict[str, Any]) -> None:
+        answers.append(message)
+
+    async def scenario() -> None:
+        holders = [asyncio.create_task(app(_scope(list(JSON_HEADERS)), stalled, collect)) for _ in range(2)]  # type: ignore[arg-type]
+        await asyncio.sleep(0.01)  # both are now waiting for their bodies
+        busy: list[dict[str, Any]] = []
+
+        async def keep(message: dict[str, Any]) -> None:
+            busy.append(message)
+
+        await app(_scope(list(JSON_HEADERS)), stalled, keep)  # type: ignore[arg-type]
+        assert busy[0]["status"] == 503
+        assert json.loads(busy[1]["body"])["error"]["code"] == "busy"
+        probe: list[dict[str, Any]] = []
+
+        async def keep_probe(message: dict[str, Any]) -> None:
+            probe.append(message)
+
+        ready = {"type": "http", "method": "GET", "path": "/readyz", "headers": []}
+        await app(ready, stalled, keep_probe)  # type: ignore[arg-type]
+        assert probe[0]["status"] == 200
+        release.set()
+        await asyncio.gather(*holders)
+
+    asyncio.run(scenario())
+    # the two stalled clients left (disconnect): their slots are free again
+    client = ASGIClient(app)
+    assert post(client, {"stream": "after", "readings": synthetic_readings(1).tolist()}).status_code == 200
+
+
+def test_openapi_can_be_switched_off(model_bundle: Bundle) -> None:
+    settings = ServeSettings(bundle=model_bundle.path, openapi=False)
     client = ASGIClient(create_app(Scorer.load(model_bundle), settings))
-    body = {"stream": "a", "readings": synthetic_readings(2).tolist()}
-    for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "s3cret"}):
-        refused = post(client, body, {**JSON, **headers})
-        assert refused.status_code == 401, headers
-        assert refused.json()["error"]["code"] == "unauthorized"
-    assert client.app.state.scorer.streams.peek("a") is None
-    assert post(client, body, {**JSON, "authorization": "Bearer s3cret"}).status_code == 200
-    assert client.get("/readyz").status_code == 200  # probes stay open for the agent and the kubelet-like checks
+    assert client.get("/openapi.json").status_code == 404
+    assert client.get("/healthz").status_code == 200
+
+
+def test_unknown_methods_share_one_metrics_label(client: ASGIClient) -> None:
+    for method in ("BREW", "PROPFIND", "X-1"):
+        assert client.request(method, "/healthz").status_code == 405
+    text = client.get("/metrics").text
+    assert 'method="other",route="/healthz",status="405"} 3' in text
+    assert "BREW" not in text

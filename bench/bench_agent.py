@@ -1,10 +1,10 @@
 """Figures for the OTA agent on real containerd + docker-registry + the real runtime image, as deployed.
 
-The model is trained by the pipeline with its defaults (``otaml data synth`` telemetry, ``train(detectors="all")``,
-the chosen detector); its bundle is baked as versions 1..N+2 (the same model, relabelled), each signed by a fleet
-key the agent verifies (``[verification] public_key``). The agent runs as its own process
-(``python -m edge_runtime agent run``) with the default configuration except the poll interval and the
-probation length of the consecutive updates (``--poll``, ``--probation``). One open-loop load generator
+The model is trained the way a user does it, with the defaults (``otaml data synth`` then ``otaml train``, every
+detector, the chosen one; bench/pipeline_models.py); its bundle is baked as versions 1..N+2 (the same model,
+relabelled), each signed by a fleet key the agent verifies (``[verification] public_key``). The agent runs as
+its own process (``python -m edge_runtime agent run``) with the default configuration except the poll interval and
+the probation length of the consecutive updates (``--poll``, ``--probation``). One open-loop load generator
 (otaml/loadgen.py) scores against the public port at ``--rate`` req/s throughout; every figure counts only the
 requests of its own phase, and missed slots count as failures.
 
@@ -41,6 +41,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "bench"))
+
+from pipeline_models import train_default_models  # noqa: E402
+from proctree import tree  # noqa: E402
+
 from otaml.loadgen import LoadGenerator  # noqa: E402
 from otaml.localstack import free_port  # noqa: E402
 
@@ -68,27 +73,6 @@ def read_state(state_dir: Path) -> dict[str, Any]:
 
 
 # ── process-tree memory ────────────────────────────────────────────────────────────────────────────
-
-
-def _children() -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text(errors="replace")
-            except OSError:
-                continue
-            out.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-    return out
-
-
-def tree(root: int) -> list[int]:
-    children, out, todo = _children(), [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
 
 
 def status_kb(pid: int, key: str) -> int:
@@ -170,17 +154,9 @@ def container_rss_kb(socket: str, namespace: str, name: str) -> int:
 
 
 def train_default_bundle(work: Path) -> tuple[Path, str]:
-    """The pipeline with its defaults: synthetic telemetry, every detector, the chosen one's bundle."""
-    from pipeline.synth import synth_telemetry
-    from pipeline.telemetry import telemetry_from_frame
-    from pipeline.training import train
-
-    telemetry = telemetry_from_frame(synth_telemetry(), source="bench_agent synth defaults")
-    report = train(
-        telemetry, model_name=MODEL, out_dir=work / "trained", tracking_uri=f"sqlite:///{work / 'mlflow.db'}"
-    )
-    chosen = report.chosen_report
-    return Path(chosen.bundle_path), chosen.detector
+    """``otaml data synth`` then ``otaml train`` with their defaults (bench/pipeline_models.py): the chosen bundle."""
+    models = train_default_models(work / "trained", model_name=MODEL)
+    return models.bundles[models.chosen], models.chosen
 
 
 def relabelled(bundle: Path, out: Path, version: str, golden_shift: float = 0.0) -> Path:
@@ -370,7 +346,7 @@ def main() -> int:
         pulled = [h["bytes_pulled"] for h in history if h.get("outcome") == "updated" and h.get("bytes_pulled")]
         updates = [report.phase(f"update-v{v}") for v in range(2, n + 2)]
         figures: dict[str, Any] = {
-            "model": {"detector": detector, "trained_by": "pipeline.training.train defaults on synth_telemetry()"},
+            "model": {"detector": detector, "trained_by": "otaml data synth + otaml train, defaults (chosen detector)"},
             "settings": {
                 "updates": n,
                 "rate": args.rate,

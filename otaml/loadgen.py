@@ -7,8 +7,9 @@ itself. A pool of ``workers`` threads takes the slots in order; a slot no worker
 counts as a failure: it is never skipped. Every other failure counts too, whatever its kind (refused, reset,
 timeout, non-200, a body without a version); there are no retries.
 
-A **phase** is a named interval the caller marks with :meth:`LoadGenerator.mark`: a slot belongs to the
-phase that was current at its due time, and phases marked more than once add up. Each phase reports
+A **phase** is a named interval the caller marks with :meth:`LoadGenerator.mark`: a sent request belongs to
+the phase that was current when it completed (answered or failed), a missed slot to the phase current at its due
+time, and phases marked more than once add up. Each phase reports
 ``sent`` (requests sent), ``ok`` (200 with a version), ``failed`` (slots without a 200: failed requests
 *and* missed slots) and ``missed`` (slots never sent); always ``ok + failed == slots`` and
 ``sent == slots - missed``.
@@ -44,7 +45,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 DEFAULT_PHASE = "start"
@@ -314,7 +315,9 @@ class LoadGenerator:
                     conn.close()
                     conn = None
                 with self._lock:
-                    self._record_locked(outcome)
+                    # A sent request counts in the phase current when it completed: one that a fault in a
+                    # new phase breaks mid-flight is that phase's failure, not the previous one's.
+                    self._record_locked(replace(outcome, phase=self._phase_at(time.monotonic())))
         finally:
             if conn is not None:
                 conn.close()

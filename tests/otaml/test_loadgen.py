@@ -180,3 +180,19 @@ def test_bad_settings_are_refused_with_the_value(kwargs: dict[str, object]) -> N
     args: dict[str, object] = {"readings": ROWS, **kwargs}
     with pytest.raises(ValueError, match="LoadGenerator needs"):
         LoadGenerator(1, **args)  # type: ignore[arg-type]
+
+
+def test_a_request_broken_in_flight_counts_in_the_phase_that_broke_it(service: Service) -> None:
+    """A fault marked while requests hang is charged to the fault's phase, not to the phase they were due in."""
+    service.mode = "hang"
+    load = LoadGenerator(service.port, ROWS, rate=5, workers=1, timeout_s=30, max_lag_s=30)
+    with load:
+        wait_for(lambda: len(service.bodies) >= 1, "a request in flight")
+        load.mark("fault")
+        service.mode = "error"
+        service.release.set()  # the hanging request now ends without an answer
+        wait_for(lambda: load.report().total.failed >= 1, "the broken request counted")
+    report = load.report()
+    consistent(report)
+    assert report.phases["start"].failed == 0
+    assert report.phases["fault"].failed >= 1

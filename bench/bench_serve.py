@@ -5,8 +5,8 @@
     .venv/bin/python bench/bench_serve.py --soak-seconds 600    # + a 10-minute soak of otaml at 200 req/s
 
 Models: ``otaml data synth`` + ``otaml train`` with default settings (bench/pipeline_models.py). For each
-detector, MLflow serves the registered model (the fp32 ONNX graph, pyfunc) and otaml serves the bundle that
-``otaml train`` ships for it (int8 where parity passed, as a device runs it). MLflow receives precomputed
+detector, MLflow serves the registered model (the fp32 ONNX graph, pyfunc) and otaml serves the same fp32 graph
+(``--variant shipped``: the bundle ``otaml train`` ships, int8 where parity passed). MLflow receives precomputed
 feature rows (it keeps no stream windows); otaml receives raw readings and windows them itself, so otaml does
 strictly more work per request.
 
@@ -164,6 +164,7 @@ def measure(
     monitor.sample()
     result["peak_rss_mb"] = monitor.peak_mb
     result["peak_hwm_mb"] = monitor.hwm_mb
+    result["largest_process_hwm_mb"] = max(p["hwm_mb"] for p in monitor.processes())
     result["processes"] = monitor.processes()
     return result
 
@@ -195,8 +196,10 @@ def request_bodies(bundle: Path, telemetry: Path, env: dict[str, str]) -> dict[s
 def bench_detector(name: str, models: TrainedModels, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     venv_bin = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}", "PYTHONPATH": str(REPO)}
-    data = request_bodies(models.bundles[name], workdir / "models" / "telemetry.csv", env)
-    out: dict[str, Any] = {"bundle": str(models.bundles[name]), "model_uri": models.model_uris[name]}
+    # fp32: the very ONNX graph MLflow serves; shipped: what `otaml train` ships (int8 where parity passed).
+    bundle = models.fp32_bundles[name] if args.variant == "fp32" else models.bundles[name]
+    data = request_bodies(bundle, workdir / "models" / "telemetry.csv", env)
+    out: dict[str, Any] = {"bundle": str(bundle), "model_uri": models.model_uris[name]}
 
     if not args.skip_mlflow:
         port = free_port()
@@ -214,9 +217,9 @@ def bench_detector(name: str, models: TrainedModels, args: argparse.Namespace, w
             out["mlflow"] = measure(monitor, url, port, bodies, fixed, args, workdir)
 
     port = free_port()
-    cmd = [args.otaml_python, "-m", "edge_runtime", "serve", "--bundle", str(models.bundles[name]),
+    cmd = [args.otaml_python, "-m", "edge_runtime", "serve", "--bundle", str(bundle),
            "--port", str(port), "--log-level", "warning"]  # fmt: skip
-    log(f"{name}: otaml serve {models.bundles[name].relative_to(workdir)} ...")
+    log(f"{name}: otaml serve {bundle.relative_to(workdir)} ...")
     with launched(cmd, env, f"http://127.0.0.1:{port}/readyz", workdir / f"otaml-{name}.log") as monitor:
         single = data["readings"][:1]
         bodies = {
@@ -291,6 +294,7 @@ def table(results: dict[str, Any], args: argparse.Namespace) -> str:
         ("batch of 100: CPU-s per 1k readings", ("batch", "cpu_s_per_1k_readings"), False, 4),
         (f"{args.fixed_rps:g} req/s single readings: CPU % of a core", ("fixed", "cpu_percent"), False, 1),
         ("peak memory incl. start-up, MB (sum of VmHWM)", ("peak_hwm_mb",), False, 1),
+        ("  of which the largest process (the worker), MB", ("largest_process_hwm_mb",), False, 1),
         ("start-up to ready, s", ("startup_s",), False, 1),
     ]
     for detector, res in results["detectors"].items():
@@ -333,6 +337,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak-rps", type=float, default=200)
     parser.add_argument("--soak-streams", type=int, default=4096, help="distinct stream ids in the soak")
     parser.add_argument("--skip-mlflow", action="store_true", help="measure otaml only")
+    parser.add_argument(
+        "--variant",
+        choices=("fp32", "shipped"),
+        default="fp32",
+        help="bundle otaml serves: fp32, the ONNX graph MLflow serves (default), or shipped (int8 where it passed)",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (models, logs)")
     parser.add_argument(

@@ -11,7 +11,11 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "otaml needs Python >= 3.11 (Debian bookworm'"'"'s 3.11.2 is fine); set PYTHON=python3.11")'
+	@# A bare Debian/Ubuntu has no ensurepip (python3-venv): as root, install the Debian packages first.
 	@test -x $(BIN)/python || $(PYTHON) -c 'import ensurepip' 2>/dev/null \
+		|| { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+			&& echo "make setup: $(PYTHON) has no ensurepip; installing the Debian packages first (scripts/host-deps.sh)" \
+			&& scripts/host-deps.sh; } \
 		|| { echo "make setup: $(PYTHON) cannot create a virtualenv (no ensurepip): apt-get install python3-venv (Debian/Ubuntu), or sudo scripts/host-deps.sh" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

@@ -69,6 +69,13 @@ def extract_subtree(tar: tarfile.TarFile, prefix: str, dest: Path) -> int:
                 f"Layer member {member.name!r} is a {kind}; a model bundle holds only files and directories."
             )
         chosen.append((member, path, target))
+    try:
+        return _write(tar, chosen)
+    except (OSError, ValueError) as exc:  # e.g. a whiteout of "." or a file where a directory must go
+        raise RuntimeFailure(f"Extracting the bundle layer into {dest} failed: {exc}; refusing the image.") from exc
+
+
+def _write(tar: tarfile.TarFile, chosen: list[tuple[tarfile.TarInfo, PurePosixPath, Path]]) -> int:
     # Whiteouts hide what lower layers left, never what this layer adds: apply them all first.
     for _member, path, target in chosen:
         if path.name == OPAQUE:

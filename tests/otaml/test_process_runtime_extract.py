@@ -130,3 +130,20 @@ def test_unpack_bundle_reports_a_hostile_layer_as_a_runtime_failure(tmp_path: Pa
         ProcessRuntime._unpack_bundle(gzip.compress(raw.getvalue()), tmp_path / "bundle")
     with pytest.raises(RuntimeFailure, match="not a readable tar"):
         ProcessRuntime._unpack_bundle(b"not a tar", tmp_path / "bundle")
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        [file("opt/model/.wh..")],  # a whiteout of "." itself
+        [file("opt/model/a"), file("opt/model/a/b")],  # a file where a directory must go
+    ],
+    ids=["whiteout-of-dot", "file-then-child"],
+)
+def test_malformed_layers_are_refused_as_runtime_failures(
+    tmp_path: Path, members: list[tuple[tarfile.TarInfo, bytes]]
+) -> None:
+    dest = tmp_path / "bundle"
+    dest.mkdir()
+    with pytest.raises(RuntimeFailure, match="refusing the image"):
+        extract_subtree(layer(*members), "opt/model", dest)

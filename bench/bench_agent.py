@@ -138,6 +138,58 @@ class TreeSampler:
             self._stop.wait(self.interval_s)
 
 
+def container_cgroup_memory(socket: str, namespace: str, name: str) -> dict[str, float]:
+    """The memory cgroup of a container's task, in MB: its peak since creation, now, the limit, and OOM kills.
+
+    cgroup v2 (``memory.peak``) or v1 (``memory.max_usage_in_bytes``). The cgroup counts the page cache of the
+    files the container read (the image's libraries) as well as its processes' memory: under the limit the
+    kernel reclaims that cache before anything is killed, so the peak can sit near the limit harmlessly;
+    ``oom_kills`` says whether the limit ever bit.
+    """
+    out = subprocess.run(
+        ["ctr", "--address", socket, "-n", namespace, "task", "ls"], capture_output=True, text=True, check=True
+    ).stdout
+    pid = next((p[1] for p in (line.split() for line in out.splitlines()[1:]) if p and p[0] == name), "")
+    if not pid.isdigit():
+        return {}
+    root, paths = Path("/sys/fs/cgroup"), {}
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        for controller in controllers.split(",") if controllers else [""]:
+            paths[controller] = path.lstrip("/")
+
+    def read(path: Path) -> int:
+        text = path.read_text().strip()
+        return 0 if text == "max" else int(text)
+
+    def stat(path: Path) -> dict[str, int]:
+        return {k: int(v) for k, v in (line.split() for line in path.read_text().splitlines())}
+
+    mb = 1024 * 1024
+    if "memory" in paths:  # v1
+        d = root / "memory" / paths["memory"]
+        st = stat(d / "memory.stat")
+        return {
+            "peak_mb": read(d / "memory.max_usage_in_bytes") / mb,
+            "now_mb": read(d / "memory.usage_in_bytes") / mb,
+            "limit_mb": read(d / "memory.limit_in_bytes") / mb,
+            "now_rss_mb": st.get("total_rss", 0) / mb,
+            "now_cache_mb": st.get("total_cache", 0) / mb,
+            "oom_kills": stat(d / "memory.oom_control").get("oom_kill", 0),
+        }
+    d = root / paths[""]
+    st = stat(d / "memory.stat")
+    peak = d / "memory.peak"
+    return {
+        "peak_mb": read(peak) / mb if peak.exists() else float("nan"),
+        "now_mb": read(d / "memory.current") / mb,
+        "limit_mb": read(d / "memory.max") / mb,
+        "now_rss_mb": st.get("anon", 0) / mb,
+        "now_cache_mb": st.get("file", 0) / mb,
+        "oom_kills": stat(d / "memory.events").get("oom_kill", 0),
+    }
+
+
 def container_rss_kb(socket: str, namespace: str, name: str) -> int:
     """VmRSS of a container's process tree (from its task's pid on the host)."""
     out = subprocess.run(
@@ -316,6 +368,8 @@ def main() -> int:
         time.sleep(1.0)
         state = read_state(state_dir)
         warm_kb = container_rss_kb(socket, namespace, state["previous"]["container"]) if state.get("previous") else 0
+        # The serving container's cgroup: canary, golden replay, hand-over and a second of load behind it.
+        service_cgroup = container_cgroup_memory(socket, namespace, state["current"]["container"])
         load.mark("probation-failure")
         killed = time.monotonic()
         subprocess.run(
@@ -378,6 +432,7 @@ def main() -> int:
                 "failed": report.phase("probation-failure").failed,
                 "missed": report.phase("probation-failure").missed,
                 "warm_previous_container_rss_mb": warm_kb / 1024 if warm else 0.0,
+                "service_cgroup_memory": service_cgroup,
                 "agent_error": rollback.get("error", ""),
             },
             "bytes_pulled": {
@@ -420,7 +475,8 @@ def main() -> int:
             print(
                 f"  probation failure ({'warm' if p['warm'] else 'cold'} rollback): previous version answering "
                 f"{p['previous_answering_after_s']:.3f} s after the kill, {p['failed']} of {p['requests']} failed "
-                f"({p['missed']} missed); warm previous container RSS {p['warm_previous_container_rss_mb']:.1f} MB"
+                f"({p['missed']} missed); warm previous container RSS {p['warm_previous_container_rss_mb']:.1f} MB; "
+                f"serving container's cgroup (MB): {p['service_cgroup_memory']}"
             )
             print(
                 f"  agent memory, peak of the process tree (ctr children included, {m['samples']} samples): "

@@ -125,6 +125,10 @@ preflight() {
   need_cmd flock util-linux
   need_cmd dpkg dpkg
   need_cmd python3 python3
+  # The trim hook runs on the host's python3 against the image's 3.11 standard library.
+  if command -v python3 >/dev/null && ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    PREFLIGHT_MISSING+=("python3 >= 3.11 on this machine (Debian bookworm's python3; found $(python3 -V 2>&1))")
+  fi
   if command -v mmdebstrap >/dev/null && [[ ! -d /usr/share/mmdebstrap/hooks/merged-usr ]]; then
     PREFLIGHT_MISSING+=("mmdebstrap >= 1.0 (for its merged-usr hook)")
   fi

@@ -599,7 +599,7 @@ def test_a_corrupt_blob_fails_the_pull_and_changes_nothing(device: Device) -> No
             report = device.agent.reconcile()
             time.sleep(1)
         assert (report.outcome, report.step) == ("error", "pull"), report.to_dict()
-        assert proxy.served == [layer]
+        assert set(proxy.served) == {layer}  # it vanished mid-blob (ctr may have asked for the blob twice)
         assert "digest" in report.error
         assert new not in device.agent.state.blocked
         assert config.image_ref(new) not in device.runtime.list_images()
@@ -625,7 +625,7 @@ def test_the_registry_vanishing_mid_pull_keeps_serving_and_retries_later(device:
             unreachable = device.agent.reconcile()  # the registry is still gone: the next poll fails too
             time.sleep(1)
         assert (report.outcome, report.step, report.temporary) == ("error", "pull", True), report.to_dict()
-        assert proxy.served == [layer]
+        assert set(proxy.served) == {layer}  # it vanished mid-blob (ctr may have asked for the blob twice)
         assert (unreachable.outcome, unreachable.step, unreachable.temporary) == ("error", "poll", True)
         assert new not in device.agent.state.blocked  # the registry's fault, not the image's
         assert device.agent.state.attempts == {new: 1}

@@ -8,31 +8,53 @@
     ├── Unhealthy                   a container did not become ready, failed its golden replay or died
     └── TemporaryError              worth retrying later with back-off (registry down, timeouts, 5xx)
 
-Messages say what failed, the offending value and what to do.
+Messages say what failed, the offending value and what to do. Every class carries a stable ``reason`` code
+(``reason_of(exc)``) that reports, ``otaml agent status``, metrics and fleet events use; subclasses name
+their own (e.g. ``edge_runtime.trust.errors``: ``not-approved``, ``stale-metadata``...).
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 
 class OtamlError(Exception):
     """Root of every error otaml reports to a person."""
 
+    reason: ClassVar[str] = "error"
+
 
 class InputError(OtamlError, ValueError):
     """Bad input from a person or a file: the message names it and says how to fix it."""
+
+    reason = "bad-input"
 
 
 class VerificationFailed(OtamlError):
     """An image is not approved: unsigned, wrong key, tampered, expired, or a forbidden downgrade."""
 
+    reason = "not-verified"
+
 
 class NotFound(OtamlError):
     """The image, tag, blob or container that was asked for does not exist."""
+
+    reason = "not-found"
 
 
 class Unhealthy(OtamlError):
     """A service container did not become ready, failed its golden replay, or died."""
 
+    reason = "unhealthy"
+
 
 class TemporaryError(OtamlError):
     """A failure that may pass on its own (network, timeouts, 5xx): retry with back-off."""
+
+    reason = "temporary"
+
+
+def reason_of(exc: BaseException) -> str:
+    """The stable reason code of ``exc``: its class's ``reason``, ``internal`` for anything outside the tree."""
+    reason = getattr(exc, "reason", None) if isinstance(exc, OtamlError) else None
+    return reason if isinstance(reason, str) and reason else "internal"

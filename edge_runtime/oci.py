@@ -63,6 +63,8 @@ _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 class RegistryAuthError(OtamlError):
     """The registry refused the credentials (401/403)."""
 
+    reason = "registry-auth"
+
 
 def sha256_digest(data: bytes) -> str:
     """The OCI digest string of ``data``."""

@@ -93,7 +93,7 @@ class SignatureRejected(VerificationFailed):
 
     def __init__(self, reason: Rejection, message: str, digest: str = "") -> None:
         super().__init__(message)
-        self.reason = reason
+        self.rejection = reason
         self.digest = digest
 
 
@@ -397,7 +397,7 @@ def verify_signatures(
     if passed:
         # signed_at has one-second resolution; on a tie the later layer (appended later, so newer) wins.
         return max(enumerate(passed), key=lambda item: (item[1].signed_at, item[0]))[1]
-    worst = max(failures, key=lambda e: _PROGRESS[e.reason])
+    worst = max(failures, key=lambda e: _PROGRESS[e.rejection])
     raise worst
 
 
@@ -565,7 +565,7 @@ class SignaturePolicy:
             except SignatureRejected as exc:
                 raise SignatureRejected(
                     Rejection.WRONG_MODEL,
-                    f"The running image {current_digest} has no valid fleet signature ({exc.reason.value}: "
+                    f"The running image {current_digest} has no valid fleet signature ({exc.rejection.value}: "
                     f"{exc}), so the model this device runs is unknown. Set [verification] model in the agent "
                     "config to the model this device serves.",
                     image.digest,
@@ -597,9 +597,9 @@ class SignaturePolicy:
                 "image %s@%s rejected: %s: %s",
                 image.repository,
                 image.digest,
-                exc.reason.value,
+                exc.rejection.value,
                 exc,
-                extra={"event": "verification_rejected", "reason": exc.reason.value, "digest": image.digest},
+                extra={"event": "verification_rejected", "reason": exc.rejection.value, "digest": image.digest},
             )
             raise
         self.last_claims = claims

@@ -84,10 +84,12 @@ def run_verify(args: argparse.Namespace) -> int:
         except SignatureRejected as exc:
             if args.json:
                 print(
-                    json.dumps({"verified": False, "digest": digest, "reason": exc.reason.value, "message": str(exc)})
+                    json.dumps(
+                        {"verified": False, "digest": digest, "reason": exc.rejection.value, "message": str(exc)}
+                    )
                 )
             else:
-                print(f"REJECTED {args.ref} ({digest})\n  reason: {exc.reason.value}\n  {exc}")
+                print(f"REJECTED {args.ref} ({digest})\n  reason: {exc.rejection.value}\n  {exc}")
             return 1
     claims = policy.last_claims
     if claims is None:  # check() returned without approving: cannot happen, but never print VERIFIED then

@@ -23,6 +23,8 @@ Runner = Callable[[Sequence[str], str | None], tuple[int, str]]
 class HandoverError(OtamlError):
     """The kernel redirect could not be read or changed (iptables missing, no CAP_NET_ADMIN)."""
 
+    reason = "handover-failed"
+
 
 class TrafficSwitch(Protocol):
     def target(self) -> int | None:

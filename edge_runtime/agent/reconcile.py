@@ -37,7 +37,7 @@ from edge_runtime.agent.runtime import (
 )
 from edge_runtime.agent.source import ImageSource, NoMatchingPlatform, ResolvedImage
 from edge_runtime.agent.state import AgentState, Deployment, StateStore
-from edge_runtime.errors import NotFound, OtamlError, TemporaryError, Unhealthy, VerificationFailed
+from edge_runtime.errors import NotFound, OtamlError, TemporaryError, Unhealthy, VerificationFailed, reason_of
 
 log = logging.getLogger("otaml.agent")
 MB = 1024 * 1024
@@ -62,6 +62,7 @@ class UpdateReport:
     previous_version: str = ""
     step: str = ""
     error: str = ""
+    reason: str = ""  # a stable code (edge_runtime.errors.reason_of) when the step did not succeed
     temporary: bool = False
     bytes_pulled: int = 0
     timings: dict[str, float] = field(default_factory=dict)
@@ -79,6 +80,7 @@ class UpdateReport:
             "previous_version": self.previous_version,
             "step": self.step,
             "error": self.error,
+            "reason": self.reason,
             "temporary": self.temporary,
             "bytes_pulled": self.bytes_pulled,
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
@@ -266,7 +268,7 @@ class Reconciler:
                     good = fallback
             self._remove_leftovers({good.container} if good else set(), report)
         except (OtamlError, OSError) as exc:
-            report.outcome, report.error = "error", str(exc)
+            report.outcome, report.error, report.reason = "error", str(exc), reason_of(exc)
             report.temporary = True
             if good is not None and not isinstance(exc, (HandoverError, TemporaryError)):
                 # Nothing installed can serve: forget it so the next poll installs the channel's image.
@@ -337,23 +339,24 @@ class Reconciler:
             report.version = s.current.version
             return self._finish(report, started)
         if digest in s.blocked:
-            report.outcome, report.error = "skipped", s.blocked[digest]
+            report.outcome, report.error, report.reason = "skipped", s.blocked[digest], "blocked"
             return self._finish(report, started)
         return self._update(digest, report, started)
 
     def _error(self, report: UpdateReport, started: float, exc: BaseException) -> UpdateReport:
         report.outcome = "error"
         report.error = str(exc) or repr(exc)
+        report.reason = reason_of(exc)
         report.temporary = not isinstance(exc, (VerificationFailed, NoMatchingPlatform))
         return self._finish(report, started)
 
     def _refuse(self, report: UpdateReport, started: float, exc: BaseException) -> UpdateReport:
-        # A verification refusal carries a reason code (unsigned, wrong-key, downgrade, ...): status shows it first.
-        reason = getattr(exc, "reason", None)
-        message = f"{getattr(reason, 'value', reason)}: {exc}" if reason is not None else str(exc)
+        # Status shows the reason code first (not-approved, stale-metadata, no-platform, ...).
+        rejection = getattr(exc, "rejection", None)
+        message = f"{getattr(rejection, 'value', reason_of(exc))}: {exc}"
         self._block(report.digest, f"{report.step}: {message}")
         self.state.count("refusals")
-        report.outcome, report.error = "refused", message
+        report.outcome, report.error, report.reason = "refused", message, reason_of(exc)
         return self._finish(report, started)
 
     def _update(self, digest: str, report: UpdateReport, started: float) -> UpdateReport:
@@ -426,7 +429,7 @@ class Reconciler:
             self._block(digest, f"canary: {exc}")
             self._abandon_candidate(report, remove_image=True)
             s.count("rollbacks")
-            report.outcome, report.error = "rolled_back", str(exc)
+            report.outcome, report.error, report.reason = "rolled_back", str(exc), reason_of(exc)
             return self._finish(report, started)
         except (OtamlError, OSError) as exc:
             self._stop(cand.container, report, timeout_s=0)
@@ -582,12 +585,13 @@ class Reconciler:
                 report.actions.append(f"reading how {failed.container} stopped failed: {err}")
         self._block(failed.digest, f"probation: {exc}")
         s.count("rollbacks")
-        report.outcome, report.error = "rolled_back", str(exc)
+        report.outcome, report.error, report.reason = "rolled_back", str(exc), reason_of(exc)
         try:
             if good is not None:
                 self.ensure_serving(good, report)
         except (OtamlError, OSError) as err:
             # The supervisor keeps retrying `good` on every step; the failed image is never restarted.
+            report.reason = reason_of(exc)
             report.outcome, report.error = "error", f"{exc}; rolling back to {good.ref if good else 'nothing'}: {err}"
             report.temporary = True
         try:
@@ -602,6 +606,8 @@ class Reconciler:
 
 class ContainerExited(Unhealthy):
     """The container's main process exited (killed, OOM-killed, crashed) while it was being watched."""
+
+    reason = "container-exited"
 
 
 def _why_stopped(status: ContainerStatus) -> str:
@@ -629,4 +635,5 @@ def reconcile(reconciler: Reconciler) -> UpdateReport:
 
 def recover(reconciler: Reconciler) -> UpdateReport:
     """Start-up recovery (see :meth:`Reconciler.recover`)."""
+
     return reconciler.recover()

@@ -22,6 +22,8 @@ AGENT_LABEL = "io.otaml.agent"
 class RuntimeFailure(OtamlError):
     """containerd (or runc) failed an operation; the message carries its output."""
 
+    reason = "runtime-failure"
+
 
 @dataclass(frozen=True)
 class ContainerSpec:

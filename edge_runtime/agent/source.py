@@ -86,6 +86,8 @@ def pick_platform(index: Mapping[str, Any], platform: str, where: str) -> Mappin
 class RegistrySource:
     """The channel tag of one repository, read through :class:`edge_runtime.oci.RegistryClient`."""
 
+    reason = "no-platform"
+
     def __init__(self, client: Any, repository: str, channel: str) -> None:
         self.client = client
         self.repository = repository

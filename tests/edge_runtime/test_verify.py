@@ -88,7 +88,7 @@ def rejection(layers: list[SignatureLayer], key: ec.EllipticCurvePrivateKey, **k
         check(layers, key, **kwargs)
     assert isinstance(info.value, VerificationFailed)  # the agent branches on the shared type
     assert str(info.value)  # every rejection says what to do
-    return info.value.reason
+    return info.value.rejection
 
 
 def test_a_valid_signature_is_accepted_with_its_claims(fleet_key: ec.EllipticCurvePrivateKey) -> None:
@@ -191,7 +191,7 @@ def test_malformed_payload_is_rejected(fleet_key: ec.EllipticCurvePrivateKey) ->
     assert rejection([layer], fleet_key) is Rejection.MALFORMED
     with pytest.raises(SignatureRejected) as info:
         parse_payload(b"not json")
-    assert info.value.reason is Rejection.MALFORMED
+    assert info.value.rejection is Rejection.MALFORMED
 
 
 def test_payload_has_cosign_simple_signing_shape(fleet_key: ec.EllipticCurvePrivateKey) -> None:
@@ -254,7 +254,7 @@ def test_fetch_rejects_a_payload_blob_that_does_not_match_its_digest(fleet_key: 
     repo.blobs[digest] = layer.payload.replace(b"alice", b"mallory")
     with pytest.raises(SignatureRejected) as info:
         fetch_signatures(repo, DIGEST)
-    assert info.value.reason is Rejection.TAMPERED
+    assert info.value.rejection is Rejection.TAMPERED
 
 
 def test_signature_manifest_uses_the_cosign_layout(fleet_key: ec.EllipticCurvePrivateKey) -> None:
@@ -325,7 +325,7 @@ def test_policy_approves_signed_image_and_rejects_unsigned_with_a_logged_reason(
     policy = SignaturePolicy(fleet_key.public_key(), repo, channel="production", clock=lambda: NOW)
     with caplog.at_level(logging.WARNING, logger="edge_runtime.verify"), pytest.raises(SignatureRejected) as info:
         policy.check(Candidate())
-    assert info.value.reason is Rejection.UNSIGNED
+    assert info.value.rejection is Rejection.UNSIGNED
     assert any(getattr(r, "reason", None) == "unsigned" for r in caplog.records)
     repo.store(DIGEST, [signed(fleet_key)])
     policy.check(Candidate())
@@ -339,7 +339,7 @@ def test_policy_rejects_a_label_that_disagrees_with_the_signed_version(fleet_key
     policy = SignaturePolicy(fleet_key.public_key(), repo, channel="production", clock=lambda: NOW)
     with pytest.raises(SignatureRejected) as info:
         policy.check(Candidate(version="6"))
-    assert info.value.reason is Rejection.MALFORMED
+    assert info.value.rejection is Rejection.MALFORMED
 
 
 def test_policy_pins_the_model_to_the_running_images_signature_not_the_candidates_label(
@@ -352,7 +352,7 @@ def test_policy_pins_the_model_to_the_running_images_signature_not_the_candidate
     policy = SignaturePolicy(fleet_key.public_key(), repo, channel="production", clock=lambda: NOW)
     with pytest.raises(SignatureRejected) as info:
         policy.check(Candidate(model="fan", version="99"))
-    assert info.value.reason is Rejection.WRONG_MODEL
+    assert info.value.rejection is Rejection.WRONG_MODEL
     # Configured model wins over the running image.
     configured = SignaturePolicy(fleet_key.public_key(), repo, channel="production", model="fan", clock=lambda: NOW)
     configured.check(Candidate(model="fan", version="99"))
@@ -364,7 +364,7 @@ def test_policy_rejects_a_signed_image_copied_from_another_repository(fleet_key:
     policy = SignaturePolicy(fleet_key.public_key(), repo, channel="production", clock=lambda: NOW)
     with pytest.raises(SignatureRejected) as info:
         policy.check(Candidate(version="99"))
-    assert info.value.reason is Rejection.WRONG_REPOSITORY
+    assert info.value.rejection is Rejection.WRONG_REPOSITORY
 
 
 def test_policy_without_a_verifiable_running_model_refuses_rather_than_compare_versions(
@@ -375,7 +375,7 @@ def test_policy_without_a_verifiable_running_model_refuses_rather_than_compare_v
     policy = SignaturePolicy(fleet_key.public_key(), repo, channel="production", clock=lambda: NOW)
     with pytest.raises(SignatureRejected, match=r"\[verification\] model") as info:
         policy.check(Candidate())
-    assert info.value.reason is Rejection.WRONG_MODEL
+    assert info.value.rejection is Rejection.WRONG_MODEL
     with pytest.raises(SignatureRejected, match=r"\[verification\] model"):
         policy.check(Candidate(current_digest=""))
     # First install: nothing runs, so nothing to pin or compare; the repository binds the image.

@@ -216,7 +216,7 @@ def test_promote_signs_verify_passes_unsigned_is_rejected_signed_rollback_is_acc
             channel="production",
             running_version=v2,
         )
-    assert info.value.reason is Rejection.DOWNGRADE
+    assert info.value.rejection is Rejection.DOWNGRADE
 
     back = rollback("pump", v1, "production", approver="bob", reason="v2 false alarms", publisher=publisher)
     assert back.image is not None
@@ -262,7 +262,7 @@ def test_promote_signs_verify_passes_unsigned_is_rejected_signed_rollback_is_acc
     assert policy.last_claims.rollback is not None
     with pytest.raises(SignatureRejected) as info:
         policy.check(replace(candidate, current_version=str(int(v2) + 1)))
-    assert info.value.reason is Rejection.DOWNGRADE  # the v2 -> v1 authorisation cannot take v3 back to v1
+    assert info.value.rejection is Rejection.DOWNGRADE  # the v2 -> v1 authorisation cannot take v3 back to v1
     client.close()
     source.client.close()
 

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "otaml.cmd_serve",
     "otaml.cmd_models",
     "otaml.cmd_keys",
+    "otaml.cmd_trust",
     "otaml.cmd_bake",
     "otaml.cmd_agent",
     "otaml.cmd_demo",

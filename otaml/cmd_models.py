@@ -14,6 +14,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from edge_runtime.errors import InputError
+
 CHANNELS = ("staging", "production")
 
 
@@ -65,6 +67,9 @@ def _image_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--expires-in-days", type=float, help="signature lifetime in days ($OTAML_SIGNATURE_DAYS; default: none)"
     )
+    trust = parser.add_argument_group("approval (devices run only approved images)")
+    trust.add_argument("--trust-dir", help="the fleet's trust site from `otaml trust init` ($OTAML_TRUST_DIR)")
+    trust.add_argument("--approval-key", help="your approver key, approver-N.key ($OTAML_APPROVAL_KEY)")
 
 
 def _approver(args: argparse.Namespace) -> str:
@@ -72,9 +77,14 @@ def _approver(args: argparse.Namespace) -> str:
 
 
 def _publisher(args: argparse.Namespace) -> Any:
-    from registry.promotion import ImageTarget, RegistryPublisher
+    from registry.promotion import ImageTarget, RegistryPublisher, TrustTarget
 
-    target = ImageTarget.from_options(args.base_image, args.image_repo, args.signing_key, args.expires_in_days)
+    trust = TrustTarget.from_options(args.trust_dir, args.approval_key)
+    target = ImageTarget.from_options(
+        args.base_image, args.image_repo, args.signing_key, args.expires_in_days, trust=trust
+    )
+    if target is None and trust is not None:
+        raise InputError("--trust-dir/--approval-key approve an image: give the image registry options too.")
     return RegistryPublisher(target) if target else None
 
 
@@ -156,6 +166,15 @@ def _print_outcome(report: Any) -> None:
         img = report.image
         print(f"  image {img.repository}:{img.version_tag} = {img.digest}")
         print(f"  signed ({img.signature_tag}); channel tag {img.channel_tag} moved")
+        if img.approval == "approved":
+            print("  approved in the trust site: devices will run it")
+        elif img.approval == "pending":
+            print(
+                f"  approval PENDING: {img.approvals_missing} more approver signature(s) needed before devices run "
+                "it: `otaml trust approve --dir TRUST_DIR --key approver-N.key`"
+            )
+        else:
+            print("  note: no trust site given (--trust-dir): devices, which run only approved images, will not run it")
     for note in report.notes:
         print(f"  note: {note}")
 

@@ -156,10 +156,22 @@ class _Loop:
         s = self.summary
         with _stage(s, "train"):
             v1, v2, bundle_v2 = self.train()
+        from otaml.static_http import StaticServer
+        from registry.oci.refs import pinned
         from registry.signing import generate_keys
+        from registry.tuf.site import init
 
         keys = generate_keys(self.workdir / "keys")
-        self.say(f"fleet signing key {keys.private_key} (devices trust {keys.public_key.name})")
+        trust = init(self.workdir / "trust", self.workdir / "keys", approvers=3, threshold=2)
+        self.approver_keys = trust.approver_keys
+        self.trust_dir = trust.site.path
+        metadata = self.stack.enter_context(StaticServer(trust.site.metadata_dir))
+        self.base = pinned(self.site.base_image)
+        self.say(
+            f"fleet trust site {trust.site.path} (TUF; production approvals need 2 of 3 approver keys), metadata "
+            f"served at {metadata.url}; devices are provisioned with {trust.trusted_root.name}"
+        )
+        self.say(f"runtime base pinned by digest: {self.base.rsplit('@', 1)[1][:19]}…")
         from otaml.localstack import free_port
 
         ports = _distinct_ports(3, free_port)
@@ -172,7 +184,9 @@ class _Loop:
             containerd_socket=self.site.containerd_socket,
             namespace=self.site.namespace,
             channel=CHANNEL,
-            public_key=keys.public_key,
+            trust_url=metadata.url,
+            trusted_root=trust.trusted_root,
+            model=MODEL_NAME,
             probation_s=self.options.probation_s,
         )
         s.public_port = settings.public_port
@@ -261,7 +275,9 @@ class _Loop:
         return version
 
     def promote(self, version: str, signing_key: Path) -> Any:
-        from registry.promotion import ImageTarget, PromotionRefused, RegistryPublisher, promote
+        from registry.promotion import ImageTarget, PromotionRefused, RegistryPublisher, TrustTarget, promote
+        from registry.tuf import keys
+        from registry.tuf.site import TrustSite
 
         row = self.summary.row(version)
         if row is None:
@@ -269,10 +285,11 @@ class _Loop:
         publisher = _TimedPublisher(
             RegistryPublisher(
                 ImageTarget(
-                    base=self.site.base_image,
+                    base=self.base,
                     repository=self.site.repository,
                     signing_key=signing_key,
                     reference=self.site.agent_repository,  # what devices pull from, signed as docker-reference
+                    trust=TrustTarget(self.trust_dir, self.approver_keys[0]),
                 )
             )
         )
@@ -296,6 +313,12 @@ class _Loop:
         if report.image is None:
             raise DemoFailed(f"promoting v{version} published no image")
         row.digest = report.image.digest
+        if report.image.approval == "pending":
+            self.say(f"  approval pending ({report.image.approvals_missing} more key): a second approver signs")
+            with TrustSite(self.trust_dir).locked() as repo:
+                status = repo.approve_pending(keys.load_signer(self.approver_keys[1]))
+            if status.state != "approved":
+                raise DemoFailed(f"v{version} is still not approved after the second signature: {status}")
         self.say(f"  {report.image.repository}:{report.image.version_tag} = {row.digest[:19]}… signed, {CHANNEL} moved")
         self.moves[version] = _Move(publisher.moved_at, publisher.moved_epoch)
         return row

@@ -41,7 +41,9 @@ class AgentSettings:
     containerd_socket: str = "/run/containerd/containerd.sock"
     namespace: str = "otaml-demo"
     channel: str = "production"
-    public_key: Path | None = None
+    trust_url: str = ""  # the served TUF metadata; empty: [trust] insecure = true
+    trusted_root: Path | None = None
+    model: str = ""
     handover: str = "iptables"
     poll_interval_s: float = 1.0
     probation_s: float = 5.0
@@ -79,7 +81,10 @@ class AgentSettings:
                 "unhealthy_after": 2,
             },
             "agent": {"state_dir": str(self.state_dir), "handover": self.handover},
-            "verification": {"public_key": str(self.public_key)} if self.public_key else {},
+            "trust": {"metadata_url": self.trust_url, "trusted_root": str(self.trusted_root), "model": self.model}
+            if self.trust_url
+            else {"insecure": True},
+            "device": {"id": "demo-device-1"},
         }
         for section, values in self.extra.items():
             tables.setdefault(section, {}).update(values)

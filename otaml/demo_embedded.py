@@ -97,8 +97,9 @@ def _start_agent(
     settings: AgentSettings, layout: Layout, root: Path, stack: ExitStack, say: Callable[[str], None]
 ) -> AgentThread:
     from edge_runtime.agent.canary import HttpProber
+    from edge_runtime.agent.cli import build_trust
     from edge_runtime.agent.config import AgentConfig
-    from edge_runtime.agent.policy import load_policy
+    from edge_runtime.agent.policy import NoDowngrade
     from edge_runtime.agent.reconcile import Reconciler
     from edge_runtime.agent.source import RegistrySource
     from edge_runtime.agent.state import StateStore
@@ -124,7 +125,11 @@ def _start_agent(
         unhealthy_after=2,
         state_dir=settings.state_dir,
         handover="none",
-        verification={"public_key": str(settings.public_key)} if settings.public_key else {},
+        trust_metadata_url=settings.trust_url,
+        trusted_root=settings.trusted_root or Path("/nonexistent"),
+        model=settings.model,
+        insecure=not settings.trust_url,
+        device_id="demo-device-1",
     )
     source = RegistrySource(LayoutClient(layout), settings.repository, settings.channel)
     runtime = ProcessRuntime(source.client, root)
@@ -139,7 +144,8 @@ def _start_agent(
         runtime,
         switch,
         HttpProber("127.0.0.1", config.health_timeout_s),
-        load_policy(config.verification, source=source),
+        NoDowngrade(),
+        trust=build_trust(config),
     )
     # The agent's log goes to a file, as it would on a device, not into the demo's progress lines.
     handler = logging.FileHandler(root / "agent.log")

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from edge_runtime.bundle import Bundle, load_bundle
 from edge_runtime.errors import InputError, NotFound, OtamlError, TemporaryError
+from edge_runtime.trust.approval import Approval
 from edge_runtime.verify import RollbackAuthorisation, format_time
 from registry.gates import GateReport, evaluate_gates, load_gate_config
 
@@ -49,6 +50,35 @@ class PromotionRefused(OtamlError):
 
 
 @dataclass(frozen=True)
+class TrustTarget:
+    """Where approvals are signed: the fleet's trust site (``otaml trust init``) and this approver's targets key.
+
+    With a threshold above one (production: 2 of 3), one promotion records a *pending* approval; a second
+    approver completes it with ``otaml trust approve``. Devices run only approved images.
+    """
+
+    site: Path
+    approval_key: Path
+
+    @classmethod
+    def from_options(
+        cls, site: str | None = None, approval_key: str | None = None, env: Mapping[str, str] | None = None
+    ) -> TrustTarget | None:
+        """From flags, else ``OTAML_TRUST_DIR`` and ``OTAML_APPROVAL_KEY``; None if neither is set."""
+        env = os.environ if env is None else env
+        d, k = site or env.get("OTAML_TRUST_DIR", ""), approval_key or env.get("OTAML_APPROVAL_KEY", "")
+        if not d and not k:
+            return None
+        if not d or not k:
+            missing = "--trust-dir / OTAML_TRUST_DIR" if not d else "--approval-key / OTAML_APPROVAL_KEY"
+            raise InputError(
+                f"Approvals are half configured: {missing} is not set. Give the trust site and your approver key "
+                "(from `otaml trust init`), or neither (then devices, which run only approved images, ignore it)."
+            )
+        return cls(site=Path(d), approval_key=Path(k))
+
+
+@dataclass(frozen=True)
 class ImageTarget:
     """Where promoted images go: the runtime base image, the target repository and the fleet signing key.
 
@@ -62,6 +92,21 @@ class ImageTarget:
     signing_key: Path
     expires_in: timedelta | None = None
     reference: str = ""
+    trust: TrustTarget | None = None
+
+    @property
+    def base_digest(self) -> str:
+        """The digest the base is pinned to (``REF@sha256:...``); :class:`InputError` if it is only a tag."""
+        from registry.oci.refs import parse_ref
+
+        digest = parse_ref(self.base).digest
+        if not digest:
+            raise InputError(
+                f"Base image {self.base!r} is not pinned by digest: a tag can be moved by anyone with push rights, "
+                "and devices would run whatever it points at. Pin it: --base-image REF@sha256:<digest> "
+                "(OTAML_BASE_IMAGE; `skopeo inspect --format '{{.Digest}}' docker://REF` prints the digest)."
+            )
+        return digest
 
     @classmethod
     def from_options(
@@ -72,6 +117,7 @@ class ImageTarget:
         expires_in_days: float | None = None,
         env: Mapping[str, str] | None = None,
         reference: str | None = None,
+        trust: TrustTarget | None = None,
     ) -> ImageTarget | None:
         """From flags, else ``OTAML_BASE_IMAGE``, ``OTAML_IMAGE_REPO``, ``OTAML_SIGNING_KEY``; None if none is set.
 
@@ -99,6 +145,7 @@ class ImageTarget:
             signing_key=Path(k),
             expires_in=timedelta(days=days) if days > 0 else None,
             reference=reference or env.get("OTAML_IMAGE_REFERENCE", ""),
+            trust=trust,
         )
 
 
@@ -111,9 +158,13 @@ class ImageOutcome:
     version_tag: str
     channel_tag: str
     signature_tag: str
+    approval: str = ""  # "approved" | "pending" | "" (no trust site configured)
+    approvals_missing: int = 0
 
-    def to_dict(self) -> dict[str, str]:
+    def to_dict(self) -> dict[str, Any]:
         return {
+            "approval": self.approval,
+            "approvals_missing": self.approvals_missing,
             "repository": self.repository,
             "digest": self.digest,
             "version_tag": self.version_tag,
@@ -551,6 +602,8 @@ class RegistryPublisher:
         from registry.oci.refs import close_store, open_store, parse_ref
 
         key = signing.load_private_key(self.target.signing_key)  # before pushing anything: fail early
+        base_digest = self.target.base_digest  # a base pinned by digest, or nothing is baked
+        approver_key = _approver_key(self.target.trust)
         ref = parse_ref(self.target.repository)
         if ref.tag or ref.digest:
             raise InputError(
@@ -565,9 +618,10 @@ class RegistryPublisher:
             # so an existing model-v<N> of this bundle is re-used (nothing uploaded) and anything else at that tag
             # (pushed by someone, another model, a moved base) is a TagConflict, never signed.
             try:
-                digest = baking.bake(self.target.base, bundle_dir, repository, tag=version_tag).digest
+                baked = baking.bake(self.target.base, bundle_dir, repository, tag=version_tag)
             except TagConflict as exc:
                 raise TagConflict(_conflict_message(store, repository, version_tag, name, version, exc)) from exc
+            digest = baked.digest
             moment = self._now()
             payload = signing.build_payload(
                 digest=digest,
@@ -585,10 +639,54 @@ class RegistryPublisher:
         finally:
             close_store(store)
         baking.tag(f"{repository}@{digest}", channel)
+        approval, missing = "", 0
+        if self.target.trust is not None and approver_key is not None:
+            status = _approve(
+                self.target.trust,
+                approver_key,
+                Approval(
+                    channel=channel,
+                    model=name,
+                    version=int(version),
+                    digest=digest,
+                    length=baked.index_size,
+                    base_digest=base_digest,
+                ),
+                rollback=rollback is not None,
+            )
+            approval, missing = status.state, status.missing
         return ImageOutcome(
             repository=repository,
             digest=digest,
             version_tag=version_tag,
             channel_tag=channel,
             signature_tag=sig_tag,
+            approval=approval,
+            approvals_missing=missing,
         )
+
+
+def _approver_key(trust: TrustTarget | None) -> Any:
+    """The approver's targets signer, loaded before anything is pushed (a bad key fails early)."""
+    if trust is None:
+        return None
+    from registry.tuf import keys
+
+    return keys.load_signer(trust.approval_key)
+
+
+def _approve(trust: TrustTarget, signer: Any, approval: Approval, *, rollback: bool) -> Any:
+    """Sign the approval (or, for a rollback, the withdrawal of newer versions) into the trust site."""
+    from registry.tuf.site import TrustSite
+
+    with TrustSite(trust.site).locked() as repo:
+        if rollback:
+            if approval not in repo.approvals():
+                repo_status = repo.propose(approval, signer)  # an old version approved before trust existed
+                if repo_status.state != "approved":
+                    raise InputError(
+                        f"v{approval.version} needs {repo_status.missing} more approval(s) before devices may roll "
+                        "back to it: `otaml trust approve` with another approver key, then roll back again."
+                    )
+            return repo.withdraw(approval.channel, approval.model, above=approval.version, signer=signer)
+        return repo.propose(approval, signer)

@@ -18,6 +18,7 @@ from edge_runtime.errors import OtamlError
 
 if TYPE_CHECKING:
     from edge_runtime.agent.reconcile import Reconciler
+    from edge_runtime.agent.trust_policy import TrustPolicy
 
 DEFAULT_CONFIG = "/etc/otaml/agent.toml"
 
@@ -27,7 +28,7 @@ def build_reconciler(config: AgentConfig) -> Reconciler:
     from edge_runtime.agent.canary import HttpProber
     from edge_runtime.agent.ctr import CtrRuntime
     from edge_runtime.agent.handover import IptablesRedirect
-    from edge_runtime.agent.policy import load_policy
+    from edge_runtime.agent.policy import NoDowngrade
     from edge_runtime.agent.reconcile import Reconciler
     from edge_runtime.agent.source import RegistrySource
 
@@ -46,8 +47,31 @@ def build_reconciler(config: AgentConfig) -> Reconciler:
         runtime,
         IptablesRedirect(config.public_port),
         HttpProber("127.0.0.1", config.health_timeout_s),
-        load_policy(config.verification, source=source),
+        NoDowngrade(),
+        trust=build_trust(config),
     )
+
+
+def build_trust(config: AgentConfig) -> TrustPolicy | None:
+    """The device's TUF policy, or None (with a loud warning) when ``[trust] insecure = true``."""
+    from edge_runtime.agent.trust_policy import TrustPolicy
+    from edge_runtime.trust.client import TrustClient, TrustSettings
+
+    if not config.trust_metadata_url:
+        logging.getLogger("otaml.agent").warning(
+            "INSECURE: [trust] insecure = true — this device runs any image the channel tag %s points at, "
+            "approved or not. Configure [trust] metadata_url for production.",
+            config.channel_ref,
+        )
+        return None
+    client = TrustClient(
+        TrustSettings(
+            metadata_url=config.trust_metadata_url,
+            trusted_root=config.trusted_root,
+            metadata_dir=config.tuf_dir,
+        )
+    )
+    return TrustPolicy(client, config.channel, config.model, config.device_id, dict(config.groups))
 
 
 def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,6 +119,15 @@ def _ago(moment: float) -> str:
     return f"{seconds:.0f} s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago"
 
 
+def _trust_line(state: AgentState) -> str:
+    if state.trust_status == "insecure":
+        return "INSECURE: verification is off ([trust] insecure = true); any image on the channel tag runs"
+    if not state.trust_status:
+        return "- (no metadata refresh yet)"
+    line = f"{state.trust_status} (targets v{state.trust_floor})"
+    return line + (f"; wants {state.desired}" if state.desired else "")
+
+
 def format_status(state: AgentState, history: int = 10) -> str:
     """The human-readable ``agent status``."""
 
@@ -109,6 +142,7 @@ def format_status(state: AgentState, history: int = 10) -> str:
         f"{'phase':<10} {state.phase}"
         + (f" ({dep('candidate', state.candidate).split(maxsplit=1)[1]})" if state.candidate else ""),
         f"{'channel':<10} {state.channel_digest or '-'}   last check {_ago(state.last_check_at)}",
+        f"{'trust':<10} " + _trust_line(state),
         f"{'blocked':<10} " + (", ".join(state.blocked) if state.blocked else "-"),
     ]
     for digest, reason in state.blocked.items():

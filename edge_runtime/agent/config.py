@@ -74,7 +74,19 @@ class AgentConfig:
     state_dir: Path = Path("/var/lib/otaml-agent")
     metrics_textfile: Path | None = None
     handover: str = "iptables"
-    verification: Mapping[str, Any] = field(default_factory=dict)
+    # Trust (TUF): where the fleet's metadata is, the root the device was provisioned with, which model it runs.
+    trust_metadata_url: str = ""
+    trusted_root: Path = Path("/etc/otaml/root.json")
+    trust_metadata_dir: Path | None = None
+    model: str = ""
+    insecure: bool = False  # accept any image from the channel tag: explicit, and reported loudly
+    device_id: str = field(default_factory=_platform.node)
+    groups: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def tuf_dir(self) -> Path:
+        """The device's TUF metadata (its anti-rollback state): never cleared by any recovery path."""
+        return self.trust_metadata_dir or self.state_dir / "tuf"
 
     @property
     def channel_ref(self) -> str:
@@ -129,9 +141,34 @@ class AgentConfig:
                 f"Config 'containerd.namespace' has value {namespace!r}. Use letters and digits joined by . _ or -."
             )
         textfile = r.get("agent", "metrics_textfile", "")
-        verification = data.get("verification", {})
-        if not isinstance(verification, dict):
-            raise ConfigError(f"Config 'verification' has value {verification!r}. Use a [verification] table.")
+        if "verification" in data:
+            raise ConfigError(
+                f"{where}: the [verification] section (one cosign key) is replaced by [trust]: the device now follows "
+                "the fleet's TUF repository. Set [trust] metadata_url, trusted_root and model (see "
+                "deploy/agent.example.toml), and remove [verification]."
+            )
+        insecure = r.get("trust", "insecure", False)
+        if not isinstance(insecure, bool):
+            raise ConfigError(f"Config 'trust.insecure' has value {insecure!r}. Use true or false.")
+        metadata_url = r.string("trust", "metadata_url", "")
+        if not insecure and not metadata_url:
+            raise ConfigError(
+                f"{where}: missing 'trust.metadata_url'. The agent runs only images the fleet's TUF repository "
+                "approves: set [trust] metadata_url (the served metadata directory, e.g. https://mlops/otaml/), "
+                "trusted_root and model. To accept any image from the channel tag instead (development only), "
+                "set [trust] insecure = true explicitly; status and metrics then report the device as insecure."
+            )
+        if metadata_url and not metadata_url.startswith(("http://", "https://")):
+            raise ConfigError(f"Config 'trust.metadata_url' has value {metadata_url!r}. Use an http(s) URL.")
+        model = r.string("trust", "model", "")
+        if metadata_url and not model:
+            raise ConfigError(f"{where}: missing 'trust.model': the registered model name this device runs.")
+        groups = r.get("device", "groups", {})
+        if not isinstance(groups, dict) or not all(isinstance(v, str) for v in groups.values()):
+            raise ConfigError(
+                f"Config 'device.groups' has value {groups!r}. Use a table of strings, e.g. hw = \"pi4\"."
+            )
+        tuf_dir = r.string("trust", "metadata_dir", "")
         return cls(
             registry_url=url.rstrip("/"),
             repository=r.string("registry", "repository"),
@@ -164,7 +201,13 @@ class AgentConfig:
             state_dir=Path(r.string("agent", "state_dir", "/var/lib/otaml-agent")),
             metrics_textfile=Path(textfile) if textfile else None,
             handover=handover,
-            verification=dict(verification),
+            trust_metadata_url=metadata_url,
+            trusted_root=Path(r.string("trust", "trusted_root", "/etc/otaml/root.json")),
+            trust_metadata_dir=Path(tuf_dir) if tuf_dir else None,
+            model=model,
+            insecure=insecure,
+            device_id=r.string("device", "id", "") or _platform.node() or "device",
+            groups=dict(groups),
         )
 
 

@@ -47,7 +47,20 @@ def render(state: AgentState, report: UpdateReport | None = None) -> str:
         if cur
         else [],
     )
-    metric("blocked_digests", "gauge", "Digests refused until the channel moves.", [("", len(state.blocked))])
+    metric(
+        "insecure",
+        "gauge",
+        "1 when verification is off ([trust] insecure = true): the device runs unapproved images.",
+        [("", 1 if state.trust_status == "insecure" else 0)],
+    )
+    metric(
+        "trust_info",
+        "gauge",
+        "The last trust metadata refresh: status is ok or a reason code (value 1).",
+        [(f'{{status="{_escape(state.trust_status)}"}}', 1)] if state.trust_status else [],
+    )
+    metric("trust_targets_version", "gauge", "Highest TUF targets version trusted.", [("", state.trust_floor)])
+    metric("blocked_digests", "gauge", "Digests refused (blocked until a new approval).", [("", len(state.blocked))])
     metric(
         "consecutive_failures", "gauge", "Failed steps in a row (drives back-off).", [("", state.consecutive_failures)]
     )

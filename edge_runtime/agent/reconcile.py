@@ -37,7 +37,9 @@ from edge_runtime.agent.runtime import (
 )
 from edge_runtime.agent.source import ImageSource, NoMatchingPlatform, ResolvedImage
 from edge_runtime.agent.state import AgentState, Deployment, StateStore
+from edge_runtime.agent.trust_policy import TrustPolicy
 from edge_runtime.errors import NotFound, OtamlError, TemporaryError, Unhealthy, VerificationFailed, reason_of
+from edge_runtime.trust.errors import TrustError
 
 log = logging.getLogger("otaml.agent")
 MB = 1024 * 1024
@@ -101,6 +103,7 @@ class Reconciler:
         prober: Prober,
         policy: VerificationPolicy,
         clock: Callable[[], float] = time.time,
+        trust: TrustPolicy | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         available_memory: Callable[[], int | None] | None = None,
@@ -111,7 +114,8 @@ class Reconciler:
         self.runtime = runtime
         self.switch = switch
         self.prober = prober
-        self.policy = policy
+        self.trust = trust
+        self.policy: VerificationPolicy = trust if trust is not None else policy
         self.clock = clock
         self.monotonic = monotonic
         self.sleep = sleep
@@ -319,11 +323,15 @@ class Reconciler:
         except (OtamlError, OSError) as exc:
             report.actions.append(f"supervise failed: {exc}")
             log.warning("supervise: %s", exc)
-        # 1. Poll: one HEAD.
+        # 1. Poll: the fleet's trust metadata (timestamp.json; the rest only when it changed), or, on an
+        # insecure device, one HEAD of the channel tag.
         report.step = "poll"
         t = self.monotonic()
         try:
-            digest = self.source.channel_digest()
+            digest = self._desired_digest()
+        except TrustError as exc:
+            s.trust_status = exc.reason
+            return self._error(report, started, exc)
         except (TemporaryError, NotFound, OtamlError, OSError) as exc:
             return self._error(report, started, exc)
         report.timings["poll_s"] = self.monotonic() - t
@@ -331,8 +339,10 @@ class Reconciler:
         s.count("checks")
         report.digest = digest
         if digest != s.channel_digest:
-            # The channel moved: blocks on other digests are lifted (a re-promotion gets a fresh chance).
-            s.blocked = {d: r for d, r in s.blocked.items() if d == digest}
+            if self.trust is None:
+                # Insecure mode: the channel moved, so blocks on other digests are lifted (a re-promotion gets a
+                # fresh chance). With trust, a blocked digest stays blocked: only a new approval replaces it.
+                s.blocked = {d: r for d, r in s.blocked.items() if d == digest}
             s.attempts = {d: n for d, n in s.attempts.items() if d == digest}
             s.channel_digest = digest
         if s.current and digest == s.current.digest:
@@ -342,6 +352,16 @@ class Reconciler:
             report.outcome, report.error, report.reason = "skipped", s.blocked[digest], "blocked"
             return self._finish(report, started)
         return self._update(digest, report, started)
+
+    def _desired_digest(self) -> str:
+        if self.trust is None:
+            self.state.trust_status = "insecure"
+            return self.source.channel_digest()
+        desired = self.trust.desired(trust_floor=self.state.trust_floor)
+        s = self.state
+        s.trust_floor = max(s.trust_floor, desired.targets_version)
+        s.trust_status, s.rollout_id, s.desired = "ok", desired.rollout_id, desired.why
+        return desired.digest
 
     def _error(self, report: UpdateReport, started: float, exc: BaseException) -> UpdateReport:
         report.outcome = "error"

@@ -67,6 +67,13 @@ class AgentState:
     consecutive_failures: int = 0
     counters: dict[str, int] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    # Trust (TUF): the highest targets version ever trusted (anti-rollback; no recovery path lowers it), the
+    # outcome of the last metadata refresh ("ok", a reason code such as "stale-metadata", or "insecure"),
+    # and why the device wants what it wants (highest approved, or a rollout's wave decision).
+    trust_floor: int = 0
+    trust_status: str = ""
+    rollout_id: str = ""
+    desired: str = ""
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -102,6 +109,10 @@ class AgentState:
             consecutive_failures=int(data.get("consecutive_failures", 0)),
             counters={str(k): int(v) for k, v in dict(data.get("counters", {})).items()},
             history=list(data.get("history", [])),
+            trust_floor=int(data.get("trust_floor", 0)),
+            trust_status=str(data.get("trust_status", "")),
+            rollout_id=str(data.get("rollout_id", "")),
+            desired=str(data.get("desired", "")),
         )
 
 

@@ -90,3 +90,21 @@ def close_store(store: Store) -> None:
     close = getattr(store, "close", None)
     if callable(close):
         close()
+
+
+def pinned(text: str) -> str:
+    """``REF`` pinned by digest (``oci:PATH@sha256:...`` or ``HOST/REPO@sha256:...``): what its tag points at now.
+
+    Pin a base image once, when you decide to trust it, and bake onto the pinned REF from then on.
+    """
+    ref = parse_ref(text)
+    if ref.digest:
+        return text
+    store = open_store(ref)
+    try:
+        desc = store.resolve(ref.tag or "latest")
+    finally:
+        close_store(store)
+    if desc is None:
+        raise InputError(f"{text} does not exist: nothing to pin")
+    return f"{ref.location()}@{desc.digest}"

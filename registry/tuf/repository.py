@@ -278,6 +278,37 @@ class FleetRepository:
         added = _added_target(self.targets().signed, md.signed)
         return self._settle(md, added)
 
+    def withdraw(self, channel: str, model: str, *, above: int, signer: Signer) -> ApprovalStatus:
+        """Withdraw every approval of ``model`` on ``channel`` above version ``above`` (a signed rollback).
+
+        Devices then run the highest version still approved (``above`` itself, which must be approved). Like
+        :meth:`propose`, published at once when one key meets the threshold, else pending.
+        """
+        current = self.targets()
+        kept = [a for a in self.approvals() if (a.channel, a.model) == (channel, model) and a.version <= above]
+        if not kept or kept[-1].version != above:
+            raise ApprovalError(
+                f"{channel}/{model}/{above} is not approved, so devices could not roll back to it; approve it first"
+            )
+        doomed = [
+            a.target_path for a in self.approvals() if (a.channel, a.model) == (channel, model) and a.version > above
+        ]
+        if not doomed:
+            return self._status(current, "approved", kept[-1])
+        if (pending := self.pending()) is not None:
+            raise ApprovalError(
+                f"{pending.approval.target_path} is waiting for {pending.missing} more signature(s); complete it "
+                "with approve_pending or remove it with discard_pending first"
+            )
+        self._check_approver(signer)
+        md = Metadata(copy.deepcopy(current.signed))
+        md.signed.version += 1
+        md.signed.expires = self._now() + self.expiry.targets
+        for path in doomed:
+            del md.signed.targets[path]
+        md.sign(signer)
+        return self._settle(md, kept[-1])
+
     def discard_pending(self) -> None:
         self.store.delete(PENDING)
 
@@ -444,11 +475,26 @@ class FleetRepository:
 
 
 def _added_target(published: Targets, proposed: Targets) -> Approval:
+    """The approval a pending change is about: the one target it adds, or (a withdrawal) the highest version
+    left of the model whose newer versions it removes."""
     new = [t for path, t in proposed.targets.items() if path not in published.targets]
-    if len(new) != 1:
-        raise ApprovalError(f"the pending approval adds {len(new)} targets, expected exactly one; discard it")
-    t = new[0]
-    return Approval.from_target(t.path, t.length, t.hashes, t.custom)
+    gone = [path for path in published.targets if path not in proposed.targets]
+    if len(new) == 1 and not gone:
+        t = new[0]
+        return Approval.from_target(t.path, t.length, t.hashes, t.custom)
+    if gone and not new:
+        prefix = gone[0].rsplit("/", 1)[0] + "/"
+        left = [
+            Approval.from_target(t.path, t.length, t.hashes, t.custom)
+            for path, t in proposed.targets.items()
+            if path.startswith(prefix)
+        ]
+        if left:
+            return max(left, key=lambda a: a.version)
+    raise ApprovalError(
+        f"the pending change adds {len(new)} and removes {len(gone)} targets; expected one approval or one "
+        "withdrawal: discard it"
+    )
 
 
 def _last(targets: Targets) -> Approval:

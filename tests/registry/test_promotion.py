@@ -329,6 +329,7 @@ def test_publisher_never_signs_what_a_model_tag_holds_unless_it_is_the_gated_bun
 ) -> None:
     from registry.oci.errors import TagConflict
     from registry.oci.layout import Layout
+    from registry.oci.refs import pinned
     from registry.promotion import ImageTarget, RegistryPublisher
     from registry.signing import generate_keys
     from tests.registry.oci.fakes import write_fake_base
@@ -337,9 +338,8 @@ def test_publisher_never_signs_what_a_model_tag_holds_unless_it_is_the_gated_bun
     keys = generate_keys(tmp_path / "keys")
     repo = tmp_path / "repo"
     layout = Layout(repo, create=True)
-    publisher = RegistryPublisher(
-        ImageTarget(base=f"oci:{tmp_path / 'base'}:base", repository=f"oci:{repo}", signing_key=keys.private_key)
-    )
+    base = pinned(f"oci:{tmp_path / 'base'}:base")
+    publisher = RegistryPublisher(ImageTarget(base=base, repository=f"oci:{repo}", signing_key=keys.private_key))
     pump1 = _card_copy(model_bundle, tmp_path / "pump1", "pump", "1")
     staged = publisher.publish(name="pump", version="1", channel="staging", bundle_dir=pump1, approver="alice")
     prod = publisher.publish(name="pump", version="1", channel="production", bundle_dir=pump1, approver="alice")
@@ -365,6 +365,7 @@ def test_publisher_never_signs_what_a_model_tag_holds_unless_it_is_the_gated_bun
 def test_publisher_signs_the_repository_devices_pull_from(model_bundle: Bundle, tmp_path: Path) -> None:
     from edge_runtime.verify import parse_payload
     from registry.oci.layout import Layout
+    from registry.oci.refs import pinned
     from registry.promotion import ImageTarget, RegistryPublisher
     from registry.signing import generate_keys, read_signatures
     from tests.registry.oci.fakes import write_fake_base
@@ -372,7 +373,7 @@ def test_publisher_signs_the_repository_devices_pull_from(model_bundle: Bundle, 
     write_fake_base(tmp_path / "base")
     layout = Layout(tmp_path / "repo", create=True)
     target = ImageTarget.from_options(
-        f"oci:{tmp_path / 'base'}:base",
+        pinned(f"oci:{tmp_path / 'base'}:base"),
         f"oci:{tmp_path / 'repo'}",
         str(generate_keys(tmp_path / "keys").private_key),
         env={"OTAML_IMAGE_REFERENCE": "registry.example.com/fleet/pump"},
@@ -384,3 +385,78 @@ def test_publisher_signs_the_repository_devices_pull_from(model_bundle: Bundle, 
     )
     (layer,) = read_signatures(layout, out.digest)
     assert parse_payload(layer.payload).reference == "registry.example.com/fleet/pump"
+
+
+def test_promotion_bakes_only_onto_a_base_pinned_by_digest(model_bundle: Bundle, tmp_path: Path) -> None:
+    from registry.oci.layout import Layout
+    from registry.promotion import ImageTarget, RegistryPublisher
+    from registry.signing import generate_keys
+    from tests.registry.oci.fakes import write_fake_base
+
+    write_fake_base(tmp_path / "base")
+    repo = Layout(tmp_path / "repo", create=True)
+    target = ImageTarget(
+        base=f"oci:{tmp_path / 'base'}:base",
+        repository=f"oci:{tmp_path / 'repo'}",
+        signing_key=generate_keys(tmp_path / "keys").private_key,
+    )
+    bundle = _card_copy(model_bundle, tmp_path / "pump1", "pump", "1")
+    with pytest.raises(InputError, match=r"not pinned by digest.*REF@sha256"):
+        RegistryPublisher(target).publish(name="pump", version="1", channel="staging", bundle_dir=bundle, approver="a")
+    assert repo.tags() == [], "nothing may be pushed for an unpinned base"
+
+
+def test_promotion_approves_into_the_trust_site_with_four_eyes_and_rollback_withdraws(
+    model_bundle: Bundle, tmp_path: Path
+) -> None:
+    from registry.oci.layout import Layout
+    from registry.oci.refs import pinned
+    from registry.promotion import ImageTarget, RegistryPublisher, TrustTarget
+    from registry.signing import generate_keys
+    from registry.tuf import keys
+    from registry.tuf.site import TrustSite, init
+    from tests.registry.oci.fakes import write_fake_base
+
+    write_fake_base(tmp_path / "base")
+    Layout(tmp_path / "repo", create=True)
+    site = init(tmp_path / "trust", tmp_path / "offline", approvers=3, threshold=2)
+    base = pinned(f"oci:{tmp_path / 'base'}:base")
+    target = ImageTarget(
+        base=base,
+        repository=f"oci:{tmp_path / 'repo'}",
+        signing_key=generate_keys(tmp_path / "keys").private_key,
+        trust=TrustTarget(site.site.path, site.approver_keys[0]),
+    )
+    publisher = RegistryPublisher(target)
+    v1 = _card_copy(model_bundle, tmp_path / "pump1", "pump", "1")
+    out = publisher.publish(name="pump", version="1", channel="production", bundle_dir=v1, approver="alice")
+    assert (out.approval, out.approvals_missing) == ("pending", 1)
+    repo = TrustSite(site.site.path).open()
+    assert repo.approvals() == []  # one approver is not enough: devices see nothing yet
+    status = repo.approve_pending(keys.load_signer(site.approver_keys[1]))
+    assert status.state == "approved"
+    (approved,) = repo.approvals()
+    assert (approved.model, approved.version, approved.digest) == ("pump", 1, out.digest)
+    assert approved.base_digest == base.rsplit("@", 1)[1], "the signed target records the pinned base"
+    # The same key cannot count twice.
+    v2 = _card_copy(model_bundle, tmp_path / "pump2", "pump", "2")
+    publisher.publish(name="pump", version="2", channel="production", bundle_dir=v2, approver="alice")
+    with pytest.raises(InputError, match="second, different approver"):
+        repo.approve_pending(keys.load_signer(site.approver_keys[0]))
+    repo.approve_pending(keys.load_signer(site.approver_keys[2]))
+    assert [a.version for a in repo.approvals()] == [1, 2]
+    # A rollback is a signed withdrawal of the newer approvals, with four eyes too.
+    from edge_runtime.verify import RollbackAuthorisation
+
+    back = publisher.publish(
+        name="pump",
+        version="1",
+        channel="production",
+        bundle_dir=v1,
+        approver="bob",
+        rollback=RollbackAuthorisation(from_version="2", to_version="1", authorised_by="bob", reason="r", at="t"),
+    )
+    assert back.approval == "pending"
+    assert [a.version for a in repo.approvals()] == [1, 2]
+    repo.approve_pending(keys.load_signer(site.approver_keys[1]))
+    assert [a.version for a in repo.approvals()] == [1]

@@ -22,7 +22,8 @@ def config_file(tmp_path: Path) -> Path:
     agent.reconcile()
     file = tmp_path / "agent.toml"
     file.write_text(
-        f'[registry]\nurl = "http://127.0.0.1:5000"\nrepository = "pump"\n[agent]\nstate_dir = "{tmp_path / "state"}"\n'
+        '[registry]\nurl = "http://127.0.0.1:5000"\nrepository = "pump"\n[trust]\ninsecure = true\n'
+        f'[agent]\nstate_dir = "{tmp_path / "state"}"\n'
     )
     return file
 

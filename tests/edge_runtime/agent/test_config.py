@@ -20,7 +20,9 @@ def test_example_config_loads_with_documented_defaults() -> None:
 
 
 def test_image_ref_names_the_digest_in_the_registry_host() -> None:
-    config = AgentConfig.from_mapping({"registry": {"url": "http://127.0.0.1:5000/", "repository": "pump"}})
+    config = AgentConfig.from_mapping(
+        {"registry": {"url": "http://127.0.0.1:5000/", "repository": "pump"}, "trust": {"insecure": True}}
+    )
     assert config.plain_http
     assert config.image_ref("sha256:" + "a" * 64) == "127.0.0.1:5000/pump@sha256:" + "a" * 64
 
@@ -40,7 +42,7 @@ def test_image_ref_names_the_digest_in_the_registry_host() -> None:
     ],
 )
 def test_bad_values_name_the_key_and_the_value(patch: dict, words: str) -> None:
-    data: dict = {"registry": {"url": "http://127.0.0.1:5000", "repository": "pump"}}
+    data: dict = {"registry": {"url": "http://127.0.0.1:5000", "repository": "pump"}, "trust": {"insecure": True}}
     for section, values in patch.items():
         data[section] = {**data.get(section, {}), **values}
         if section == "registry" and "repository" not in values and "url" in values and values["url"] == "http://x":
@@ -60,13 +62,17 @@ def test_missing_and_malformed_files_say_what_to_do(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("value", "mode"), [(None, "auto"), ("auto", "auto"), (True, "on"), (False, "off")])
 def test_warm_rollback_is_auto_by_default_and_takes_booleans(value: object, mode: str) -> None:
-    data: dict = {"registry": {"url": "http://127.0.0.1:5000", "repository": "pump"}}
+    data: dict = {"registry": {"url": "http://127.0.0.1:5000", "repository": "pump"}, "trust": {"insecure": True}}
     if value is not None:
         data["update"] = {"warm_rollback": value}
     assert AgentConfig.from_mapping(data).warm_rollback == mode
 
 
 def test_a_bad_warm_rollback_value_says_what_to_use() -> None:
-    data: dict = {"registry": {"url": "http://x:1", "repository": "p"}, "update": {"warm_rollback": "maybe"}}
+    data: dict = {
+        "registry": {"url": "http://x:1", "repository": "p"},
+        "update": {"warm_rollback": "maybe"},
+        "trust": {"insecure": True},
+    }
     with pytest.raises(ConfigError, match=r"'update\.warm_rollback' has value 'maybe'.*\"auto\""):
         AgentConfig.from_mapping(data)

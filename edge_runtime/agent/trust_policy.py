@@ -1,0 +1,115 @@
+"""The agent's trust policy on TUF: which image this device should run, and may it run this one.
+
+Each poll refreshes the fleet's TUF metadata (:class:`edge_runtime.trust.client.TrustClient`) and decides::
+
+    approvals for (channel, model) ─► rollout record? ─► the version for this device ─► its approved digest
+
+- Without a rollout record the device runs the highest approved version.
+- With one, the device computes its own wave membership from the signed record
+  (:meth:`edge_runtime.fleet.rollout.RolloutRecord.version_for`): neither the registry nor the broker can widen it.
+- Versions go down only by a signed act: an approval withdrawn by the MLOps keys (``otaml rollback``), or a
+  signed rollout record that sends the device back to its stable version.
+- Anti-rollback beyond TUF's own: the highest targets version this device ever trusted is kept in the agent's
+  state (``trust_floor``); metadata below it is refused even if the TUF metadata directory was wiped.
+
+Every failure is a :class:`edge_runtime.trust.errors.TrustError` with a reason code; the device keeps serving.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from edge_runtime.agent.policy import CandidateImage
+from edge_runtime.fleet.rollout import RolloutRecord
+from edge_runtime.trust.approval import Approval, ApprovalSet
+from edge_runtime.trust.errors import MalformedMetadata, NotApproved, RollbackRefused
+
+
+class ApprovalSource(Protocol):
+    """What the policy reads: :class:`~edge_runtime.trust.client.TrustClient` (a fake in unit tests)."""
+
+    def refresh(self) -> ApprovalSet: ...
+
+
+RolloutReader = Callable[[str, str], "RolloutRecord | None"]
+
+
+@dataclass(frozen=True)
+class Desired:
+    """The image this device should run now, and why."""
+
+    approval: Approval
+    targets_version: int
+    rollout_id: str = ""
+    why: str = ""
+
+    @property
+    def digest(self) -> str:
+        return self.approval.digest
+
+    @property
+    def version(self) -> int:
+        return self.approval.version
+
+
+@dataclass
+class TrustPolicy:
+    """Decides the desired image from verified metadata and approves exactly that image."""
+
+    client: ApprovalSource
+    channel: str
+    model: str
+    device_id: str
+    groups: Mapping[str, str] = field(default_factory=dict)
+    rollout: RolloutReader | None = None
+    _last: ApprovalSet | None = field(default=None, init=False, repr=False)
+
+    def desired(self, *, trust_floor: int = 0) -> Desired:
+        """Refresh the metadata and return the image for this device; raises a :class:`TrustError`."""
+        approvals = self.client.refresh()
+        if approvals.targets_version < trust_floor:
+            raise RollbackRefused(
+                f"the trust metadata is at targets v{approvals.targets_version}, below v{trust_floor} which this "
+                "device already trusted: refusing older approvals (was the metadata directory wiped and an old "
+                "copy served?)"
+            )
+        self._last = approvals
+        found = approvals.for_model(self.channel, self.model)
+        if not found:
+            raise NotApproved(
+                f"no version of model {self.model!r} is approved for channel {self.channel!r} "
+                f"(targets v{approvals.targets_version}); the device keeps what it runs"
+            )
+        record = self.rollout(self.channel, self.model) if self.rollout is not None else None
+        if record is None:
+            latest = found[-1]
+            return Desired(latest, approvals.targets_version, why=f"v{latest.version}: the highest approved")
+        version = record.version_for(self.device_id, self.groups)
+        chosen = next((a for a in found if a.version == version), None)
+        if chosen is None:
+            raise MalformedMetadata(
+                f"rollout {record.rollout_id} ({record.state}, wave {record.wave + 1}/{len(record.waves)}) sends this "
+                f"device to v{version}, which is not approved for {self.channel}/{self.model}: ignoring it"
+            )
+        where = "in" if version == record.version else "outside"
+        return Desired(
+            chosen,
+            approvals.targets_version,
+            rollout_id=record.rollout_id,
+            why=f"v{version}: rollout {record.rollout_id} {record.state}, {where} wave {record.wave + 1}",
+        )
+
+    def check(self, image: CandidateImage) -> None:
+        """Approve ``image`` only if it is the approved digest of its labelled model and version on this channel."""
+        approvals = self._last if self._last is not None else self.client.refresh()
+        approval = approvals.find(image.digest, channel=self.channel, model=self.model)
+        if image.model and image.model != approval.model:
+            raise NotApproved(
+                f"image {image.digest} is labelled model {image.model!r} but approved as {approval.model!r}"
+            )
+        if image.version and image.version != str(approval.version):
+            raise NotApproved(
+                f"image {image.digest} is labelled version {image.version} but approved as v{approval.version}"
+            )

@@ -1,0 +1,161 @@
+"""``otaml trust``: the fleet's approvals on TUF — create the trust site, see it, approve, keep it fresh.
+
+    otaml trust init --dir /srv/otaml-trust --keys-out ~/otaml-keys [--approvers 3 --threshold 2]
+    otaml trust status --dir DIR [--json]              approvals, the pending one, expiry of each role
+    otaml trust approve --dir DIR --key approver-2.key complete a pending approval (the second pair of eyes)
+    otaml trust discard --dir DIR                      drop a pending approval
+    otaml trust refresh --dir DIR                      re-sign the timestamp (run it on a timer, e.g. hourly)
+
+Devices read ``DIR/metadata`` over HTTP(S) (``[trust] metadata_url``) and are provisioned with
+``DIR/metadata/1.root.json`` (``[trust] trusted_root``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    trust = sub.add_parser("trust", help="the fleet's approvals (TUF): init, status, approve, refresh")
+    tsub = trust.add_subparsers(dest="trust_command", metavar="SUBCOMMAND", required=True)
+
+    init = tsub.add_parser("init", help="create the trust site and every key (the key ceremony)")
+    _dir(init)
+    init.add_argument("--keys-out", required=True, help="directory for the offline keys (root-N, approver-N)")
+    init.add_argument("--approvers", type=int, default=3, help="approver (targets) keys (default 3)")
+    init.add_argument("--threshold", type=int, default=2, help="approvers needed per approval (default 2)")
+    init.add_argument("--root-keys", type=int, default=1, help="root keys (default 1)")
+    init.add_argument("--root-threshold", type=int, default=1, help="root keys needed (default 1)")
+    init.set_defaults(func=run_init)
+
+    status = tsub.add_parser("status", help="approvals, the pending one, and when each role expires")
+    _dir(status)
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(func=run_status)
+
+    approve = tsub.add_parser("approve", help="add your signature to the pending approval")
+    _dir(approve)
+    approve.add_argument("--key", required=True, help="your approver key (approver-N.key)")
+    approve.set_defaults(func=run_approve)
+
+    discard = tsub.add_parser("discard", help="drop the pending approval")
+    _dir(discard)
+    discard.set_defaults(func=run_discard)
+
+    refresh = tsub.add_parser("refresh", help="re-sign the timestamp (and the snapshot when due); run on a timer")
+    _dir(refresh)
+    refresh.set_defaults(func=run_refresh)
+
+
+def _dir(parser: argparse.ArgumentParser) -> None:
+    import os
+
+    default = os.environ.get("OTAML_TRUST_DIR")
+    parser.add_argument("--dir", default=default, required=default is None, help="the trust site ($OTAML_TRUST_DIR)")
+
+
+def run_init(args: argparse.Namespace) -> int:
+    from registry.tuf.site import init
+
+    result = init(
+        args.dir,
+        args.keys_out,
+        approvers=args.approvers,
+        threshold=args.threshold,
+        root_keys=args.root_keys,
+        root_threshold=args.root_threshold,
+    )
+    print(f"trust site {result.site.path}: serve {result.site.metadata_dir} to devices over HTTP(S)")
+    print(f"  provision devices with {result.trusted_root} ([trust] trusted_root)")
+    print(f"  approvals need {result.approver_threshold} of {len(result.approver_keys)} approver keys:")
+    for path in result.approver_keys:
+        print(f"    {path}")
+    print("  root keys (keep offline): " + ", ".join(str(p) for p in result.root_keys))
+    print(f"  online keys (snapshot, timestamp): {result.site.online_dir}; run `otaml trust refresh` on a timer")
+    return 0
+
+
+def status_dict(site_dir: str) -> dict[str, Any]:
+    from registry.tuf.site import TrustSite
+
+    repo = TrustSite(site_dir).open()
+    root = repo.root().signed
+    pending = repo.pending()
+    return {
+        "site": site_dir,
+        "root_version": root.version,
+        "approver_threshold": root.roles["targets"].threshold,
+        "approvers": sorted(root.roles["targets"].keyids),
+        "expires": {
+            "root": root.expires.isoformat(),
+            "targets": repo.targets().signed.expires.isoformat(),
+            "snapshot": repo.snapshot().signed.expires.isoformat(),
+            "timestamp": repo.timestamp().signed.expires.isoformat(),
+        },
+        "approvals": [
+            {"channel": a.channel, "model": a.model, "version": a.version, "digest": a.digest, "base": a.base_digest}
+            for a in repo.approvals()
+        ],
+        "pending": None
+        if pending is None
+        else {
+            "target": pending.approval.target_path,
+            "digest": pending.approval.digest,
+            "signed_by": list(pending.signed_by),
+            "missing": pending.missing,
+        },
+    }
+
+
+def run_status(args: argparse.Namespace) -> int:
+    data = status_dict(args.dir)
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"trust site {data['site']} (root v{data['root_version']}, approvals need {data['approver_threshold']})")
+    for role, when in data["expires"].items():
+        print(f"  {role:<9} expires {when}")
+    print("approved:" if data["approvals"] else "approved: nothing yet")
+    for a in data["approvals"]:
+        print(f"  {a['channel']}/{a['model']}/{a['version']}  {a['digest']}")
+    p = data["pending"]
+    if p:
+        print(
+            f"pending: {p['target']} {p['digest']} — {p['missing']} more signature(s): `otaml trust approve --key ...`"
+        )
+    return 0
+
+
+def run_approve(args: argparse.Namespace) -> int:
+    from registry.tuf import keys
+    from registry.tuf.site import TrustSite
+
+    signer = keys.load_signer(args.key)
+    with TrustSite(args.dir).locked() as repo:
+        status = repo.approve_pending(signer)
+    if status.state == "approved":
+        print(f"approved {status.approval.target_path} ({status.approval.digest}): devices will run it")
+    else:
+        print(f"signed {status.approval.target_path}: {status.missing} more signature(s) needed")
+    return 0
+
+
+def run_discard(args: argparse.Namespace) -> int:
+    from registry.tuf.site import TrustSite
+
+    with TrustSite(args.dir).locked() as repo:
+        pending = repo.pending()
+        repo.discard_pending()
+    print(f"discarded {pending.approval.target_path}" if pending else "nothing was pending")
+    return 0
+
+
+def run_refresh(args: argparse.Namespace) -> int:
+    from registry.tuf.site import TrustSite
+
+    with TrustSite(args.dir).locked() as repo:
+        expires = repo.refresh()
+    print(f"timestamp re-signed; valid until {expires.isoformat()}")
+    return 0

@@ -1,0 +1,279 @@
+"""The agent on TUF: it runs the approved image its metadata names, nothing else, and keeps serving on any failure.
+
+A real fleet repository (registry.tuf) and the real TrustClient (python-tuf ngclient) over the fake fetcher seam
+(``tests/edge_runtime/trust/fakes.py``; the HTTP transfer itself is exercised by ``trust/test_http.py``); the
+registry, containerd and the kernel are the agent's usual fakes.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from edge_runtime.agent.config import AgentConfig, ConfigError
+from edge_runtime.agent.reconcile import Reconciler
+from edge_runtime.agent.trust_policy import TrustPolicy
+from edge_runtime.fleet.rollout import RolloutRecord, bucket
+from edge_runtime.trust.approval import Approval
+from tests.edge_runtime.trust.fakes import Device, provision
+from tests.registry.tuf.fleet import BASE_DIGEST, Clock, Fleet, make_fleet
+
+from .fakes import World, digest_of
+
+MODEL = "pump"
+CHANNEL = "production"
+
+
+def approval(version: str) -> Approval:
+    return Approval(CHANNEL, MODEL, int(version), digest_of(version), 1000, BASE_DIGEST)
+
+
+class Setup:
+    def __init__(self, tmp: Path, clock: Clock | None = None) -> None:
+        self.world = World(tmp)
+        self.fleet: Fleet = make_fleet(tmp / "repo", clock=clock)
+        self.device: Device = provision(tmp, self.fleet)
+        self.record: RolloutRecord | None = None
+        self.groups: dict[str, str] = {}
+
+    def approve(self, version: str) -> None:
+        self.world.publish(version, move=False)
+        status = self.fleet.approve(approval(version))
+        assert status.state == "approved"
+
+    def agent(self, device_id: str = "dev-1") -> Reconciler:
+        policy = TrustPolicy(
+            self.device.restarted().client,
+            CHANNEL,
+            MODEL,
+            device_id,
+            self.groups,
+            rollout=lambda channel, model: self.record,
+        )
+        w = self.world
+        return Reconciler(
+            w.config,
+            w.store,
+            w.source,
+            w.runtime,
+            w.switch,
+            w.prober,
+            policy,
+            clock=w.clock.time,
+            monotonic=w.clock.time,
+            sleep=w.clock.sleep,
+            available_memory=lambda: w.mem_available,
+            trust=policy,
+        )
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Setup:
+    return Setup(tmp_path)
+
+
+def serving(setup: Setup) -> str | None:
+    containers = list(setup.world.runtime.containers.values())
+    running = [c for c in containers if setup.world.runtime._running(c)]
+    assert len(running) <= 1
+    return running[0].spec.image.rsplit("@", 1)[1] if running else None
+
+
+def test_the_device_runs_the_highest_approved_version_not_what_the_channel_tag_says(setup: Setup) -> None:
+    setup.approve("1")
+    # Someone with push rights moves the channel tag to an image nobody approved.
+    setup.world.publish("9")
+    agent = setup.agent()
+    agent.recover()
+    report = agent.reconcile()
+    assert report.outcome == "updated", report
+    assert serving(setup) == digest_of("1")
+    assert agent.state.trust_status == "ok"
+    assert "highest approved" in agent.state.desired
+    assert setup.world.source.heads == 0, "a device on TUF never reads the channel tag"
+    assert not any(digest_of("9") in r for r in setup.world.runtime.images), "the unapproved image was pulled"
+    setup.approve("2")
+    assert agent.reconcile().outcome == "updated"
+    assert serving(setup) == digest_of("2")
+    assert agent.state.trust_floor >= 3  # targets v1 (empty), v2, v3
+
+
+def test_nothing_approved_is_an_error_with_its_reason_and_nothing_runs(setup: Setup) -> None:
+    setup.world.publish("1")
+    agent = setup.agent()
+    agent.recover()
+    report = agent.reconcile()
+    assert (report.outcome, report.reason) == ("error", "not-approved")
+    assert serving(setup) is None
+
+
+def test_stale_metadata_keeps_the_device_serving_and_reports_why(tmp_path: Path) -> None:
+    # The repository's clock is two days behind: the timestamp it signs (valid one day) is already expired.
+    setup = Setup(tmp_path, clock=Clock(datetime.now(UTC) - timedelta(days=2)))
+    setup.world.publish("1", move=False)
+    setup.fleet.approve(approval("1"))
+    agent = setup.agent()
+    agent.recover()
+    report = agent.reconcile()
+    assert (report.outcome, report.reason) == ("error", "stale-metadata")
+    assert agent.state.trust_status == "stale-metadata"
+
+
+def test_stale_metadata_after_install_never_stops_the_service(tmp_path: Path) -> None:
+    clock = Clock()
+    setup = Setup(tmp_path, clock=clock)
+    setup.approve("1")
+    agent = setup.agent()
+    agent.recover()
+    assert agent.reconcile().outcome == "updated"
+    # The next timestamp the device sees is already expired (as a frozen repository's is, once its day is over).
+    clock.advance(days=-3)
+    setup.fleet.repo.refresh()
+    report = agent.reconcile()
+    assert (report.outcome, report.reason) == ("error", "stale-metadata")
+    assert serving(setup) == digest_of("1")
+
+
+def test_a_withdrawn_approval_rolls_the_device_back_by_a_signed_act(setup: Setup) -> None:
+    setup.approve("1")
+    setup.approve("2")
+    agent = setup.agent()
+    agent.recover()
+    assert agent.reconcile().outcome == "updated"
+    assert serving(setup) == digest_of("2")
+    setup.fleet.repo.withdraw(CHANNEL, MODEL, above=1, signer=setup.fleet.targets_keys[0])
+    assert setup.fleet.repo.approve_pending(setup.fleet.targets_keys[1]).state == "approved"
+    assert agent.reconcile().outcome == "updated"
+    assert serving(setup) == digest_of("1")
+
+
+def test_one_key_below_the_threshold_approves_nothing(setup: Setup) -> None:
+    setup.approve("1")
+    setup.world.publish("2", move=False)
+    pending = setup.fleet.repo.propose(approval("2"), setup.fleet.targets_keys[0])
+    assert pending.state == "pending"
+    agent = setup.agent()
+    agent.recover()
+    agent.reconcile()
+    agent.reconcile()
+    assert serving(setup) == digest_of("1")
+
+
+def test_a_failed_approved_version_stays_blocked(setup: Setup) -> None:
+    from .fakes import Behaviour
+
+    setup.approve("1")
+    agent = setup.agent()
+    agent.recover()
+    agent.reconcile()
+    setup.world.publish("2", Behaviour(score_offset=0.5), move=False)
+    setup.fleet.approve(approval("2"))
+    report = agent.reconcile()
+    assert report.outcome == "rolled_back"
+    pulls = setup.world.runtime.calls.count("pull")
+    for _ in range(3):
+        report = agent.reconcile()
+        assert (report.outcome, report.reason) == ("skipped", "blocked")
+    assert setup.world.runtime.calls.count("pull") == pulls
+    assert serving(setup) == digest_of("1")
+
+
+def test_old_metadata_is_refused_even_after_the_metadata_directory_is_wiped(setup: Setup, tmp_path: Path) -> None:
+    setup.approve("1")
+    old_copy = tmp_path / "old-repo"
+    shutil.copytree(setup.fleet.path, old_copy)
+    setup.approve("2")
+    agent = setup.agent()
+    agent.recover()
+    assert agent.reconcile().outcome == "updated"
+    assert serving(setup) == digest_of("2")
+    # An attacker wipes the device's TUF directory and serves the older (still unexpired, validly signed) copy.
+    shutil.rmtree(setup.device.settings.metadata_dir)
+    setup.device.fetcher.root = old_copy
+    report = setup.agent().reconcile()
+    assert (report.outcome, report.reason) == ("error", "rollback")
+    assert serving(setup) == digest_of("2")
+
+
+def _record(percent_waves: tuple[int, ...], wave: int, state: str = "running") -> RolloutRecord:
+    return RolloutRecord(
+        rollout_id="r1",
+        model=MODEL,
+        channel=CHANNEL,
+        version=2,
+        stable_version=1,
+        waves=percent_waves,
+        wave=wave,
+        state=state,
+    )
+
+
+def test_a_rollout_record_decides_on_the_device_who_runs_the_candidate(setup: Setup) -> None:
+    setup.approve("1")
+    setup.approve("2")
+    inside = next(f"dev-{i}" for i in range(1000) if bucket(f"dev-{i}", "r1") < 10)
+    outside = next(f"dev-{i}" for i in range(1000) if bucket(f"dev-{i}", "r1") >= 50)
+    setup.record = _record((10, 50, 100), 0)
+    agent = setup.agent(outside)
+    agent.recover()
+    assert agent.reconcile().outcome == "updated"
+    assert serving(setup) == digest_of("1"), "a device outside the wave stays on the stable version"
+    assert agent.state.rollout_id == "r1"
+    # The same machine under another id inside the first wave takes the candidate.
+    agent = setup.agent(inside)
+    assert agent.reconcile().outcome == "updated"
+    assert serving(setup) == digest_of("2")
+    # The rollout halts: the signed record sends the wave back to the stable version.
+    setup.record = _record((10, 50, 100), 0, state="halted")
+    assert agent.reconcile().outcome == "updated"
+    assert serving(setup) == digest_of("1")
+
+
+def test_a_rollout_to_an_unapproved_version_is_ignored(setup: Setup) -> None:
+    setup.approve("1")
+    setup.record = _record((100,), 0)  # candidate v2 is not approved
+    agent = setup.agent()
+    agent.recover()
+    report = agent.reconcile()
+    assert (report.outcome, report.reason) == ("error", "malformed-metadata")
+    assert serving(setup) is None
+
+
+# --- configuration: secure by default -------------------------------------------------------------------
+
+
+BASE = {"registry": {"url": "http://127.0.0.1:5000", "repository": "pump"}}
+
+
+def test_the_agent_refuses_to_start_without_a_trust_root() -> None:
+    with pytest.raises(ConfigError, match=r"trust\.metadata_url") as caught:
+        AgentConfig.from_mapping(BASE)
+    assert "insecure = true" in str(caught.value)
+
+
+def test_insecure_is_an_explicit_setting() -> None:
+    config = AgentConfig.from_mapping({**BASE, "trust": {"insecure": True}})
+    assert config.insecure
+    assert not config.trust_metadata_url
+
+
+def test_the_old_cosign_key_section_says_what_replaces_it() -> None:
+    with pytest.raises(ConfigError, match=r"\[trust\]"):
+        AgentConfig.from_mapping({**BASE, "verification": {"public_key": "/etc/otaml/key.pub"}, "trust": {}})
+
+
+def test_a_trust_section_needs_the_model() -> None:
+    with pytest.raises(ConfigError, match=r"trust\.model"):
+        AgentConfig.from_mapping({**BASE, "trust": {"metadata_url": "https://mlops/otaml/"}})
+    config = AgentConfig.from_mapping(
+        {
+            **BASE,
+            "trust": {"metadata_url": "https://mlops/otaml/", "model": "pump", "trusted_root": "/etc/otaml/r.json"},
+            "device": {"id": "pump-7", "groups": {"hw": "pi4"}},
+        }
+    )
+    assert (config.model, config.device_id, dict(config.groups)) == ("pump", "pump-7", {"hw": "pi4"})
+    assert config.tuf_dir == config.state_dir / "tuf"

@@ -299,13 +299,16 @@ def test_promote_with_an_image_registry_bakes_signs_pushes_and_shows_the_labels(
 ) -> None:
     from edge_runtime.oci import LABEL_BUNDLE_DIGEST, LABEL_MODEL_NAME, LABEL_MODEL_VERSION, RegistryClient
     from edge_runtime.verify import fetch_signatures, load_public_key, verify_signatures
+    from registry.oci.refs import pinned
     from registry.signing import generate_keys
+    from registry.tuf.site import TrustSite, init
     from tests.registry.oci.fakes import write_fake_base
 
     # A tiny two-platform base in an OCI layout: baking only needs an image to append the bundle layer to.
     base = trained.workdir / "base-layout"
     write_fake_base(base)
     keys = generate_keys(trained.workdir / "keys", overwrite=True)
+    trust = init(trained.workdir / "trust", trained.workdir / "approvers", approvers=1, threshold=1)
     gates = trained.workdir / "lenient-gates.toml"
     gates.write_text(LENIENT_GATES)
     repository = f"{oci_registry}/notebooks/runtime"
@@ -317,10 +320,13 @@ def test_promote_with_an_image_registry_bakes_signs_pushes_and_shows_the_labels(
         approver="notebook-test",
         gates_file=str(gates),
         image_repo=repository,
-        base_image=f"oci:{base}:base",
+        base_image=pinned(f"oci:{base}:base"),
         signing_key=str(keys.private_key),
+        trust_dir=str(trust.site.path),
+        approval_key=str(trust.approver_keys[0]),
     )
     execute(nb, trained.workdir)
+    (approval,) = TrustSite(trust.site.path).open().approvals()
 
     mlflow = client(trained.tracking_uri)
     shipped = mlflow.get_model_version_by_alias(MODEL, "production")
@@ -343,6 +349,7 @@ def test_promote_with_an_image_registry_bakes_signs_pushes_and_shows_the_labels(
     assert shipped.tags["otaml.production.image"] == f"{repository}@{digest}"
     assert (labels[LABEL_MODEL_NAME], labels[LABEL_MODEL_VERSION]) == (MODEL, version)
     assert claims.version == version
+    assert (approval.model, str(approval.version), approval.digest) == (MODEL, version, digest)
     shown = text(nb)
     assert "No image registry configured" not in shown
     assert digest in shown

@@ -64,6 +64,8 @@ VERSIONS = {
 class Images:
     registry: str
     digests: dict[str, str]  # name -> index digest
+    sizes: dict[str, int]  # name -> index size (what an approval signs with the digest)
+    base_digest: str
 
     def tag(self, name: str) -> str:
         return f"{self.registry}/{REPO}:model-v{VERSIONS[name]}"
@@ -143,6 +145,7 @@ def images(oci_registry: str, agent_base_ref: str, tmp_path_factory: pytest.Temp
 
     root = tmp_path_factory.mktemp("agent-bundles")
     digests: dict[str, str] = {}
+    sizes: dict[str, int] = {}
     for name, version, seed, spoil in (
         ("v1", "1", 0, None),
         ("v2", "2", 1, None),
@@ -160,7 +163,8 @@ def images(oci_registry: str, agent_base_ref: str, tmp_path_factory: pytest.Temp
             spoil(bundle.path)
         result = bake(agent_base_ref, bundle.path, f"{oci_registry}/{REPO}", force=True)
         digests[name] = result.index_digest
-    return Images(oci_registry, digests)
+        sizes[name] = result.index_size
+    return Images(oci_registry, digests, sizes, result.manifests[0].base_manifest_digest)
 
 
 @pytest.fixture(scope="module")
@@ -640,45 +644,66 @@ def test_the_registry_vanishing_mid_pull_keeps_serving_and_retries_later(device:
         proxy.close()
 
 
-# ── Approval: only images signed by the fleet key run; versions go down only with a signed rollback ─────────────
+# ── Approval (TUF): only images the fleet approved run; key rotation keeps devices updating ────────────────────
 
 
 @dataclass
-class Fleet:
-    key: Any  # the fleet's private key (an operator's workstation holds it, never a device)
-    public_key_path: Path
+class TrustedFleet:
+    """The fleet's trust site (``otaml trust init``: approvals need 2 of 3 keys), served over real HTTP."""
 
-    def sign(self, device: Device, name: str, rollback: Any = None, key: Any = None) -> None:
-        """Approve image ``name`` for the device's channel, as `otaml promote` / `otaml rollback` do."""
-        from registry.signing import build_payload, open_signature_store, push_signature, sign_payload
+    site: Any
+    keys: list[Any]  # the approvers' signers
+    root_key: Any
+    url: str
 
-        digest = device.images.digests[name]
-        payload = build_payload(
-            digest=digest,
-            reference=f"{device.images.registry}/{REPO}",
-            model="pump-anomaly",
-            version=str(VERSIONS[name]),
+    def approve(self, device: Device, name: str, signers: list[Any] | None = None) -> str:
+        """Approve image ``name`` with ``signers`` (default: the first two approvers); returns the state."""
+        from edge_runtime.trust.approval import Approval
+        from registry.tuf.site import TrustSite
+
+        approval = Approval(
             channel=device.config.channel,
-            approver="e2e",
-            rollback=rollback,
+            model="pump-anomaly",
+            version=VERSIONS[name],
+            digest=device.images.digests[name],
+            length=device.images.sizes[name],
+            base_digest=device.images.base_digest,
         )
-        store = open_signature_store(f"{device.images.registry}/{REPO}")
-        push_signature(store, digest, sign_payload(key or self.key, payload))
+        first, *rest = signers or self.keys[:2]
+        with TrustSite(self.site.path).locked() as repo:
+            status = repo.propose(approval, first)
+            for signer in rest:
+                status = repo.approve_pending(signer)
+        return str(status.state)
 
 
 @pytest.fixture
-def fleet(device: Device, tmp_path: Path) -> Fleet:
-    """The device trusts only the fleet key: the agent's real policy from ``[verification] public_key``."""
-    from edge_runtime.verify import make_policy
-    from registry.signing import generate_keys, load_private_key
+def trusted(device: Device, tmp_path: Path) -> Iterator[TrustedFleet]:
+    """The device follows the fleet's TUF repository through the real client (urllib3) and a real HTTP server."""
+    from edge_runtime.agent.trust_policy import TrustPolicy
+    from edge_runtime.trust.client import TrustClient, TrustSettings
+    from otaml.static_http import StaticServer
+    from registry.tuf import keys
+    from registry.tuf.site import init
 
-    keys = generate_keys(tmp_path / "keys")
-    device.agent.policy = make_policy({"public_key": str(keys.public_key)}, source=device.agent.source)
-    return Fleet(load_private_key(keys.private_key), keys.public_key)
+    made = init(tmp_path / "trust", tmp_path / "offline", approvers=3, threshold=2)
+    with StaticServer(made.site.metadata_dir) as server:
+        client = TrustClient(
+            TrustSettings(metadata_url=server.url, trusted_root=made.trusted_root, metadata_dir=tmp_path / "tuf")
+        )
+        policy = TrustPolicy(client, device.config.channel, "pump-anomaly", "e2e-device")
+        device.agent.trust = policy
+        device.agent.policy = policy
+        yield TrustedFleet(
+            made.site,
+            [keys.load_signer(p) for p in made.approver_keys],
+            keys.load_signer(made.root_keys[0]),
+            server.url,
+        )
 
 
 def skopeo_push(device: Device, name: str) -> None:
-    """Someone without the key points the channel at an image with a standard tool."""
+    """Someone without the keys points the channel at an image with a standard tool."""
     require(shutil.which("skopeo") is not None, "skopeo", "apt-get install -y skopeo")
     src = f"docker://{device.images.tag(name)}"
     dest = f"docker://{device.images.registry}/{REPO}:{device.config.channel}"
@@ -689,50 +714,62 @@ def skopeo_push(device: Device, name: str) -> None:
     )
 
 
-def test_only_signed_images_run_and_versions_go_down_only_with_a_signed_rollback(device: Device, fleet: Fleet) -> None:
-    from cryptography.hazmat.primitives.asymmetric import ec
+def test_only_approved_images_run_and_a_rotated_key_keeps_the_fleet_updating(
+    device: Device, trusted: TrustedFleet
+) -> None:
+    import copy
 
-    from edge_runtime.verify import RollbackAuthorisation
+    from tuf.api.metadata import Metadata
 
-    fleet.sign(device, "v1")
-    install_v1(device)
+    from registry.tuf import keys
+    from registry.tuf.site import TrustSite
+
+    assert trusted.approve(device, "v1") == "approved"
+    device.agent.recover()
+    first = device.agent.reconcile()
+    assert first.outcome == "updated", first.to_dict()
     with device.load() as load:
-        # An unsigned image pushed to the channel with skopeo is never pulled or run.
+        # An image pushed onto the channel tag with skopeo is never pulled or run.
         skopeo_push(device, "unpulled")
-        unsigned = device.agent.reconcile()
-        # Nor is one signed by another key.
-        fleet.sign(device, "v2", key=ec.generate_private_key(ec.SECP256R1()))
-        device.move_channel("v2")
-        rogue = device.agent.reconcile()
-        # The fleet's signature gets v2 through.
-        fleet.sign(device, "v2")
-        device.move_channel("golden-bad")  # move away and back: a re-signed digest gets a fresh chance
-        device.agent.reconcile()
-        device.move_channel("v2")
+        pushed = device.agent.reconcile()
+        # One approver alone (below the threshold) approves nothing.
+        assert trusted.approve(device, "v2", signers=trusted.keys[:1]) == "pending"
+        pending = device.agent.reconcile()
+        # The second pair of eyes completes it.
+        with TrustSite(trusted.site.path).locked() as repo:
+            repo.approve_pending(trusted.keys[1])
         approved = device.agent.reconcile()
-        # Moving the channel back to v1 (validly signed, but older) is a downgrade...
-        device.move_channel("v1")
-        downgrade = device.agent.reconcile()
-        # ...until an operator signs an explicit rollback authorisation, as `otaml rollback` does.
-        device.move_channel("v2")
-        device.agent.reconcile()
-        fleet.sign(device, "v1", rollback=RollbackAuthorisation("2", "1", "e2e", "v2 misfires", "2026-11-26T00:00:00Z"))
-        device.move_channel("v1")
-        rolled_back = device.agent.reconcile()
+        # Approver 1's key leaks: root rotates it out and a new key joins; approvals keep flowing.
+        new_key = keys.generate()
+        with TrustSite(trusted.site.path).locked() as repo:
+            repo.rotate(
+                "targets",
+                add=[new_key.public_key],
+                remove=[trusted.keys[0].public_key.keyid],
+                root_signers=[trusted.root_key],
+                role_signers=[new_key, trusted.keys[1]],
+            )
+        assert trusted.approve(device, "k7", signers=[new_key, trusted.keys[2]]) == "approved"
+        rotated = device.agent.reconcile()
+        # The leaked key plus one valid key no longer make a threshold: a forged publication is refused.
+        with TrustSite(trusted.site.path).locked() as repo:
+            forged = Metadata(copy.deepcopy(repo.targets().signed))
+            forged.signed.version += 1
+            forged.signed.targets.pop(next(iter(forged.signed.targets)))
+            forged.sign(trusted.keys[0], append=True)
+            forged.sign(trusted.keys[2], append=True)
+            repo._publish(forged, previous_snapshot=repo.snapshot())
+        refused = device.agent.reconcile()
         time.sleep(1)
     result = load.report()
-    assert (unsigned.outcome, unsigned.step) == ("refused", "verify"), unsigned.to_dict()
-    assert "unsigned" in unsigned.error
-    assert (rogue.outcome, rogue.step) == ("refused", "verify"), rogue.to_dict()
-    assert "wrong-key" in rogue.error
+    assert (pushed.outcome, pushed.digest) == ("unchanged", device.images.digests["v1"]), pushed.to_dict()
+    assert pending.outcome == "unchanged", pending.to_dict()
     assert approved.outcome == "updated", approved.to_dict()
-    assert (downgrade.outcome, downgrade.step) == ("refused", "verify"), downgrade.to_dict()
-    assert "downgrade" in downgrade.error
-    assert rolled_back.outcome == "updated", rolled_back.to_dict()
+    assert (rotated.outcome, rotated.version) == ("updated", "7"), rotated.to_dict()
+    assert (refused.outcome, refused.reason) == ("error", "bad-signature"), refused.to_dict()
     assert device.config.image_ref(device.images.digests["unpulled"]) not in device.runtime.list_images()
     assert result.total.failed == 0, result.errors[:5]
-    assert set(result.versions) == {"1", "2"}
-    assert_serving(device, "1", load)
+    assert_serving(device, "7", load)
 
 
 def test_containerd_restarted_mid_update_converges_without_a_failed_request(
@@ -772,6 +809,7 @@ def agent_toml(config: AgentConfig, path: Path) -> Path:
         f"[update]\nprobation_s = 3\nready_timeout_s = {config.ready_timeout_s:g}\n"
         f"health_interval_s = {config.health_interval_s:g}\nunhealthy_after = {config.unhealthy_after}\n"
         f'[agent]\nstate_dir = "{config.state_dir}"\n'
+        "[trust]\ninsecure = true\n"  # this test drives the channel tag; the TUF path has its own test
     )
     return path
 

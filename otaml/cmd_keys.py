@@ -49,7 +49,7 @@ class _Candidate:
 def run_verify(args: argparse.Namespace) -> int:
     from edge_runtime.errors import NotFound
     from edge_runtime.oci import LABEL_MODEL_NAME, LABEL_MODEL_VERSION
-    from edge_runtime.verify import SignaturePolicy, SignatureRejected, load_public_key
+    from registry.cosign import SignaturePolicy, SignatureRejected, load_public_key
     from registry.signing import client_for
 
     if args.running_version and not args.model:

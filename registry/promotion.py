@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from edge_runtime.bundle import Bundle, load_bundle
 from edge_runtime.errors import InputError, NotFound, OtamlError, TemporaryError
 from edge_runtime.trust.approval import Approval
-from edge_runtime.verify import RollbackAuthorisation, format_time
+from registry.cosign import RollbackAuthorisation, format_time
 from registry.gates import GateReport, evaluate_gates, load_gate_config
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""Fleet signing keys and cosign-compatible image signatures (the signer's half of :mod:`edge_runtime.verify`).
+"""Fleet signing keys and cosign-compatible image signatures (the signer's half of :mod:`registry.cosign`).
 
 A signature approves one image digest for one model, version and channel, optionally until an expiry, and may
 carry an operator's rollback authorisation. It is stored beside the image as cosign's ``sha256-<hex>.sig`` tag:
@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from edge_runtime.errors import InputError
 from edge_runtime.oci import OCI_CONFIG, OCI_MANIFEST, Reference, RegistryClient, parse_reference, sha256_digest
-from edge_runtime.verify import (
+from registry.cosign import (
     COSIGN_SIGNATURE_TYPE,
     KEY_ID_ANNOTATION,
     SIGNATURE_ANNOTATION,

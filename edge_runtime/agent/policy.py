@@ -2,19 +2,18 @@
 
 ``VerificationPolicy.check(image)`` returns None to approve and raises
 :class:`edge_runtime.errors.VerificationFailed` (with the reason and the remedy) to refuse; a refused
-digest is blocked until the channel moves. The default, :class:`NoDowngrade`, approves everything except a
-model version lower than the one serving. A signing policy (``edge_runtime/verify.py``) replaces it when
-``[verification] public_key`` is configured; it then owns the downgrade rule too (signed rollbacks).
+digest is blocked. On a device with ``[trust]`` the policy is the fleet's TUF repository
+(:mod:`edge_runtime.agent.trust_policy`); on an explicitly insecure device, :class:`NoDowngrade` approves
+everything except a model version lower than the one serving.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-from edge_runtime.errors import InputError, VerificationFailed
+from edge_runtime.errors import VerificationFailed
 
 
 @dataclass(frozen=True)
@@ -64,23 +63,3 @@ class NoDowngrade:
                 f"version {image.current_version}: refusing a downgrade. Promote a new version instead, or sign an "
                 "explicit rollback with the fleet key."
             )
-
-
-def load_policy(section: Mapping[str, Any], **context: Any) -> VerificationPolicy:
-    """The policy for a ``[verification]`` section.
-
-    With ``public_key`` set, ``edge_runtime.verify.make_policy(section, **context)`` builds it (the signing
-    module; ``context`` holds ``source``, the agent's ImageSource, for fetching signatures). Without it the
-    device accepts any image that is not a downgrade.
-    """
-    if not section.get("public_key"):
-        return NoDowngrade()
-    try:
-        verify = importlib.import_module("edge_runtime.verify")
-    except ImportError as exc:
-        raise InputError(
-            "Config '[verification] public_key' is set but this runtime has no edge_runtime.verify module "
-            f"({exc}). Install a runtime with image signing, or remove the key."
-        ) from exc
-    policy: VerificationPolicy = verify.make_policy(section, **context)
-    return policy

@@ -298,7 +298,7 @@ def test_promote_with_an_image_registry_bakes_signs_pushes_and_shows_the_labels(
     trained: Trained, oci_registry: str
 ) -> None:
     from edge_runtime.oci import LABEL_BUNDLE_DIGEST, LABEL_MODEL_NAME, LABEL_MODEL_VERSION, RegistryClient
-    from edge_runtime.verify import fetch_signatures, load_public_key, verify_signatures
+    from registry.cosign import fetch_signatures, load_public_key, verify_signatures
     from registry.oci.refs import pinned
     from registry.signing import generate_keys
     from registry.tuf.site import TrustSite, init

@@ -115,7 +115,9 @@ def test_agent_settings_toml_is_a_valid_agent_config(tmp_path: Path) -> None:
         public_port=18080,
         private_ports=(18081, 18082),
         containerd_socket=str(tmp_path / "c.sock"),
-        public_key=tmp_path / 'key "quoted".pub',
+        trust_url="http://127.0.0.1:8000/",
+        trusted_root=tmp_path / 'root "quoted".json',
+        model="pump-anomaly",
         probation_s=3,
     )
     config = AgentConfig.from_mapping(tomllib.loads(settings.toml()))
@@ -123,7 +125,12 @@ def test_agent_settings_toml_is_a_valid_agent_config(tmp_path: Path) -> None:
     assert config.plain_http
     assert config.private_ports == (18081, 18082)
     assert config.state_dir == tmp_path / "state dir"
-    assert config.verification["public_key"] == str(tmp_path / 'key "quoted".pub')
+    assert config.trusted_root == tmp_path / 'root "quoted".json'
+    assert (config.trust_metadata_url, config.model, config.insecure) == (
+        "http://127.0.0.1:8000/",
+        "pump-anomaly",
+        False,
+    )
     assert (config.probation_s, config.poll_interval_s, config.handover) == (3.0, 1.0, "iptables")
 
 

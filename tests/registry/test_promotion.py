@@ -13,7 +13,7 @@ import pytest
 
 from edge_runtime.bundle import Bundle, load_bundle
 from edge_runtime.errors import InputError, NotFound, TemporaryError
-from edge_runtime.verify import RollbackAuthorisation
+from registry.cosign import RollbackAuthorisation
 from registry.promotion import (
     ImageOutcome,
     ImageTarget,
@@ -363,7 +363,7 @@ def test_publisher_never_signs_what_a_model_tag_holds_unless_it_is_the_gated_bun
 
 
 def test_publisher_signs_the_repository_devices_pull_from(model_bundle: Bundle, tmp_path: Path) -> None:
-    from edge_runtime.verify import parse_payload
+    from registry.cosign import parse_payload
     from registry.oci.layout import Layout
     from registry.oci.refs import pinned
     from registry.promotion import ImageTarget, RegistryPublisher
@@ -446,7 +446,7 @@ def test_promotion_approves_into_the_trust_site_with_four_eyes_and_rollback_with
     repo.approve_pending(keys.load_signer(site.approver_keys[2]))
     assert [a.version for a in repo.approvals()] == [1, 2]
     # A rollback is a signed withdrawal of the newer approvals, with four eyes too.
-    from edge_runtime.verify import RollbackAuthorisation
+    from registry.cosign import RollbackAuthorisation
 
     back = publisher.publish(
         name="pump",

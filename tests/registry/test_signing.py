@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from edge_runtime.bundle import Bundle
 from edge_runtime.errors import InputError
 from edge_runtime.oci import RegistryClient
-from edge_runtime.verify import (
+from registry.cosign import (
     Rejection,
     SignaturePolicy,
     SignatureRejected,

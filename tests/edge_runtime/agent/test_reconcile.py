@@ -15,7 +15,7 @@ from edge_runtime.agent.policy import CandidateImage
 from edge_runtime.agent.reconcile import MAX_ATTEMPTS, Reconciler, UpdateReport
 from edge_runtime.agent.runtime import RuntimeFailure
 from edge_runtime.errors import TemporaryError
-from edge_runtime.verify import Rejection, SignatureRejected
+from registry.cosign import Rejection, SignatureRejected
 
 from .fakes import AgentKilled, Behaviour, World, digest_of
 

@@ -1,4 +1,7 @@
-"""Device-side approval check: is this image digest signed by the fleet key, for this model and channel?
+"""Cosign-layout image signatures, checked from a workstation (`otaml verify`): signed by the fleet key?
+
+Devices no longer use this: they follow the fleet's TUF repository (:mod:`edge_runtime.trust`). The signature is still
+published by promotion so that people and tooling (cosign) can check an image.
 
 Signatures use cosign's "simple signing" layout, so cosign can check them too. They carry no Rekor
 transparency-log bundle, so cosign 2.x needs ``cosign verify --key fleet.pub --insecure-ignore-tlog=true IMAGE``

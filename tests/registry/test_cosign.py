@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from edge_runtime.errors import NotFound, VerificationFailed
-from edge_runtime.verify import (
+from registry.cosign import (
     KEY_ID_ANNOTATION,
     SIGNATURE_ANNOTATION,
     SIMPLESIGNING_MEDIA_TYPE,
@@ -281,7 +281,7 @@ def test_an_authorisation_allows_exactly_one_step_from_the_running_version(
 
 
 def test_repository_path_ignores_host_tag_and_digest() -> None:
-    from edge_runtime.verify import repository_path
+    from registry.cosign import repository_path
 
     assert repository_path("127.0.0.1:5000/fleet/pump") == "fleet/pump"
     assert repository_path("mirror.example.com/fleet/pump:production") == "fleet/pump"
@@ -323,7 +323,7 @@ def test_policy_approves_signed_image_and_rejects_unsigned_with_a_logged_reason(
 ) -> None:
     repo = running_pump(fleet_key)
     policy = SignaturePolicy(fleet_key.public_key(), repo, channel="production", clock=lambda: NOW)
-    with caplog.at_level(logging.WARNING, logger="edge_runtime.verify"), pytest.raises(SignatureRejected) as info:
+    with caplog.at_level(logging.WARNING, logger="registry.cosign"), pytest.raises(SignatureRejected) as info:
         policy.check(Candidate())
     assert info.value.rejection is Rejection.UNSIGNED
     assert any(getattr(r, "reason", None) == "unsigned" for r in caplog.records)

@@ -2,8 +2,9 @@
 
 The promotion side is unchanged (``registry`` writes ``oci:`` REFs as it writes registry ones: bake, sign, move
 the channel tag). The device runs the real agent (:class:`edge_runtime.agent.reconcile.Reconciler`, the same
-signature policy) in a thread, reading the layout through :class:`LayoutClient`, running services with
-:class:`otaml.process_runtime.ProcessRuntime` and switching traffic with :class:`otaml.tcp_proxy.ProxySwitch`.
+TUF trust policy) in a thread, reading the layout through :class:`LayoutClient`, running services with
+:class:`edge_runtime.agent.process.ProcessRuntime` and switching traffic with
+:class:`edge_runtime.agent.forwarder.ProxySwitch`.
 The base image is a minimal one (a config and no layers): the services run on this machine's Python.
 """
 
@@ -14,11 +15,11 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
+from edge_runtime.agent.forwarder import ProxySwitch
+from edge_runtime.agent.process import ProcessRuntime
 from edge_runtime.errors import OtamlError
 from edge_runtime.oci import OCI_CONFIG, Descriptor, Platform
 from otaml.demo_device import NAMESPACE, AgentSettings, AgentThread, Site
-from otaml.process_runtime import ProcessRuntime
-from otaml.tcp_proxy import ProxySwitch
 from registry.oci.image import Blob, Index, Manifest, canonical_json
 from registry.oci.layout import Layout
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from otaml.tcp_proxy import ProxySwitch
+from edge_runtime.agent.forwarder import ProxySwitch
 from tests.conftest import free_port
 
 

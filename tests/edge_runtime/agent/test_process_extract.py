@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from edge_runtime.agent.process import ProcessRuntime, extract_subtree
 from edge_runtime.agent.runtime import RuntimeFailure
-from otaml.process_runtime import ProcessRuntime, extract_subtree
 
 
 def layer(*members: tuple[tarfile.TarInfo, bytes | None]) -> tarfile.TarFile:

@@ -1,10 +1,11 @@
 """A :class:`~edge_runtime.agent.runtime.ContainerRuntime` made of local processes, for machines without containerd.
 
-Images come from an OCI image layout (the registry's stand-in): ``pull`` copies the platform's blobs into a
-local content store and unpacks the model bundle (``/opt/model``) of the image; ``start`` runs
+Images come from the registry's read client (an HTTP registry, or an OCI image layout): ``pull`` copies the
+platform's blobs into a local content store and unpacks the model bundle (``/opt/model``) of the image; ``start`` runs
 ``python -m edge_runtime serve --bundle <that dir>`` with the spec's environment. It keeps the agent's contract
 (names, labels, status, idempotent stop, logs) but isolates nothing: no memory or CPU limit, no read-only root,
-the current user. The demo's embedded mode uses it; a device uses containerd.
+the current user. A device without containerd, the fleet bench and the demo's embedded mode use it; a device
+with containerd uses :mod:`edge_runtime.agent.ctr`.
 """
 
 from __future__ import annotations

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from edge_runtime.agent.canary import HttpProber, golden_from_layers
+from edge_runtime.agent.process import ProcessRuntime
 from edge_runtime.agent.runtime import ContainerSpec
 from edge_runtime.agent.source import RegistrySource
 from edge_runtime.bundle import Bundle
 from edge_runtime.errors import NotFound
 from otaml.demo_embedded import LayoutClient, minimal_base_image
-from otaml.process_runtime import ProcessRuntime
 from registry.bake import bake
 from registry.oci.layout import Layout
 from tests.conftest import free_port

@@ -1,0 +1,74 @@
+"""What the agent tells the fleet: its state as a :class:`DeviceState` (the shadow) and each step as an event.
+
+Pure mapping from the agent's own records (:class:`~edge_runtime.agent.state.AgentState` and the step's
+:class:`~edge_runtime.agent.reconcile.UpdateReport`) to the fleet documents; the MQTT reporter publishes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from edge_runtime.fleet.messages import DeviceEvent, DeviceState
+
+# Step outcomes worth an event (the others — unchanged, skipped — are the quiet steady state).
+EVENT_OUTCOMES = ("updated", "rolled_back", "refused", "error", "recovered")
+
+
+def _version(text: str) -> int:
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return 0
+
+
+def device_state(
+    state: Any,
+    report: Any | None,
+    *,
+    device_id: str,
+    groups: Mapping[str, str],
+    model: str,
+    health: str,
+    now: float,
+) -> DeviceState:
+    """The device shadow after a step. ``state`` is an AgentState, ``report`` the step's UpdateReport (or None)."""
+    cur = state.current
+    if state.trust_status and state.trust_status not in ("ok", "insecure"):
+        phase = state.trust_status  # e.g. stale-metadata: still serving, cannot be shown to be up to date
+    elif state.trust_status == "insecure":
+        phase = "insecure"
+    elif state.phase != "idle":
+        phase = state.phase
+    else:
+        phase = "serving" if cur is not None else "waiting"
+    last = state.history[-1] if state.history else {}
+    return DeviceState(
+        device_id=device_id,
+        groups=dict(groups),
+        model=(cur.model if cur is not None and cur.model else model),
+        version=_version(cur.version) if cur is not None else 0,
+        digest=cur.digest if cur is not None else "",
+        phase=phase,
+        last_outcome=str(report.outcome if report is not None else last.get("outcome", "")),
+        last_reason=str(report.reason if report is not None else last.get("reason", "")),
+        rollout_id=state.rollout_id,
+        blocked=tuple(sorted(state.blocked))[:8],
+        health=health,
+        last_seen=now,
+    )
+
+
+def update_event(report: Any, *, device_id: str, now: float) -> DeviceEvent | None:
+    """The event for a step that changed something or failed; None for a quiet step."""
+    if report.outcome not in EVENT_OUTCOMES:
+        return None
+    return DeviceEvent(
+        device_id=device_id,
+        kind="update",
+        at=now,
+        outcome=report.outcome,
+        reason=report.reason,
+        version=_version(report.version),
+        detail={"digest": report.digest, "step": report.step, "error": report.error[:300]},
+    )

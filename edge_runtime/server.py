@@ -15,6 +15,7 @@ the same handlers), for tooling and for mounting elsewhere.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -111,6 +112,8 @@ class ScoringService:
         self._api: FastAPI | None = None
         self._api_building: asyncio.Lock | None = None
         self._scoring = 0  # score requests in progress
+        token = settings.api_token()
+        self._token = token.encode() if token is not None else None
         self._routes = ROUTES if settings.openapi else tuple(r for r in ROUTES if r != "/openapi.json")
 
     @property
@@ -174,6 +177,11 @@ class ScoringService:
         return self._api
 
     async def _score(self, scope: Scope, receive: Receive, send: Send) -> int:
+        if self._token is not None and not _authorised(scope["headers"], self._token):
+            detail = "POST /v1/score needs 'Authorization: Bearer <token>' (this service has OTAML_API_TOKEN_FILE set)."
+            extra = [(b"www-authenticate", b'Bearer realm="otaml"'), (b"connection", b"close")]
+            await _answer(send, 401, error_body("unauthorized", detail), JSON_TYPE, extra)
+            return 401
         if self._scoring >= self.settings.max_concurrent_scores:
             busy = f"{self._scoring} score requests are in progress, the limit; retry shortly."
             # Its body is still on the wire, unread: close the connection rather than buffer it.
@@ -194,6 +202,14 @@ class ScoringService:
         extra = [(b"connection", b"close")] if status in (408, 413) else []
         await _answer(send, status, body, JSON_TYPE, extra)
         return status
+
+
+def _authorised(headers: list[tuple[bytes, bytes]], token: bytes) -> bool:
+    for name, value in headers:
+        if name.lower() == b"authorization":
+            scheme, _, given = value.partition(b" ")
+            return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), token)
+    return False
 
 
 def create_app(scorer: Scorer, settings: ServeSettings, golden: GoldenResult | None = None) -> ScoringService:

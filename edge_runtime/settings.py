@@ -53,6 +53,26 @@ class ServeSettings:
     release_startup_pages: bool = True
     # uvicorn's HTTP/1.1 parser: httptools (C) when installed under "auto", else h11 (pure Python).
     http: str = "auto"
+    # Optional bearer token on POST /v1/score, read from a file (mode 0600 or a ro mount): a token in the
+    # environment would show in `ps` and in the container spec. Probes and /metrics stay open.
+    api_token_file: Path | None = None
+
+    def api_token(self) -> str | None:
+        """The token from ``api_token_file`` (stripped), or None when no file is set; SettingsError if unusable."""
+        if self.api_token_file is None:
+            return None
+        try:
+            token = self.api_token_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError(
+                f"Config 'OTAML_API_TOKEN_FILE' names {self.api_token_file}: cannot read it ({exc})."
+            ) from exc
+        if len(token) < 16:
+            raise SettingsError(
+                f"Config 'OTAML_API_TOKEN_FILE': the token in {self.api_token_file} has {len(token)} characters; "
+                "use at least 16 (e.g. `openssl rand -hex 24 > FILE`)."
+            )
+        return token
 
     @classmethod
     def from_sources(cls, flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> ServeSettings:
@@ -137,4 +157,5 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "drain_seconds": _int(0, 3600),
     "release_startup_pages": _bool,
     "http": _choice(HTTP_PARSERS),
+    "api_token_file": _path,
 }

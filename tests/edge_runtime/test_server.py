@@ -518,3 +518,32 @@ def test_unknown_methods_share_one_metrics_label(client: ASGIClient) -> None:
     text = client.get("/metrics").text
     assert 'method="other",route="/healthz",status="405"} 3' in text
     assert "BREW" not in text
+
+
+def test_an_api_token_guards_scoring_but_not_the_probes(model_bundle: Bundle, tmp_path: Path) -> None:
+    token_file = tmp_path / "api-token"
+    token_file.write_text("s3cret-token-0123456789\n")
+    client = make_client(model_bundle, api_token_file=token_file)
+    body = {"stream": "a", "readings": [[60.0, 0.5, 3.0]]}
+    missing = post(client, body)
+    wrong = post(client, body, {**JSON, "authorization": "Bearer nope"})
+    right = post(client, body, {**JSON, "authorization": "Bearer s3cret-token-0123456789"})
+    assert (missing.status_code, wrong.status_code, right.status_code) == (401, 401, 200)
+    assert missing.headers["www-authenticate"].startswith("Bearer")
+    assert missing.json()["error"]["code"] == "unauthorized"
+    scored = history(client, "a")
+    assert scored is not None
+    assert scored[0] == 1  # only the authorised request scored
+    assert client.get("/readyz").status_code == 200
+    assert client.get("/metrics").status_code == 200
+
+
+def test_a_short_or_missing_token_file_is_a_clear_settings_error(model_bundle: Bundle, tmp_path: Path) -> None:
+    from edge_runtime.settings import SettingsError
+
+    short = tmp_path / "short"
+    short.write_text("abc")
+    with pytest.raises(SettingsError, match="at least 16"):
+        make_client(model_bundle, api_token_file=short)
+    with pytest.raises(SettingsError, match="cannot read"):
+        make_client(model_bundle, api_token_file=tmp_path / "absent")

@@ -70,9 +70,10 @@ def split_topic(topic: str) -> tuple[str, str, str]:
 
 @dataclass(frozen=True)
 class DeviceState:
-    """The retained device shadow. ``phase`` is the agent's phase (``serving``, ``updating``, ``recovering``,
-    ``stale-metadata``, ``insecure``...); ``last_outcome`` and ``last_reason`` are the last update step's outcome
-    and reason code; ``health`` is ``ok`` / ``unhealthy`` / ``unknown``; times are Unix seconds."""
+    """The retained device shadow. ``phase`` is the agent's phase (``serving``, ``waiting``, ``pulling``,
+    ``canary``, ``probation``...); ``trust`` is the last metadata refresh (``ok``, a reason code such as
+    ``stale-metadata``, or ``insecure``); ``last_outcome`` and ``last_reason`` are the last update step's outcome
+    and reason code; ``health`` is ``ok`` / ``degraded`` / ``unhealthy`` / ``unknown``; times are Unix seconds."""
 
     device_id: str
     groups: Mapping[str, str] = field(default_factory=dict)  # e.g. {"hw": "pi4", "site": "plant-3"}
@@ -80,6 +81,7 @@ class DeviceState:
     version: int = 0  # 0: nothing serving yet
     digest: str = ""
     phase: str = "starting"
+    trust: str = ""
     last_outcome: str = ""
     last_reason: str = ""
     rollout_id: str = ""  # the rollout whose decision the device last acted on
@@ -154,6 +156,7 @@ def parse_state(payload: bytes, *, device_id: str | None = None) -> DeviceState:
             version=_field(doc, "version", int, 0),
             digest=_field(doc, "digest", str, ""),
             phase=_field(doc, "phase", str, "starting"),
+            trust=_field(doc, "trust", str, ""),
             last_outcome=_field(doc, "last_outcome", str, ""),
             last_reason=_field(doc, "last_reason", str, ""),
             rollout_id=_field(doc, "rollout_id", str, ""),

@@ -34,14 +34,8 @@ def device_state(
 ) -> DeviceState:
     """The device shadow after a step. ``state`` is an AgentState, ``report`` the step's UpdateReport (or None)."""
     cur = state.current
-    if state.trust_status and state.trust_status not in ("ok", "insecure"):
-        phase = state.trust_status  # e.g. stale-metadata: still serving, cannot be shown to be up to date
-    elif state.trust_status == "insecure":
-        phase = "insecure"
-    elif state.phase != "idle":
-        phase = state.phase
-    else:
-        phase = "serving" if cur is not None else "waiting"
+    idle = "serving" if cur is not None else "waiting"
+    phase = state.phase if state.phase != "idle" else idle
     last = state.history[-1] if state.history else {}
     return DeviceState(
         device_id=device_id,
@@ -50,6 +44,7 @@ def device_state(
         version=_version(cur.version) if cur is not None else 0,
         digest=cur.digest if cur is not None else "",
         phase=phase,
+        trust=state.trust_status,
         last_outcome=str(report.outcome if report is not None else last.get("outcome", "")),
         last_reason=str(report.reason if report is not None else last.get("reason", "")),
         rollout_id=state.rollout_id,

@@ -1,0 +1,91 @@
+"""The agent's link to the fleet: what each step publishes (the reporter is faked here; the real one, on a real
+Mosquitto, is exercised in tests/edge_runtime/fleet and by the fleet bench)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edge_runtime.agent.fleet_link import FleetLink
+from edge_runtime.fleet.messages import DeviceEvent, DeviceState
+
+from .fakes import Behaviour, World
+
+
+class Published:
+    def __init__(self) -> None:
+        self.states: list[DeviceState] = []
+        self.events: list[DeviceEvent] = []
+        self.fields: list[bytes] = []
+
+    def publish_state(self, state: DeviceState) -> bool:
+        self.states.append(state)
+        return True
+
+    def publish_event(self, event: DeviceEvent) -> bool:
+        self.events.append(event)
+        return True
+
+    def publish_field(self, summary: bytes) -> bool:
+        self.fields.append(summary)
+        return True
+
+
+def test_each_step_publishes_the_shadow_and_changes_publish_events(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    world.publish("1")
+    agent = world.agent()
+    out = Published()
+    fetched: list[int] = []
+
+    def fetch(port: int) -> bytes:
+        fetched.append(port)
+        return b'{"version":1}'
+
+    now = [1000.0]
+    link = FleetLink(
+        agent,
+        out,
+        device_id="pump-7",
+        groups={"hw": "pi4"},
+        model="pump",
+        field_interval_s=60,
+        clock=lambda: now[0],
+        field_fetch=fetch,
+    )
+    link(agent.recover())
+    link(agent.reconcile())
+    state = out.states[-1]
+    assert (state.device_id, state.version, state.phase, state.health) == ("pump-7", 1, "serving", "ok")
+    assert state.groups == {"hw": "pi4"}
+    assert state.trust == "insecure"  # the fakes run without [trust]: the fleet sees it
+    assert [e.outcome for e in out.events] == ["recovered", "updated"]
+    assert out.fields == [b'{"version":1}']
+    # A quiet step: a state (deduplicated by the reporter), no event, no field fetch inside the interval.
+    now[0] += 10
+    link(agent.reconcile())
+    assert [e.outcome for e in out.events] == ["recovered", "updated"]
+    assert len(fetched) == 1
+    # A failed canary: an event with its reason code, and the device still serving v1.
+    world.publish("2", Behaviour(score_offset=0.5))
+    link(agent.reconcile())
+    event: Any = out.events[-1]
+    assert (event.outcome, event.reason, event.version) == ("rolled_back", "unhealthy", 2)
+    assert out.states[-1].version == 1
+    assert out.states[-1].blocked
+
+
+def test_a_failing_field_fetch_never_stops_the_link(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    world.publish("1")
+    agent = world.agent()
+    out = Published()
+
+    def broken(port: int) -> bytes:
+        raise ConnectionRefusedError("nothing listens")
+
+    link = FleetLink(agent, out, device_id="d", groups={}, model="pump", field_fetch=broken)
+    agent.recover()
+    link(agent.reconcile())
+    assert out.states[-1].version == 1
+    assert out.fields == []

@@ -50,17 +50,26 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dir", help="the trust site (default: $OTAML_TRUST_DIR)")
+
+
+def site_dir(args: argparse.Namespace) -> str:
+    """``--dir``, else ``$OTAML_TRUST_DIR``; a clear error when neither is set."""
     import os
 
-    default = os.environ.get("OTAML_TRUST_DIR")
-    parser.add_argument("--dir", default=default, required=default is None, help="the trust site ($OTAML_TRUST_DIR)")
+    from edge_runtime.errors import InputError
+
+    chosen = args.dir or os.environ.get("OTAML_TRUST_DIR", "")
+    if not chosen:
+        raise InputError("No trust site given: pass --dir DIR or set OTAML_TRUST_DIR (`otaml trust init` creates one).")
+    return str(chosen)
 
 
 def run_init(args: argparse.Namespace) -> int:
     from registry.tuf.site import init
 
     result = init(
-        args.dir,
+        site_dir(args),
         args.keys_out,
         approvers=args.approvers,
         threshold=args.threshold,
@@ -110,7 +119,7 @@ def status_dict(site_dir: str) -> dict[str, Any]:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    data = status_dict(args.dir)
+    data = status_dict(site_dir(args))
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
@@ -133,7 +142,7 @@ def run_approve(args: argparse.Namespace) -> int:
     from registry.tuf.site import TrustSite
 
     signer = keys.load_signer(args.key)
-    with TrustSite(args.dir).locked() as repo:
+    with TrustSite(site_dir(args)).locked() as repo:
         status = repo.approve_pending(signer)
     if status.state == "approved":
         print(f"approved {status.approval.target_path} ({status.approval.digest}): devices will run it")
@@ -145,7 +154,7 @@ def run_approve(args: argparse.Namespace) -> int:
 def run_discard(args: argparse.Namespace) -> int:
     from registry.tuf.site import TrustSite
 
-    with TrustSite(args.dir).locked() as repo:
+    with TrustSite(site_dir(args)).locked() as repo:
         pending = repo.pending()
         repo.discard_pending()
     print(f"discarded {pending.approval.target_path}" if pending else "nothing was pending")
@@ -155,7 +164,7 @@ def run_discard(args: argparse.Namespace) -> int:
 def run_refresh(args: argparse.Namespace) -> int:
     from registry.tuf.site import TrustSite
 
-    with TrustSite(args.dir).locked() as repo:
+    with TrustSite(site_dir(args)).locked() as repo:
         expires = repo.refresh()
     print(f"timestamp re-signed; valid until {expires.isoformat()}")
     return 0

@@ -17,12 +17,18 @@ halted      nobody: the wave returns to ``stable_version`` (``reason`` says why)
 aborted     nobody (an operator's abort)
 ==========  ================================================================================
 
+The record travels as the target ``rollouts/<channel>/<model>`` (:func:`target_path`) of the delegated
+``rollouts`` role: ``custom`` holds :meth:`RolloutRecord.to_dict`, ``length`` and ``hashes.sha256`` are those of
+:func:`canonical_json` of that dict, and :meth:`RolloutRecord.from_target` checks all of it.
+
 Pure code: no I/O, no python-tuf.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -33,6 +39,21 @@ from edge_runtime.errors import InputError
 STATES = ("running", "paused", "completed", "halted", "aborted")
 CANDIDATE_STATES = ("running", "paused", "completed")
 ROLLOUT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # channel and model: one path component
+TARGET_PREFIX = "rollouts"
+
+
+def target_path(channel: str, model: str) -> str:
+    """``rollouts/<channel>/<model>``: where the record of ``model`` on ``channel`` is signed."""
+    for kind, value in (("channel", channel), ("model", model)):
+        if not isinstance(value, str) or not NAME_RE.match(value):
+            raise InputError(f"{kind} {value!r} is not a valid name: use letters, digits, '.', '_' or '-' (max 128)")
+    return f"{TARGET_PREFIX}/{channel}/{model}"
+
+
+def canonical_json(doc: Mapping[str, Any]) -> bytes:
+    """The bytes a record's target length and hash are computed over (sorted keys, no spaces, UTF-8)."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
 def bucket(device_id: str, rollout_id: str) -> float:
@@ -78,7 +99,11 @@ class RolloutRecord:
             raise InputError(
                 f"waves {list(waves)!r} must be increasing percentages in 1..100 that end at 100, e.g. 1,10,50,100"
             )
-        if not isinstance(self.wave, int) or not 0 <= self.wave < len(waves):
+        for kind in ("channel", "model"):
+            value = getattr(self, kind)
+            if not isinstance(value, str) or not NAME_RE.match(value):
+                raise InputError(f"rollout {kind} {value!r} is not a valid name: letters, digits, '.', '_', '-'")
+        if isinstance(self.wave, bool) or not isinstance(self.wave, int) or not 0 <= self.wave < len(waves):
             raise InputError(f"wave index {self.wave!r} is outside the {len(waves)} waves {list(waves)}")
         if self.state not in STATES:
             raise InputError(f"rollout state {self.state!r} is not one of {', '.join(STATES)}")
@@ -90,6 +115,12 @@ class RolloutRecord:
             raise InputError(f"rollout of version {self.version} from itself: the stable version must differ")
         if not 0.0 <= float(self.max_failure_rate) <= 1.0:
             raise InputError(f"max failure rate {self.max_failure_rate!r} is not a fraction in [0, 1]")
+        for name in ("soak_s", "started_at", "wave_started_at"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise InputError(f"rollout field {name!r} has value {value!r}; use a finite number >= 0 (seconds)")
+        if not isinstance(self.reason, str):
+            raise InputError(f"rollout reason {self.reason!r} is not text")
 
     @property
     def percent(self) -> int:
@@ -99,6 +130,15 @@ class RolloutRecord:
         if self.state not in CANDIDATE_STATES:
             return 0
         return self.waves[self.wave]
+
+    @property
+    def target_path(self) -> str:
+        return target_path(self.channel, self.model)
+
+    @property
+    def active(self) -> bool:
+        """Still moving (running or paused): a new rollout of the same model and channel must wait for it."""
+        return self.state in ("running", "paused")
 
     def in_wave(self, device_id: str, groups: Mapping[str, str]) -> bool:
         """Whether this device runs the candidate now."""
@@ -133,6 +173,27 @@ class RolloutRecord:
         }
 
     @classmethod
+    def from_target(cls, path: str, length: int, hashes: Mapping[str, str], custom: Any) -> RolloutRecord:
+        """The record of a verified ``rollouts/<channel>/<model>`` target; :class:`InputError` when the custom
+        fields are no record, do not hash to the signed length and sha256, or name another channel or model."""
+        if not isinstance(custom, Mapping):
+            raise InputError(f"rollout target {path!r} has no record in its custom fields")
+        try:
+            data = canonical_json(custom)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"rollout target {path!r} holds a record that is not plain JSON: {exc}") from exc
+        sha = hashlib.sha256(data).hexdigest()
+        if length != len(data) or hashes.get("sha256") != sha:
+            raise InputError(
+                f"rollout target {path!r}: the signed length/sha256 ({length}, {hashes.get('sha256')}) are not "
+                f"those of its record ({len(data)}, {sha})"
+            )
+        record = cls.from_dict(custom)
+        if record.target_path != path:
+            raise InputError(f"rollout target {path!r} holds the record of {record.target_path!r}")
+        return record
+
+    @classmethod
     def from_dict(cls, doc: Any) -> RolloutRecord:
         """Parse a record (from verified metadata); :class:`InputError` naming the bad field."""
         if not isinstance(doc, Mapping):
@@ -156,11 +217,11 @@ class RolloutRecord:
                 wave=doc.get("wave", 0),
                 state=doc.get("state", "running"),
                 group=dict(group),
-                max_failure_rate=float(doc.get("max_failure_rate", 0.05)),
-                soak_s=float(doc.get("soak_s", 600.0)),
-                started_at=float(doc.get("started_at", 0.0)),
-                wave_started_at=float(doc.get("wave_started_at", 0.0)),
-                reason=str(doc.get("reason", "")),
+                max_failure_rate=_number(doc, "max_failure_rate", 0.05),
+                soak_s=_number(doc, "soak_s", 600.0),
+                started_at=_number(doc, "started_at", 0.0),
+                wave_started_at=_number(doc, "wave_started_at", 0.0),
+                reason=doc.get("reason", ""),
             )
         except KeyError as exc:
             raise InputError(f"rollout record has no field {exc.args[0]!r}") from exc
@@ -168,3 +229,10 @@ class RolloutRecord:
             if isinstance(exc, InputError):
                 raise
             raise InputError(f"rollout record has a field of the wrong type: {exc}") from exc
+
+
+def _number(doc: Mapping[str, Any], key: str, default: float) -> float:
+    value = doc.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InputError(f"rollout record field {key!r} has value {str(value)[:80]!r}; expected a number")
+    return float(value)

@@ -3,6 +3,7 @@
     client = TrustClient(TrustSettings(metadata_url="https://…/tuf/", trusted_root=Path("/etc/otaml/root.json"),
                                        metadata_dir=Path("/var/lib/otaml/tuf")))
     approval = client.approval("sha256:…", channel="production", model="pump-anomaly")   # -> Approval, or raises
+    record = client.rollout("production", "pump-anomaly")   # -> RolloutRecord (signed by the rollouts role) or None
 
 Each call refreshes the metadata (root chain, timestamp, snapshot, targets) through one ``tuf.ngclient.Updater``
 and answers from what it verified. ``trusted_root`` is the root the device was provisioned with (the trust
@@ -27,6 +28,8 @@ from urllib.parse import urlsplit
 from tuf.api import exceptions
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig, Urllib3Fetcher
 
+from edge_runtime.errors import InputError
+from edge_runtime.fleet.rollout import RolloutRecord, target_path
 from edge_runtime.trust.approval import Approval, ApprovalSet
 from edge_runtime.trust.errors import (
     BadSignature,
@@ -117,6 +120,28 @@ class TrustClient:
         """The highest approved version of ``model`` on ``channel``."""
         return self.refresh().latest(channel=channel, model=model)
 
+    def rollout(self, channel: str, model: str) -> RolloutRecord | None:
+        """The signed rollout record of ``model`` on ``channel``, or None when no rollout was ever published.
+
+        Read through ngclient's delegation walk: only the role the top-level targets delegate ``rollouts/*/*`` to
+        (the controller's key) can sign it. A record that does not verify, or whose fields do not hash to what
+        was signed, raises a :class:`TrustError` (``MalformedMetadata`` for bad fields): never a guess.
+        """
+        try:
+            path = target_path(channel, model)
+        except InputError as exc:
+            raise MalformedMetadata(f"no rollout record can be asked for: {exc}") from exc
+        updater = self._updater()
+        with _converted(self.settings.metadata_url):
+            updater.refresh()
+            target = updater.get_targetinfo(path)
+        if target is None:
+            return None
+        try:
+            return RolloutRecord.from_target(path, target.length, target.hashes, target.custom)
+        except InputError as exc:
+            raise MalformedMetadata(f"signed rollout record {path!r} is not valid: {exc}") from exc
+
     def _updater(self) -> Updater:
         s = self.settings
         bootstrap = _read_trusted_root(s.trusted_root, s.limits.root)
@@ -126,7 +151,9 @@ class TrustClient:
             raise LocalStateError(f"cannot create the trust metadata directory {s.metadata_dir}: {exc}") from exc
         config = UpdaterConfig(
             max_root_rotations=s.limits.root_rotations,
-            max_delegations=1,  # the fleet repository has no delegated roles
+            # The walk visits roles while it has visited at most this many: top-level targets, then the one
+            # delegated role (``rollouts``). A deeper tree (which only a leaked rollouts key could add) is not read.
+            max_delegations=1,
             root_max_length=s.limits.root,
             timestamp_max_length=s.limits.timestamp,
             snapshot_max_length=s.limits.snapshot,

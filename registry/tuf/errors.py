@@ -5,7 +5,8 @@
         ├── KeyFileError            a key file is missing, unreadable, malformed or readable by others (also InputError)
         ├── MetadataMissing         the store lacks a metadata file the repository needs (also NotFound)
         ├── ThresholdNotMet         signatures (or signers) fewer than a role's threshold: nothing was published
-        └── ApprovalError           a pending approval is absent, out of date, or the key may not sign it (InputError)
+        ├── ApprovalError           a pending approval is absent, out of date, or the key may not sign it (InputError)
+        └── RolloutConflict         a rollout record changed between reading and publishing (another controller)
 
 Messages name the offending value and say what to do.
 """
@@ -33,3 +34,8 @@ class ThresholdNotMet(TrustRepositoryError):
 
 class ApprovalError(TrustRepositoryError, InputError):
     """A pending approval is missing, out of date, or the key offered may not approve it."""
+
+
+class RolloutConflict(TrustRepositoryError):
+    """The rollout record is no longer the one the caller read: another controller or operator published first.
+    Nothing was written; read the record again and decide anew."""

@@ -2,25 +2,39 @@
 
 Layout in the store (consistent snapshots, so a device never mixes files of two publications):
 ``<N>.root.json`` (every root version, the device walks the chain) and ``root.json`` (the newest, to bootstrap
-new devices), ``<N>.targets.json``, ``<N>.snapshot.json``, ``timestamp.json``, and ``pending.targets.json`` (a
-targets version signed by fewer keys than the threshold; devices never read it).
+new devices), ``<N>.targets.json``, ``<N>.rollouts.json`` (the delegated ``rollouts`` role, when the repository
+has one), ``<N>.snapshot.json``, ``timestamp.json``, and ``pending.targets.json`` (a targets version signed by
+fewer keys than the threshold; devices never read it).
+
+The ``rollouts`` role: top-level targets delegate the paths ``rollouts/*/*`` (and nothing else) to one key held by
+the rollout controller, an online key, so waves advance and halt without the four-eyes approvers. Its targets are
+the signed rollout records (:mod:`edge_runtime.fleet.rollout`); it cannot approve an image, because a device looks
+images up under ``<channel>/<model>/<version>``, which the delegation does not cover.
 
 Publishing writes targets, then snapshot, then the timestamp last: a reader sees the old publication or the new.
-One pending approval at a time: the targets version it signs is the next one.
+Every publication holds the store's lock (:meth:`MetadataStore.lock`), so two writers (a controller advancing a
+wave, an approver, the timestamp timer) never interleave. One pending approval at a time: the targets version it
+signs is the next one.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
 import re
-from collections.abc import Callable, Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec, TypeVar
 
 from securesystemslib.signer import Key, Signer
 from tuf.api.exceptions import RepositoryError
 from tuf.api.metadata import (
+    DelegatedRole,
+    Delegations,
     Metadata,
     MetaFile,
     Root,
@@ -31,8 +45,16 @@ from tuf.api.metadata import (
     Timestamp,
 )
 
+from edge_runtime.errors import InputError
+from edge_runtime.fleet.rollout import TARGET_PREFIX, RolloutRecord, canonical_json, target_path
 from edge_runtime.trust.approval import Approval
-from registry.tuf.errors import ApprovalError, MetadataMissing, ThresholdNotMet, TrustRepositoryError
+from registry.tuf.errors import (
+    ApprovalError,
+    MetadataMissing,
+    RolloutConflict,
+    ThresholdNotMet,
+    TrustRepositoryError,
+)
 from registry.tuf.store import MetadataStore
 
 Role = Literal["root", "targets", "snapshot", "timestamp"]
@@ -40,6 +62,13 @@ ROLES: tuple[Role, ...] = ("root", "targets", "snapshot", "timestamp")
 PENDING = "pending.targets.json"
 TIMESTAMP = "timestamp.json"
 _ROOT_FILE = re.compile(r"^([1-9][0-9]*)\.root\.json$")
+ROLLOUTS = "rollouts"
+# ngclient matches a delegated path component by component, so "rollouts/*" would not cover the records'
+# "rollouts/<channel>/<model>": two wildcard components, and nothing deeper or elsewhere.
+ROLLOUTS_PATHS = (f"{TARGET_PREFIX}/*/*",)
+_UNSET: Any = object()
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 def utcnow() -> datetime:
@@ -55,6 +84,7 @@ class Expiry:
     targets: timedelta = timedelta(days=90)
     snapshot: timedelta = timedelta(days=7)
     timestamp: timedelta = timedelta(days=1)
+    rollouts: timedelta = timedelta(days=30)  # online key: the controller re-signs it well before
 
 
 @dataclass(frozen=True)
@@ -108,6 +138,8 @@ def create(
     targets_signers: Sequence[Signer],
     snapshot_signer: Signer,
     timestamp_signer: Signer,
+    rollouts: RoleKeys | None = None,
+    rollouts_signer: Signer | None = None,
     expiry: Expiry = Expiry(),
     now: Callable[[], datetime] = utcnow,
 ) -> FleetRepository:
@@ -115,7 +147,11 @@ def create(
 
     Every role's first metadata is signed by a threshold of its keys here, so this is the key ceremony:
     the root and targets key holders must all be present (their private keys never touch the store).
+    With ``rollouts`` (the controller's key) and ``rollouts_signer``, targets delegate the rollout records to it
+    and an empty ``rollouts`` role is published (add it later with :meth:`FleetRepository.delegate_rollouts`).
     """
+    if (rollouts is None) != (rollouts_signer is None):
+        raise ApprovalError("the rollouts role needs both its keys (rollouts=RoleKeys) and its signer, or neither")
     if store.exists("1.root.json"):
         raise TrustRepositoryError(f"{store.describe()} already holds a repository (1.root.json); open it instead")
     at = now()
@@ -128,6 +164,8 @@ def create(
         root_md.sign(signer, append=True)
     _require(root_md.signed, "root", root_md, "root")
     targets_md = Metadata(Targets(expires=at + expiry.targets))
+    if rollouts is not None:
+        _set_rollouts_delegation(targets_md.signed, rollouts)
     for signer in targets_signers:
         targets_md.sign(signer, append=True)
     _require(root_md.signed, "targets", targets_md, "targets")
@@ -136,11 +174,87 @@ def create(
     )
     _check_online(root_md.signed, "snapshot", snapshot_signer)
     _check_online(root_md.signed, "timestamp", timestamp_signer)
-    root_bytes = _encode(root_md)
-    store.write("1.root.json", root_bytes)
-    store.write("root.json", root_bytes)
-    repo._publish(targets_md, previous_snapshot=None)
+    roles = {"targets": targets_md}
+    if rollouts_signer is not None:
+        roles[ROLLOUTS] = _signed_rollouts(targets_md.signed, Targets(expires=at + expiry.rollouts), rollouts_signer)
+    with store.lock():
+        if store.exists("1.root.json"):
+            raise TrustRepositoryError(f"{store.describe()} already holds a repository (1.root.json); open it instead")
+        root_bytes = _encode(root_md)
+        store.write("1.root.json", root_bytes)
+        store.write("root.json", root_bytes)
+        repo._publish_roles(roles, previous_snapshot=None)
     return repo
+
+
+def _set_rollouts_delegation(targets: Targets, keys: RoleKeys) -> None:
+    """Delegate ``rollouts/*/*`` (terminating: no other role is asked about those paths) to ``keys``."""
+    role = DelegatedRole(
+        name=ROLLOUTS,
+        keyids=[k.keyid for k in keys.keys],
+        threshold=keys.threshold,
+        terminating=True,
+        paths=list(ROLLOUTS_PATHS),
+    )
+    if targets.delegations is None or targets.delegations.roles is None:
+        targets.delegations = Delegations(keys={}, roles={})
+    delegations = targets.delegations
+    if delegations.roles is None:  # for mypy: set just above
+        raise TrustRepositoryError("targets delegate by hash bins; otaml repositories use named roles")
+    old = delegations.roles.get(ROLLOUTS)
+    if old is not None:
+        for keyid in old.keyids:
+            delegations.keys.pop(keyid, None)
+    for key in keys.keys:
+        delegations.keys[key.keyid] = key
+    delegations.roles[ROLLOUTS] = role
+
+
+def _signed_rollouts(targets: Targets, rollouts: Targets, signer: Signer) -> Metadata[Targets]:
+    """``rollouts`` signed by ``signer``, checked against the delegation in ``targets`` (nothing else may sign)."""
+    delegation = targets.delegations.roles.get(ROLLOUTS) if targets.delegations and targets.delegations.roles else None
+    if delegation is None:
+        raise MetadataMissing(
+            f"targets v{targets.version} delegate no rollouts role; add it with FleetRepository.delegate_rollouts "
+            "(a threshold of the targets keys signs the delegation)"
+        )
+    if signer.public_key.keyid not in delegation.keyids:
+        raise ApprovalError(
+            f"key {signer.public_key.keyid} is not the rollouts key of targets v{targets.version} "
+            f"(rollouts keys: {sorted(delegation.keyids)}); use the controller's rollouts key"
+        )
+    md = Metadata(rollouts)
+    md.sign(signer)
+    if not targets.get_verification_result(ROLLOUTS, md.signed_bytes, md.signatures).verified:
+        raise ThresholdNotMet(
+            f"rollouts v{rollouts.version} is signed by 1 key; the delegation needs {delegation.threshold}"
+        )
+    return md
+
+
+def _record_target(record: RolloutRecord) -> TargetFile:
+    doc = record.to_dict()
+    data = canonical_json(doc)
+    return TargetFile(
+        length=len(data),
+        hashes={"sha256": hashlib.sha256(data).hexdigest()},
+        path=record.target_path,
+        unrecognized_fields={"custom": doc},
+    )
+
+
+def _locked(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run a publishing method under the store's lock (re-entrant within one repository object)."""
+
+    @functools.wraps(method)
+    def locked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        self = args[0]
+        if not isinstance(self, FleetRepository):
+            raise TypeError("_locked decorates FleetRepository methods")
+        with self._exclusive():
+            return method(*args, **kwargs)
+
+    return locked
 
 
 def _require(root: Root, role: str, md: Metadata[Any], what: str) -> tuple[str, ...]:
@@ -180,6 +294,27 @@ class FleetRepository:
         self._timestamp_signer = timestamp_signer
         self.expiry = expiry
         self._now = now
+        self._thread_lock = threading.RLock()
+        self._lock_depth = 0
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        # The RLock keeps this object's threads out of each other's way (and makes the depth count safe);
+        # the store's lock keeps other objects and processes out. Nested calls take the store's lock once.
+        with self._thread_lock:
+            if self._lock_depth:
+                self._lock_depth += 1
+                try:
+                    yield
+                finally:
+                    self._lock_depth -= 1
+                return
+            with self.store.lock():
+                self._lock_depth = 1
+                try:
+                    yield
+                finally:
+                    self._lock_depth = 0
 
     # --- reading -------------------------------------------------------------------------------------------
     def root(self) -> Metadata[Root]:
@@ -206,6 +341,35 @@ class FleetRepository:
         ]
         return sorted(found, key=lambda a: (a.channel, a.model, a.version))
 
+    def rollouts(self) -> Metadata[Targets] | None:
+        """The published ``rollouts`` role, or None when the repository has none."""
+        meta = self.snapshot().signed.meta.get(f"{ROLLOUTS}.json")
+        if meta is None:
+            return None
+        return self._load(f"{meta.version}.{ROLLOUTS}.json", Targets)
+
+    def rollout_records(self) -> list[RolloutRecord]:
+        """Every published rollout record, ordered by channel and model."""
+        md = self.rollouts()
+        if md is None:
+            return []
+        records = [self._record(path, t) for path, t in md.signed.targets.items()]
+        return sorted(records, key=lambda r: (r.channel, r.model))
+
+    def rollout_record(self, channel: str, model: str) -> RolloutRecord | None:
+        """The published record of ``model`` on ``channel``, or None."""
+        md = self.rollouts()
+        path = _rollout_path(channel, model)
+        if md is None or path not in md.signed.targets:
+            return None
+        return self._record(path, md.signed.targets[path])
+
+    def _record(self, path: str, target: TargetFile) -> RolloutRecord:
+        try:
+            return RolloutRecord.from_target(path, target.length, target.hashes, target.custom)
+        except InputError as exc:
+            raise TrustRepositoryError(f"{self.store.describe()}: rollout target {path!r} is no record: {exc}") from exc
+
     def pending(self) -> ApprovalStatus | None:
         """The approval waiting for more signatures, if any."""
         if not self.store.exists(PENDING):
@@ -224,6 +388,7 @@ class FleetRepository:
         return md
 
     # --- approving images ----------------------------------------------------------------------------------
+    @_locked
     def propose(self, approval: Approval, signer: Signer) -> ApprovalStatus:
         """Approve ``approval`` with one targets key: published at once if that meets the threshold, else pending.
 
@@ -258,6 +423,7 @@ class FleetRepository:
         md.sign(signer)
         return self._settle(md, approval)
 
+    @_locked
     def approve_pending(self, signer: Signer) -> ApprovalStatus:
         """Add ``signer``'s signature to the pending approval; publish it once the threshold is met."""
         if not self.store.exists(PENDING):
@@ -310,7 +476,80 @@ class FleetRepository:
         return self._settle(md, kept[-1])
 
     def discard_pending(self) -> None:
-        self.store.delete(PENDING)
+        with self._exclusive():
+            self.store.delete(PENDING)
+
+    # --- rollouts ------------------------------------------------------------------------------------------
+    @_locked
+    def delegate_rollouts(self, keys: RoleKeys, *, targets_signers: Sequence[Signer], rollouts_signer: Signer) -> int:
+        """Add the ``rollouts`` role to this repository, or give it new keys (rotation, revocation).
+
+        A threshold of the targets keys signs the new delegation; the current records (if any) are re-signed
+        with ``rollouts_signer``, one of the new keys. Refused while an approval is pending (it signs the targets
+        version this takes: complete or discard it first). Returns the new targets version.
+        """
+        if self.store.exists(PENDING):
+            raise ApprovalError(
+                "an approval is pending and signs the next targets version; complete it (approve_pending) or "
+                "discard it (discard_pending) before changing the rollouts delegation"
+            )
+        md = Metadata(copy.deepcopy(self.targets().signed))
+        md.signed.version += 1
+        md.signed.expires = self._now() + self.expiry.targets
+        _set_rollouts_delegation(md.signed, keys)
+        for signer in targets_signers:
+            md.sign(signer, append=True)
+        _require(self.root().signed, "targets", md, f"targets v{md.signed.version} (the rollouts delegation)")
+        current = self.rollouts()
+        rollouts = copy.deepcopy(current.signed) if current is not None else Targets(version=0)
+        rollouts.version += 1
+        rollouts.expires = self._now() + self.expiry.rollouts
+        signed = _signed_rollouts(md.signed, rollouts, rollouts_signer)
+        self._publish_roles({"targets": md, ROLLOUTS: signed}, previous_snapshot=self.snapshot())
+        return md.signed.version
+
+    @_locked
+    def publish_rollout(self, record: RolloutRecord, signer: Signer, *, expected: RolloutRecord | None = _UNSET) -> int:
+        """Sign ``record`` as ``rollouts/<channel>/<model>`` with the rollouts key; re-sign snapshot and timestamp.
+
+        ``expected`` makes it a compare-and-swap: the record published now must equal it (None: there must be
+        none), else :class:`RolloutConflict` and nothing is written, so two controllers that read the same
+        record cannot both act on it. Returns the new ``rollouts`` version.
+        """
+        current = self.rollouts()
+        if current is None:
+            raise MetadataMissing(
+                f"{self.store.describe()} has no rollouts role; add it with delegate_rollouts (targets keys sign it)"
+            )
+        if expected is not _UNSET:
+            published = self.rollout_record(record.channel, record.model)
+            if published != expected:
+                raise RolloutConflict(
+                    f"{record.target_path} changed since it was read (now "
+                    f"{_describe(published)}, expected {_describe(expected)}); nothing was published. "
+                    "Read it again and decide anew"
+                )
+        rollouts = copy.deepcopy(current.signed)
+        rollouts.version += 1
+        rollouts.expires = self._now() + self.expiry.rollouts
+        rollouts.targets[record.target_path] = _record_target(record)
+        signed = _signed_rollouts(self.targets().signed, rollouts, signer)
+        self._publish_roles({ROLLOUTS: signed}, previous_snapshot=self.snapshot())
+        return rollouts.version
+
+    @_locked
+    def renew_rollouts(self, signer: Signer) -> datetime:
+        """Re-sign the rollout records unchanged with a new expiry (the controller does it while it runs)."""
+        current = self.rollouts()
+        if current is None:
+            raise MetadataMissing(f"{self.store.describe()} has no rollouts role; add it with delegate_rollouts")
+        rollouts = copy.deepcopy(current.signed)
+        rollouts.version += 1
+        rollouts.expires = self._now() + self.expiry.rollouts
+        self._publish_roles(
+            {ROLLOUTS: _signed_rollouts(self.targets().signed, rollouts, signer)}, previous_snapshot=self.snapshot()
+        )
+        return rollouts.expires
 
     def _check_approver(self, signer: Signer) -> None:
         root = self.root().signed
@@ -340,17 +579,19 @@ class FleetRepository:
 
     # --- publishing and freshness --------------------------------------------------------------------------
     def _publish(self, targets_md: Metadata[Targets], previous_snapshot: Metadata[Snapshot] | None) -> None:
+        self._publish_roles({"targets": targets_md}, previous_snapshot)
+
+    def _publish_roles(self, roles: dict[str, Metadata[Targets]], previous_snapshot: Metadata[Snapshot] | None) -> None:
+        """Write new versions of ``roles`` (targets and/or delegated roles), then a snapshot listing them beside
+        the unchanged roles of ``previous_snapshot``, then the timestamp."""
         at = self._now()
-        targets_bytes = _encode(targets_md)
+        meta = dict(previous_snapshot.signed.meta) if previous_snapshot else {}
+        for name, md in roles.items():
+            data = _encode(md)
+            self.store.write(f"{md.signed.version}.{name}.json", data)
+            meta[f"{name}.json"] = _meta(data, md.signed.version)
         version = previous_snapshot.signed.version + 1 if previous_snapshot else 1
-        snapshot_md = Metadata(
-            Snapshot(
-                version=version,
-                expires=at + self.expiry.snapshot,
-                meta={"targets.json": _meta(targets_bytes, targets_md.signed.version)},
-            )
-        )
-        self.store.write(f"{targets_md.signed.version}.targets.json", targets_bytes)
+        snapshot_md = Metadata(Snapshot(version=version, expires=at + self.expiry.snapshot, meta=meta))
         self._write_snapshot(snapshot_md)
 
     def _write_snapshot(self, snapshot_md: Metadata[Snapshot]) -> None:
@@ -367,6 +608,7 @@ class FleetRepository:
         md.sign(self._timestamp_signer)
         self.store.write(TIMESTAMP, _encode(md))
 
+    @_locked
     def refresh(self) -> datetime:
         """Re-sign the timestamp (and the snapshot when it would expire before the next run); return the new expiry.
 
@@ -384,6 +626,7 @@ class FleetRepository:
             self._write_timestamp(copy.deepcopy(self.timestamp().signed.snapshot_meta))
         return self.timestamp().signed.expires
 
+    @_locked
     def renew_targets(self, signers: Sequence[Signer]) -> datetime:
         """Re-sign the current approvals unchanged with a new expiry (a threshold of targets keys must sign).
 
@@ -405,6 +648,7 @@ class FleetRepository:
         return md
 
     # --- keys ----------------------------------------------------------------------------------------------
+    @_locked
     def rotate(
         self,
         role: Role,
@@ -502,3 +746,16 @@ def _last(targets: Targets) -> Approval:
         raise MetadataMissing("targets metadata has no approved image yet")
     t = list(targets.targets.values())[-1]
     return Approval.from_target(t.path, t.length, t.hashes, t.custom)
+
+
+def _rollout_path(channel: str, model: str) -> str:
+    try:
+        return target_path(channel, model)
+    except InputError as exc:
+        raise TrustRepositoryError(f"no rollout record can exist there: {exc}") from exc
+
+
+def _describe(record: RolloutRecord | None) -> str:
+    if record is None:
+        return "no record"
+    return f"{record.rollout_id} v{record.version} {record.state} wave {record.wave + 1}/{len(record.waves)}"

@@ -7,15 +7,18 @@ small on purpose so that an OCI-registry store (metadata as artifacts under tags
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
 from registry.tuf.errors import MetadataMissing
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+LOCK_FILE = ".lock"  # hidden: names() skips dot files, and the HTTP server has no reason to serve it
 
 
 class MetadataStore(Protocol):
@@ -41,6 +44,10 @@ class MetadataStore(Protocol):
 
     def names(self) -> list[str]:
         """Every file name, sorted."""
+        ...
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """Exclusive access for one publication (read, compare, write), across threads and processes."""
         ...
 
 
@@ -95,3 +102,15 @@ class DirectoryStore:
         if not self.path.is_dir():
             return []
         return sorted(p.name for p in self.path.iterdir() if p.is_file() and not p.name.startswith("."))
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """``flock`` on ``<dir>/.lock``: one writer at a time, whether threads of one process or several hosts'
+        processes on a local file system (not NFS: serve the directory from the host that writes it)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock

@@ -1,4 +1,5 @@
-"""A fleet repository for tests: 3 root keys (2 must sign), 3 targets keys (2 must sign), online keys, a clock."""
+"""A fleet repository for tests: 3 root keys (2 must sign), 3 targets keys (2 must sign), online keys (snapshot,
+timestamp, the controller's rollouts key), a clock."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ class Fleet:
     snapshot_key: CryptoSigner
     timestamp_key: CryptoSigner
     clock: Clock
+    rollouts_key: CryptoSigner | None = None
 
     @property
     def path(self) -> Path:
@@ -50,11 +52,14 @@ class Fleet:
         return self.repo.approve_pending(self.targets_keys[1])
 
 
-def make_fleet(path: Path, *, clock: Clock | None = None, kind: keys.KeyKind = "ecdsa") -> Fleet:
+def make_fleet(
+    path: Path, *, clock: Clock | None = None, kind: keys.KeyKind = "ecdsa", rollouts: bool = True
+) -> Fleet:
     clock = clock or Clock()
     root_keys = [keys.generate(kind) for _ in range(3)]
     targets_keys = [keys.generate(kind) for _ in range(3)]
     snapshot_key, timestamp_key = keys.generate(kind), keys.generate(kind)
+    rollouts_key = keys.generate(kind) if rollouts else None
     store = DirectoryStore(path)
     repo = create(
         store,
@@ -66,9 +71,11 @@ def make_fleet(path: Path, *, clock: Clock | None = None, kind: keys.KeyKind = "
         targets_signers=targets_keys[:2],
         snapshot_signer=snapshot_key,
         timestamp_signer=timestamp_key,
+        rollouts=RoleKeys([rollouts_key.public_key]) if rollouts_key else None,
+        rollouts_signer=rollouts_key,
         now=clock,
     )
-    return Fleet(store, repo, root_keys, targets_keys, snapshot_key, timestamp_key, clock)
+    return Fleet(store, repo, root_keys, targets_keys, snapshot_key, timestamp_key, clock, rollouts_key)
 
 
 def image(version: int, *, channel: str = "production", model: str = "pump-anomaly", tag: str = "") -> Approval:

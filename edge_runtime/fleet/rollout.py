@@ -113,12 +113,19 @@ class RolloutRecord:
                 raise InputError(f"{name} {value!r} is not a model version number")
         if self.version == self.stable_version:
             raise InputError(f"rollout of version {self.version} from itself: the stable version must differ")
-        if not 0.0 <= float(self.max_failure_rate) <= 1.0:
-            raise InputError(f"max failure rate {self.max_failure_rate!r} is not a fraction in [0, 1]")
         for name in ("soak_s", "started_at", "wave_started_at"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
                 raise InputError(f"rollout field {name!r} has value {value!r}; use a finite number >= 0 (seconds)")
+            # Whole seconds: TUF signs canonical JSON, which has no floats, so the record carries integers and a
+            # record read back from the repository equals the one published.
+            object.__setattr__(self, name, float(int(value)))
+        rate = self.max_failure_rate
+        if isinstance(rate, bool) or not isinstance(rate, int | float):
+            raise InputError(f"max failure rate {rate!r} is not a number")
+        if not 0.0 <= float(rate) <= 1.0:
+            raise InputError(f"max failure rate {rate!r} is not a fraction in [0, 1]")
+        object.__setattr__(self, "max_failure_rate", float(rate))
         if not isinstance(self.reason, str):
             raise InputError(f"rollout reason {self.reason!r} is not text")
 
@@ -155,6 +162,8 @@ class RolloutRecord:
         return replace(self, wave=self.wave + 1, wave_started_at=now)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON without floats (canonical JSON, what TUF signs, has none): seconds as integers, the failure rate
+        as its decimal text (``"0.05"``)."""
         return {
             "rollout_id": self.rollout_id,
             "model": self.model,
@@ -165,10 +174,10 @@ class RolloutRecord:
             "wave": self.wave,
             "state": self.state,
             "group": dict(self.group),
-            "max_failure_rate": self.max_failure_rate,
-            "soak_s": self.soak_s,
-            "started_at": self.started_at,
-            "wave_started_at": self.wave_started_at,
+            "max_failure_rate": repr(float(self.max_failure_rate)),
+            "soak_s": int(self.soak_s),
+            "started_at": int(self.started_at),
+            "wave_started_at": int(self.wave_started_at),
             "reason": self.reason,
         }
 
@@ -217,7 +226,7 @@ class RolloutRecord:
                 wave=doc.get("wave", 0),
                 state=doc.get("state", "running"),
                 group=dict(group),
-                max_failure_rate=_number(doc, "max_failure_rate", 0.05),
+                max_failure_rate=_rate(doc.get("max_failure_rate", "0.05")),
                 soak_s=_number(doc, "soak_s", 600.0),
                 started_at=_number(doc, "started_at", 0.0),
                 wave_started_at=_number(doc, "wave_started_at", 0.0),
@@ -236,3 +245,15 @@ def _number(doc: Mapping[str, Any], key: str, default: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InputError(f"rollout record field {key!r} has value {str(value)[:80]!r}; expected a number")
     return float(value)
+
+
+def _rate(value: Any) -> float:
+    """The failure rate from its decimal text (or a number, as older records and tests write it)."""
+    if isinstance(value, str) and len(value) <= 32:
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise InputError(f"rollout record field 'max_failure_rate' has value {str(value)[:80]!r}; expected e.g. '0.05'")

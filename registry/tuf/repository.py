@@ -501,8 +501,8 @@ class FleetRepository:
             md.sign(signer, append=True)
         _require(self.root().signed, "targets", md, f"targets v{md.signed.version} (the rollouts delegation)")
         current = self.rollouts()
-        rollouts = copy.deepcopy(current.signed) if current is not None else Targets(version=0)
-        rollouts.version += 1
+        rollouts = copy.deepcopy(current.signed) if current is not None else Targets()
+        rollouts.version = current.signed.version + 1 if current is not None else 1
         rollouts.expires = self._now() + self.expiry.rollouts
         signed = _signed_rollouts(md.signed, rollouts, rollouts_signer)
         self._publish_roles({"targets": md, ROLLOUTS: signed}, previous_snapshot=self.snapshot())

@@ -52,9 +52,7 @@ class Fleet:
         return self.repo.approve_pending(self.targets_keys[1])
 
 
-def make_fleet(
-    path: Path, *, clock: Clock | None = None, kind: keys.KeyKind = "ecdsa", rollouts: bool = True
-) -> Fleet:
+def make_fleet(path: Path, *, clock: Clock | None = None, kind: keys.KeyKind = "ecdsa", rollouts: bool = True) -> Fleet:
     clock = clock or Clock()
     root_keys = [keys.generate(kind) for _ in range(3)]
     targets_keys = [keys.generate(kind) for _ in range(3)]

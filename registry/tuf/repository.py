@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, ParamSpec, TypeVar
 
-from securesystemslib.signer import Key, Signer
+from securesystemslib.signer import Key, Signature, Signer
 from tuf.api.exceptions import RepositoryError
 from tuf.api.metadata import (
     DelegatedRole,
@@ -243,6 +243,32 @@ def _record_target(record: RolloutRecord) -> TargetFile:
     )
 
 
+class _NoKey(Signer):
+    """Stands in for an online key in a read-only handle (:meth:`FleetRepository.read_only`)."""
+
+    def __init__(self, role: str) -> None:
+        self._role = role
+
+    def _refuse(self) -> TrustRepositoryError:
+        return TrustRepositoryError(
+            f"this repository handle is read-only: it holds no {self._role} key. Open it with the online keys "
+            "(snapshot, timestamp) to publish"
+        )
+
+    def sign(self, payload: bytes) -> Signature:
+        raise self._refuse()
+
+    @property
+    def public_key(self) -> Key:
+        raise self._refuse()
+
+    @classmethod
+    def from_priv_key_uri(
+        cls, priv_key_uri: str, public_key: Key, secrets_handler: Callable[[str], str] | None = None
+    ) -> Signer:
+        raise TrustRepositoryError("a read-only handle loads no keys")
+
+
 def _locked(method: Callable[_P, _R]) -> Callable[_P, _R]:
     """Run a publishing method under the store's lock (re-entrant within one repository object)."""
 
@@ -296,6 +322,11 @@ class FleetRepository:
         self._now = now
         self._thread_lock = threading.RLock()
         self._lock_depth = 0
+
+    @classmethod
+    def read_only(cls, store: MetadataStore, *, now: Callable[[], datetime] = utcnow) -> FleetRepository:
+        """A handle that reads (approvals, rollout records) without any key; every write it tries is refused."""
+        return cls(store, snapshot_signer=_NoKey("snapshot"), timestamp_signer=_NoKey("timestamp"), now=now)
 
     @contextmanager
     def _exclusive(self) -> Iterator[None]:

@@ -436,20 +436,25 @@ class RolloutService:
                 f"{model} v{version} is not above the stable v{stable} on {channel}; a rollout only moves forward"
             )
         now = self._clock()
-        record = RolloutRecord(
-            rollout_id=_rollout_id(model, version, now),
-            model=model,
-            channel=channel,
-            version=version,
-            stable_version=stable,
-            waves=tuple(waves),
-            group=dict(group or {}),
-            max_failure_rate=max_failure_rate,
-            soak_s=soak_s,
-            started_at=now,
-            wave_started_at=now,
-            reason=f"started: v{stable} -> v{version}",
-        )
+        try:
+            record = RolloutRecord(
+                rollout_id=_rollout_id(model, version, now),
+                model=model,
+                channel=channel,
+                version=version,
+                stable_version=stable,
+                waves=tuple(waves),
+                group=dict(group or {}),
+                max_failure_rate=max_failure_rate,
+                soak_s=soak_s,
+                started_at=now,
+                wave_started_at=now,
+                reason=f"started: v{stable} -> v{version}",
+            )
+        except RolloutInputError:
+            raise
+        except InputError as exc:
+            raise RolloutInputError(f"rollout of {model} v{version} on {channel}: {exc}") from exc
         self.store.publish(record, expected=current)
         return record
 

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "otaml.cmd_bake",
     "otaml.cmd_agent",
     "otaml.cmd_demo",
+    "otaml.cmd_rollout",
 )
 
 

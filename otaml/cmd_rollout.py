@@ -3,10 +3,11 @@ abort), and the controller (``step`` for a systemd timer, ``run`` as a loop).
 
 Where things are (flags, or the environment for a timer unit):
 
-    --tuf-dir  / OTAML_TUF_DIR         the fleet's TUF repository directory (what devices read over HTTP)
-    --keys-dir / OTAML_TUF_KEYS        the controller's online keys: rollouts.key, snapshot.key, timestamp.key
-                                       (registry.tuf.keys files, mode 0600); ``status`` needs none
-    --states   / OTAML_FLEET_STATES    the fleet's reported states as JSON (registry.fleet.rollout.FileStateSource)
+    --dir    / OTAML_TRUST_DIR       the trust site (``otaml trust init``): ``metadata/`` is what devices read,
+                                     ``online/`` holds the controller's keys (rollouts, snapshot, timestamp)
+    --states / OTAML_FLEET_STATES    the fleet's reported states as JSON (registry.fleet.rollout.FileStateSource)
+
+``otaml rollout enable`` adds the rollouts role to a site created without it (a threshold of approver keys).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import re
 import sys
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_runtime.errors import InputError, OtamlError
@@ -62,14 +62,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rollout = sub.add_parser("rollout", help="roll an approved version out in waves that halt themselves")
     rsub = rollout.add_subparsers(dest="rollout_command", metavar="SUBCOMMAND", required=True)
 
-    def common(p: argparse.ArgumentParser, *, keys: bool = True, states: str = "") -> None:
-        p.add_argument("--tuf-dir", default=os.environ.get("OTAML_TUF_DIR"), help="TUF repository directory")
-        if keys:
-            p.add_argument(
-                "--keys-dir",
-                default=os.environ.get("OTAML_TUF_KEYS"),
-                help="directory with rollouts.key, snapshot.key and timestamp.key",
-            )
+    def common(p: argparse.ArgumentParser, *, states: str = "") -> None:
+        default = os.environ.get("OTAML_TRUST_DIR")
+        p.add_argument("--dir", default=default, required=default is None, help="the trust site ($OTAML_TRUST_DIR)")
         if states:
             p.add_argument("--states", default=os.environ.get("OTAML_FLEET_STATES"), help=states)
 
@@ -90,7 +85,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     status = rsub.add_parser("status", help="where a rollout is, and why it halted (devices, reason codes)")
     named(status)
     status.add_argument("--json", action="store_true", help="print JSON")
-    common(status, keys=False, states="the fleet's reported states (JSON): adds the live judgement of the wave")
+    common(status, states="the fleet's reported states (JSON): adds the live judgement of the wave")
     status.set_defaults(func=run_status)
 
     for verb, text in (
@@ -117,31 +112,30 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common(loop, states="the fleet's reported states (JSON), read again at every step")
     loop.set_defaults(func=run_loop)
 
+    enable = rsub.add_parser("enable", help="add the rollouts role (the controller's key) to an existing trust site")
+    enable.add_argument("--key", action="append", required=True, help="an approver key; repeat up to the threshold")
+    common(enable)
+    enable.set_defaults(func=run_enable)
+
 
 # --- wiring ------------------------------------------------------------------------------------------------------
 def _service(args: argparse.Namespace, *, write: bool) -> RolloutService:
     from registry.fleet.rollout import FileStateSource, RolloutService, TufRecordStore
-    from registry.tuf import keys
     from registry.tuf.repository import FleetRepository
+    from registry.tuf.site import TrustSite
     from registry.tuf.store import DirectoryStore
 
-    if not args.tuf_dir:
-        raise InputError("no TUF repository: pass --tuf-dir DIR or set OTAML_TUF_DIR")
-    store = DirectoryStore(args.tuf_dir)
-    if not store.exists("1.root.json"):
-        raise InputError(f"{args.tuf_dir} holds no TUF repository (no 1.root.json); create it first")
+    site = TrustSite(args.dir)
+    if not site.exists():
+        raise InputError(
+            f"{args.dir} is not a trust site (no metadata/1.root.json); create one with `otaml trust init`"
+        )
     states = FileStateSource(args.states) if getattr(args, "states", None) else None
     if not write:
-        return RolloutService(TufRecordStore(FleetRepository.read_only(store), None), states)
-    if not args.keys_dir:
-        raise InputError("publishing needs the controller's keys: pass --keys-dir DIR or set OTAML_TUF_KEYS")
-    keys_dir = Path(args.keys_dir)
-    repo = FleetRepository(
-        store,
-        snapshot_signer=keys.load_signer(keys_dir / "snapshot.key"),
-        timestamp_signer=keys.load_signer(keys_dir / "timestamp.key"),
-    )
-    return RolloutService(TufRecordStore(repo, keys.load_signer(keys_dir / "rollouts.key")), states)
+        return RolloutService(
+            TufRecordStore(FleetRepository.read_only(DirectoryStore(site.metadata_dir)), None), states
+        )
+    return RolloutService(TufRecordStore(site.open(), site.rollouts_signer()), states)
 
 
 def _when(ts: float) -> str:
@@ -281,6 +275,16 @@ def run_step(args: argparse.Namespace) -> int:
     service = _controller(args)
     results = service.step()
     _print_step(results, args.json, _malformed(service))
+    return 0
+
+
+def run_enable(args: argparse.Namespace) -> int:
+    from registry.tuf import keys
+    from registry.tuf.site import TrustSite
+
+    site = TrustSite(args.dir)
+    version = site.enable_rollouts([keys.load_signer(path) for path in args.key])
+    print(f"rollouts role added (targets v{version}): the controller signs with {site.online_dir}/rollouts.key")
     return 0
 
 

@@ -1,8 +1,9 @@
 """A fleet's trust site on disk: the published metadata and the online keys, in one directory.
 
     <dir>/metadata/    what devices read (serve it with any static HTTP server; ``[trust] metadata_url``)
-    <dir>/online/      the online signers (snapshot, timestamp), mode 0700, files 0600: the machine that
-                       re-signs the timestamp (``otaml trust refresh`` on a timer) needs them
+    <dir>/online/      the online signers (snapshot, timestamp, and rollouts: the rollout controller's key),
+                       mode 0700, files 0600: the machine that re-signs the timestamp (``otaml trust refresh`` on a
+                       timer) and runs the rollout controller (``otaml rollout step``) needs them
 
 Offline keys (root, and the MLOps approvers' targets keys) are written once by :func:`init` into a directory
 the caller names, to be handed to their holders; they are never read from the site.
@@ -17,12 +18,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from securesystemslib.signer import Signer
+
 from registry.tuf import keys
 from registry.tuf.errors import KeyFileError, TrustRepositoryError
 from registry.tuf.repository import Expiry, FleetRepository, RoleKeys, create
 from registry.tuf.store import DirectoryStore
 
 ONLINE_ROLES = ("snapshot", "timestamp")
+ROLLOUTS_KEY = "rollouts"  # the delegated role that signs rollout records (registry.tuf.repository.ROLLOUTS)
 DEFAULT_EXPIRY = Expiry()
 
 
@@ -75,6 +79,31 @@ class TrustSite:
             expiry=self.expiry,
         )
 
+    def rollouts_signer(self) -> Signer:
+        """The rollout controller's key (``online/rollouts.key``); :class:`KeyFileError` if the site has none."""
+        path = self.online_dir / f"{ROLLOUTS_KEY}{keys.PRIVATE_SUFFIX}"
+        if not path.exists():
+            raise KeyFileError(
+                f"{path} does not exist: this trust site has no rollouts key yet. Add the rollouts role with "
+                f"`otaml rollout enable --dir {self.path} --key APPROVER.key --key APPROVER.key`"
+            )
+        return keys.load_signer(path)
+
+    def enable_rollouts(self, approvers: list[Signer]) -> int:
+        """Add the ``rollouts`` role to an existing site: a new online key (``online/rollouts.key``, reused if a
+        previous attempt wrote it) delegated ``rollouts/*/*`` by a threshold of ``approvers``. Returns the new
+        targets version."""
+        path = self.online_dir / f"{ROLLOUTS_KEY}{keys.PRIVATE_SUFFIX}"
+        signer = keys.load_signer(path) if path.exists() else None
+        if signer is None:
+            signer = keys.generate()
+            self.online_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            keys.write(signer, self.online_dir, ROLLOUTS_KEY)
+        with self.locked() as repo:
+            return repo.delegate_rollouts(
+                RoleKeys([signer.public_key]), targets_signers=approvers, rollouts_signer=signer
+            )
+
     @contextmanager
     def locked(self) -> Iterator[FleetRepository]:
         """The repository under an exclusive lock: two writers (promotions, refreshes) never interleave."""
@@ -112,7 +141,7 @@ def init(
         )
     root_signers = [keys.generate() for _ in range(root_keys)]
     approver_signers = [keys.generate() for _ in range(approvers)]
-    online = {role: keys.generate() for role in ONLINE_ROLES}
+    online = {role: keys.generate() for role in (*ONLINE_ROLES, ROLLOUTS_KEY)}
     root = RoleKeys([s.public_key for s in root_signers], root_threshold)
     targets = RoleKeys([s.public_key for s in approver_signers], threshold)
     site.online_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -131,6 +160,8 @@ def init(
         targets_signers=approver_signers[:threshold],
         snapshot_signer=online["snapshot"],
         timestamp_signer=online["timestamp"],
+        rollouts=RoleKeys([online[ROLLOUTS_KEY].public_key]),
+        rollouts_signer=online[ROLLOUTS_KEY],
         expiry=expiry,
     )
     return InitResult(site, site.trusted_root, root_paths, approver_paths, threshold)

@@ -1,7 +1,8 @@
-"""``otaml rollout`` end to end on a real TUF repository directory: start, step, status, pause/resume/abort, run.
+"""``otaml rollout`` end to end on a real trust site (``otaml trust init``): start, step, status, pause/resume/abort,
+run, enable.
 
-The controller's keys are real key files; the fleet's states come from a states file (the I/O seam); what the
-commands publish is read back by a device's TrustClient.
+The site's keys are real key files; the fleet's states come from a states file (the I/O seam); what the commands
+publish is read back by a device's TrustClient.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -18,28 +21,52 @@ from edge_runtime.fleet.messages import DeviceState
 from edge_runtime.fleet.rollout import RolloutRecord
 from otaml.cli import main
 from registry.tuf import keys
-from tests.edge_runtime.trust.fakes import provision
-from tests.registry.tuf.fleet import Fleet, image, make_fleet
+from registry.tuf.repository import FleetRepository, RoleKeys, create
+from registry.tuf.site import TrustSite, init
+from registry.tuf.store import DirectoryStore
+from tests.edge_runtime.trust.fakes import Device, provision
+from tests.registry.tuf.fleet import image
 
 MODEL = "pump-anomaly"
 DEVICES = [f"dev-{i:02d}" for i in range(30)]
 
 
+@dataclass
+class Site:
+    """A trust site as ``otaml trust init`` makes it, with the approvers' key files beside it."""
+
+    path: Path
+    keys_out: Path
+
+    @property
+    def store(self) -> DirectoryStore:
+        return DirectoryStore(self.path / "metadata")
+
+    @property
+    def repo(self) -> FleetRepository:
+        return FleetRepository.read_only(self.store)
+
+    def approve(self, version: int) -> None:
+        first, second = (keys.load_signer(self.keys_out / f"approver-{i}.key") for i in (1, 2))
+        with TrustSite(self.path).locked() as repo:
+            repo.propose(image(version), first)
+            repo.approve_pending(second)
+
+    def device(self, tmp_path: Path) -> Device:
+        return provision(tmp_path, SimpleNamespace(store=self.store, path=self.store.path))  # type: ignore[arg-type]
+
+
 @pytest.fixture
-def fleet(tmp_path: Path) -> Fleet:
-    fleet = make_fleet(tmp_path / "repo")
+def fleet(tmp_path: Path) -> Site:
+    init(tmp_path / "site", tmp_path / "keys")
+    site = Site(tmp_path / "site", tmp_path / "keys")
     for version in (6, 7, 8):
-        fleet.approve(image(version))
-    keys_dir = tmp_path / "keys"
-    keys.write(fleet.snapshot_key, keys_dir, "snapshot")
-    keys.write(fleet.timestamp_key, keys_dir, "timestamp")
-    assert fleet.rollouts_key is not None
-    keys.write(fleet.rollouts_key, keys_dir, "rollouts")
-    return fleet
+        site.approve(version)
+    return site
 
 
 def where(tmp_path: Path) -> list[str]:
-    return ["--tuf-dir", str(tmp_path / "repo"), "--keys-dir", str(tmp_path / "keys")]
+    return ["--dir", str(tmp_path / "site")]
 
 
 def write_states(path: Path, record: RolloutRecord, *, failing: str = "") -> None:
@@ -64,14 +91,14 @@ def write_states(path: Path, record: RolloutRecord, *, failing: str = "") -> Non
     path.write_text(json.dumps({"devices": entries}))
 
 
-def published(fleet: Fleet) -> RolloutRecord:
+def published(fleet: Site) -> RolloutRecord:
     record = fleet.repo.rollout_record("production", MODEL)
     assert record is not None
     return record
 
 
 def test_a_good_rollout_completes_and_a_bad_one_halts_with_its_reasons(
-    tmp_path: Path, fleet: Fleet, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, fleet: Site, capsys: pytest.CaptureFixture[str]
 ) -> None:
     states = tmp_path / "states.json"
     args = where(tmp_path)
@@ -79,7 +106,7 @@ def test_a_good_rollout_completes_and_a_bad_one_halts_with_its_reasons(
     out = capsys.readouterr().out
     assert f"{MODEL} v6 -> v7 on production: RUNNING" in out
     record = published(fleet)
-    device = provision(tmp_path, fleet)
+    device = fleet.device(tmp_path)
     assert device.client.rollout("production", MODEL) == record  # signed, verified, read as devices do
 
     for wave, state in ((1, "running"), (1, "completed")):
@@ -98,7 +125,7 @@ def test_a_good_rollout_completes_and_a_bad_one_halts_with_its_reasons(
     write_states(states, bad, failing="golden-mismatch")
     assert main(["rollout", "step", "--states", str(states), *args]) == 0
     assert "halt (published)" in capsys.readouterr().out
-    assert main(["rollout", "status", MODEL, "--tuf-dir", str(tmp_path / "repo")]) == 0
+    assert main(["rollout", "status", MODEL, *args]) == 0
     out = capsys.readouterr().out
     assert "v7 -> v8 on production: HALTED" in out
     in_wave = [d for d in DEVICES if bad.version_for(d, {}) == 8]
@@ -111,14 +138,14 @@ def test_a_good_rollout_completes_and_a_bad_one_halts_with_its_reasons(
 
 
 def test_status_with_states_shows_the_live_judgement_and_json(
-    tmp_path: Path, fleet: Fleet, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, fleet: Site, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = where(tmp_path)
     assert main(["rollout", "start", MODEL, "8", "--waves", "50,100", "--soak", "10m", *args]) == 0
     states = tmp_path / "states.json"
     write_states(states, published(fleet))
     capsys.readouterr()
-    base = ["rollout", "status", MODEL, "--tuf-dir", str(tmp_path / "repo"), "--states", str(states)]
+    base = ["rollout", "status", MODEL, *args, "--states", str(states)]
     assert main(base) == 0
     out = capsys.readouterr().out
     assert "now: wait: wave 1/2 (50%): soaking" in out
@@ -131,7 +158,7 @@ def test_status_with_states_shows_the_live_judgement_and_json(
     assert len(doc["malformed_reports"]) == 1
 
 
-def test_pause_resume_abort(tmp_path: Path, fleet: Fleet, capsys: pytest.CaptureFixture[str]) -> None:
+def test_pause_resume_abort(tmp_path: Path, fleet: Site, capsys: pytest.CaptureFixture[str]) -> None:
     args = where(tmp_path)
     assert main(["rollout", "start", MODEL, "8", "--waves", "10,100", "--group", "hw=pi4", *args]) == 0
     assert published(fleet).group == {"hw": "pi4"}
@@ -157,39 +184,69 @@ def test_pause_resume_abort(tmp_path: Path, fleet: Fleet, capsys: pytest.Capture
 )
 def test_refusals_name_the_problem(
     tmp_path: Path,
-    fleet: Fleet,
+    fleet: Site,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
     argv: list[str],
     message: str,
 ) -> None:
-    extra = ["--tuf-dir", str(tmp_path / "repo")] if argv[0] == "status" else where(tmp_path)
+    extra = where(tmp_path)
     monkeypatch.delenv("OTAML_FLEET_STATES", raising=False)
     assert main(["rollout", *argv, *extra]) == 1
     assert message in capsys.readouterr().err
 
 
-def test_missing_configuration_names_the_setting(
-    tmp_path: Path, fleet: Fleet, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("OTAML_TUF_DIR", raising=False)
-    monkeypatch.delenv("OTAML_TUF_KEYS", raising=False)
-    assert main(["rollout", "start", MODEL, "8"]) == 1
-    assert "pass --tuf-dir DIR or set OTAML_TUF_DIR" in capsys.readouterr().err
-    assert main(["rollout", "start", MODEL, "8", "--tuf-dir", str(tmp_path / "repo")]) == 1
-    assert "pass --keys-dir DIR or set OTAML_TUF_KEYS" in capsys.readouterr().err
-    assert main(["rollout", "status", MODEL, "--tuf-dir", str(tmp_path / "nothing")]) == 1
-    assert "holds no TUF repository" in capsys.readouterr().err
+def test_a_site_that_is_not_there_names_the_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["rollout", "status", MODEL, "--dir", str(tmp_path / "nothing")]) == 1
+    assert (
+        "is not a trust site (no metadata/1.root.json); create one with `otaml trust init`" in capsys.readouterr().err
+    )
+
+
+def test_enable_adds_the_rollouts_role_to_an_older_site(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A site made before rollouts existed: no delegation, no online/rollouts.key."""
+    site_dir, keys_out = tmp_path / "site", tmp_path / "keys"
+    approvers = [keys.generate() for _ in range(3)]
+    online = {role: keys.generate() for role in ("root", "snapshot", "timestamp")}
+    for i, key in enumerate(approvers, 1):
+        keys.write(key, keys_out, f"approver-{i}")
+    for role in ("snapshot", "timestamp"):
+        keys.write(online[role], site_dir / "online", role)
+    create(
+        DirectoryStore(site_dir / "metadata"),
+        root=RoleKeys([online["root"].public_key]),
+        targets=RoleKeys([k.public_key for k in approvers], threshold=2),
+        snapshot=RoleKeys([online["snapshot"].public_key]),
+        timestamp=RoleKeys([online["timestamp"].public_key]),
+        root_signers=[online["root"]],
+        targets_signers=approvers[:2],
+        snapshot_signer=online["snapshot"],
+        timestamp_signer=online["timestamp"],
+    )
+    site = Site(site_dir, keys_out)
+    site.approve(6)
+    site.approve(7)
+    assert main(["rollout", "start", MODEL, "7", *where(tmp_path)]) == 1
+    assert "has no rollouts key yet. Add the rollouts role with `otaml rollout enable" in capsys.readouterr().err
+    one = ["--key", str(keys_out / "approver-1.key")]
+    assert main(["rollout", "enable", *one, *where(tmp_path)]) == 1
+    assert "signed by 1 of the 2 targets keys it needs" in capsys.readouterr().err
+    assert main(["rollout", "enable", *one, "--key", str(keys_out / "approver-3.key"), *where(tmp_path)]) == 0
+    assert "rollouts role added" in capsys.readouterr().out
+    assert (site_dir / "online" / "rollouts.key").stat().st_mode & 0o777 == 0o600
+    assert main(["rollout", "start", MODEL, "7", *where(tmp_path)]) == 0
+    assert site.device(tmp_path).client.rollout("production", MODEL) == published(site)
+    assert [a.version for a in site.repo.approvals()] == [6, 7]
 
 
 def test_run_steps_until_complete_and_two_controller_processes_at_once_do_not_corrupt_it(
-    tmp_path: Path, fleet: Fleet
+    tmp_path: Path, fleet: Site
 ) -> None:
     """The timer's command run twice at the same time: the rollout moves one wave per judgement, never two."""
     args = where(tmp_path)
     assert main(["rollout", "start", MODEL, "8", "--waves", "20,60,100", "--soak", "0", *args]) == 0
     states = tmp_path / "states.json"
-    env = {**os.environ, "OTAML_TUF_DIR": str(tmp_path / "repo"), "OTAML_TUF_KEYS": str(tmp_path / "keys")}
+    env = {**os.environ, "OTAML_TRUST_DIR": str(tmp_path / "site")}
     env["OTAML_FLEET_STATES"] = str(states)
     waves_seen = []
     for _ in range(3):
@@ -211,7 +268,7 @@ def test_run_steps_until_complete_and_two_controller_processes_at_once_do_not_co
         record = published(fleet)  # finds the wave already moved (and waits for its soak from now)
         waves_seen.append(record.state if record.state != "running" else record.wave)
     assert waves_seen == [1, 2, "completed"]
-    assert provision(tmp_path, fleet).client.rollout("production", MODEL) == published(fleet)
+    assert fleet.device(tmp_path).client.rollout("production", MODEL) == published(fleet)
     # The loop command: nothing left to move, two quick iterations.
     proc = subprocess.run(
         [sys.executable, "-m", "otaml", "rollout", "run", "--interval", "0", "--count", "2"],

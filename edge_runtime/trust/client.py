@@ -85,14 +85,17 @@ class TrustClient:
         self.settings = settings
         inner = fetcher if fetcher is not None else Urllib3Fetcher(socket_timeout=30, app_user_agent="otaml-agent")
         self._fetcher = CappedFetcher(inner, settings.limits, clock)
+        self._refreshed: Updater | None = None  # the last refresh's verified view, for rollout()
 
     def refresh(self) -> ApprovalSet:
         """Fetch and verify the newest metadata; return every approval it holds. Raises a :class:`TrustError`."""
+        self._refreshed = None
         updater = self._updater()
         with _converted(self.settings.metadata_url):
             updater.refresh()
             targets = updater._trusted_set.targets  # verified top-level targets; ngclient has no listing API
             timestamp = updater._trusted_set.timestamp
+        self._refreshed = updater
         approvals: list[Approval] = []
         malformed: list[str] = []
         for path, target in targets.targets.items():
@@ -126,14 +129,20 @@ class TrustClient:
         Read through ngclient's delegation walk: only the role the top-level targets delegate ``rollouts/*/*`` to
         (the controller's key) can sign it. A record that does not verify, or whose fields do not hash to what
         was signed, raises a :class:`TrustError` (``MalformedMetadata`` for bad fields): never a guess.
+
+        After :meth:`refresh` it reads from that same verified publication (the approvals and the record agree,
+        and a poll costs one timestamp fetch, not two); without one, it refreshes first.
         """
         try:
             path = target_path(channel, model)
         except InputError as exc:
             raise MalformedMetadata(f"no rollout record can be asked for: {exc}") from exc
-        updater = self._updater()
+        updater = self._refreshed
         with _converted(self.settings.metadata_url):
-            updater.refresh()
+            if updater is None:
+                updater = self._updater()
+                updater.refresh()
+                self._refreshed = updater
             target = updater.get_targetinfo(path)
         if target is None:
             return None

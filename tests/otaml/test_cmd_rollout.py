@@ -132,6 +132,7 @@ def test_a_good_rollout_completes_and_a_bad_one_halts_with_its_reasons(
     assert in_wave
     for d in in_wave:
         assert f"{d} (rolled_back:golden-mismatch)" in out
+    device.client.refresh()  # the agent's next poll
     halted = device.client.rollout("production", MODEL)
     assert halted is not None
     assert {halted.version_for(d, {}) for d in DEVICES} == {7}

@@ -86,14 +86,33 @@ def record_target(doc: dict[str, object], path: str = f"rollouts/{CHANNEL}/{MODE
 def test_a_record_signed_by_the_rollouts_key_is_read_back(device: Device, fleet: Fleet) -> None:
     assert device.client.rollout(CHANNEL, MODEL) is None
     fleet.repo.publish_rollout(record(), controller_key(fleet))
+    device.client.refresh()
     assert device.client.rollout(CHANNEL, MODEL) == record()
     halted = record(state="halted", reason="2 of 3 devices failed")
     fleet.repo.publish_rollout(halted, controller_key(fleet))
+    device.client.refresh()
     got = device.client.rollout(CHANNEL, MODEL)
     assert got == halted
     assert got.version_for("any-device", {}) == 6
     assert device.client.rollout("staging", MODEL) is None
     assert any(url.endswith(".rollouts.json") for url in device.fetcher.requests)
+
+
+def test_after_a_refresh_the_record_comes_from_the_same_publication_with_one_timestamp_fetch(
+    device: Device, fleet: Fleet
+) -> None:
+    """The agent's poll: refresh() for the approvals, then rollout(): one timestamp read, one consistent view."""
+    fleet.repo.publish_rollout(record(), controller_key(fleet))
+    device.client.refresh()
+    device.fetcher.requests.clear()
+    fleet.repo.publish_rollout(record(state="halted", reason="x"), controller_key(fleet))  # after that refresh
+    assert device.client.rollout(CHANNEL, MODEL) == record()
+    assert [u.rsplit("/", 1)[-1] for u in device.fetcher.requests] == ["2.rollouts.json"]
+    device.client.refresh()
+    got = device.client.rollout(CHANNEL, MODEL)
+    assert got is not None
+    assert got.state == "halted"
+    assert sum(u.endswith("timestamp.json") for u in device.fetcher.requests) == 1
 
 
 def test_a_repository_without_the_role_has_no_records(tmp_path: Path) -> None:
@@ -191,6 +210,7 @@ def test_a_record_whose_fields_do_not_hash_to_the_signed_length_is_malformed(dev
     not_a_record = record_target(record().to_dict())
     not_a_record.unrecognized_fields["custom"] = json.loads('["a", "list"]')
     publish_rollouts_role(fleet.repo, {target.path: not_a_record}, controller_key(fleet))
+    device.client.refresh()
     with pytest.raises(MalformedMetadata, match="no record"):
         device.client.rollout(CHANNEL, MODEL)
 
@@ -207,6 +227,7 @@ def test_an_expired_rollouts_role_is_stale(tmp_path: Path) -> None:
     with pytest.raises(StaleMetadata):
         device.client.rollout(CHANNEL, MODEL)
     fleet.repo.renew_rollouts(controller_key(fleet))
+    device.client.refresh()
     assert device.client.rollout(CHANNEL, MODEL) == record()
 
 

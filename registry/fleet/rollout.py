@@ -3,7 +3,8 @@
     judge(record, devices, now) -> Decision        pure: no I/O, no clock, never raises on what devices report
     RolloutService(store, states)                  the I/O shell: start, pause, resume, abort, step
     RecordStore / TufRecordStore                   the signed records (the TUF repository's ``rollouts`` role)
-    StateSource / StaticStateSource / FileStateSource    what the fleet reports (retained MQTT state in production)
+    StateSource / SnapshotStateSource / FileStateSource / StaticStateSource
+                                                   what the fleet reports (the broker's retained messages, a file)
 
 Which devices are in the wave is computed with the device's own functions (:mod:`edge_runtime.fleet.rollout`),
 so the controller judges exactly the devices that run the candidate. The controller keeps nothing between runs:
@@ -363,6 +364,43 @@ class FileStateSource:
                 found.append(_entry(entry))
             except MalformedMessage as exc:
                 self.malformed.append(f"#{index}: {exc}")
+        return found
+
+
+class SnapshotStateSource:
+    """Devices from a fleet snapshot as :func:`registry.fleet.collect.collect` returns it (the broker's retained
+    ``state`` and ``availability`` messages): ``fetch`` is called at every :meth:`devices`, e.g.
+    ``SnapshotStateSource(lambda: collect(host, port, fleet))``.
+
+    Duck-typed on purpose (``snapshot.devices``: id -> view with ``state`` and ``online``; ``snapshot.rejected``:
+    counts by reason), so this module does not import paho. A device whose availability was never seen counts as
+    offline; one with no state is skipped; both, and the broker's refused messages, are listed in ``malformed``.
+    """
+
+    def __init__(self, fetch: Callable[[], Any]) -> None:
+        self._fetch = fetch
+        self.malformed: list[str] = []
+
+    def devices(self) -> Sequence[ObservedDevice]:
+        snapshot = self._fetch()
+        views = getattr(snapshot, "devices", None)
+        if not isinstance(views, Mapping):
+            raise FleetStateError(f"the fleet snapshot has no device map (got {type(snapshot).__name__})")
+        found: list[ObservedDevice] = []
+        notes: list[str] = []
+        for device_id, view in views.items():
+            state = getattr(view, "state", None)
+            if not isinstance(state, DeviceState):
+                notes.append(f"{str(device_id)[:64]}: no state message")
+                continue
+            online = getattr(view, "online", None)
+            if online is None:
+                notes.append(f"{state.device_id}: no availability message (counted offline)")
+            found.append(ObservedDevice(state, online is True))
+        rejected = getattr(snapshot, "rejected", None)
+        if isinstance(rejected, Mapping):
+            notes += [f"broker messages refused ({reason}): {count}" for reason, count in sorted(rejected.items())]
+        self.malformed = notes
         return found
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import threading
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ from registry.fleet.rollout import (
     ObservedDevice,
     RolloutInputError,
     RolloutService,
+    SnapshotStateSource,
     StaticStateSource,
     TufRecordStore,
 )
@@ -319,3 +320,40 @@ def test_the_file_state_source_parses_like_the_broker_and_counts_bad_entries(tmp
             source.devices()
     with pytest.raises(FleetStateError, match="cannot be read"):
         FileStateSource(tmp_path / "missing.json").devices()
+
+
+def test_the_snapshot_source_reads_the_collector_shape_and_notes_what_is_missing() -> None:
+    """The shape of registry.fleet.collect.FleetSnapshot: devices by id with state and online, refusals by reason."""
+
+    @dataclass
+    class View:
+        state: DeviceState | None
+        online: bool | None
+
+    @dataclass
+    class Snapshot:
+        devices: dict[str, View]
+        rejected: dict[str, int]
+
+    on = DeviceState(device_id="on", model=MODEL, version=8)
+    unknown = DeviceState(device_id="unknown", model=MODEL, version=8)
+    snapshot = Snapshot(
+        {"on": View(on, True), "unknown": View(unknown, None), "ghost": View(None, False)}, {"malformed": 3}
+    )
+    calls: list[int] = []
+
+    def fetch() -> Snapshot:
+        calls.append(1)
+        return snapshot
+
+    source = SnapshotStateSource(fetch)
+    assert source.devices() == [ObservedDevice(on, True), ObservedDevice(unknown, False)]
+    assert source.malformed == [
+        "unknown: no availability message (counted offline)",
+        "ghost: no state message",
+        "broker messages refused (malformed): 3",
+    ]
+    source.devices()
+    assert len(calls) == 2  # read afresh at every step: the controller keeps nothing
+    with pytest.raises(FleetStateError, match="no device map"):
+        SnapshotStateSource(lambda: None).devices()

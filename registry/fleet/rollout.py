@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -40,6 +41,8 @@ from registry.tuf.repository import FleetRepository
 
 FAILED_OUTCOMES = ("rolled_back", "refused", "error")
 MAX_NAMED = 20  # devices named in a halt reason; the record is signed and read by every device: keep it small
+MAX_CODE = 48
+_CODE_CHARS = re.compile(r"[^A-Za-z0-9._:/-]")
 Action = Literal["advance", "halt", "wait", "hold"]
 
 
@@ -153,7 +156,7 @@ def judge(record: RolloutRecord, devices: Iterable[Any], now: float) -> Decision
         in_wave.append(state.device_id)
         on_candidate = state.version == record.version
         if state.last_outcome in FAILED_OUTCOMES and state.rollout_id == record.rollout_id:
-            failures.append(Failure(state.device_id, f"{state.last_outcome}:{state.last_reason or 'unknown'}"))
+            failures.append(Failure(state.device_id, f"{state.last_outcome}:{_code(state.last_reason)}"))
         elif on_candidate and not device.online:
             failures.append(Failure(state.device_id, "offline-after-switch"))
         elif on_candidate and state.health == "unhealthy":
@@ -199,6 +202,13 @@ def judge(record: RolloutRecord, devices: Iterable[Any], now: float) -> Decision
         f"v{record.version}" + (f", {len(failures)} failed (within the limit)" if failures else "")
     )
     return decide("advance", replace(nxt, reason=reason), reason)
+
+
+def _code(reason: str) -> str:
+    """A device's reason code as it may appear in a signed record: short, and only code characters (the device
+    chose it; the record is read by every device)."""
+    kept = _CODE_CHARS.sub("?", reason[:MAX_CODE])
+    return kept or "unknown"
 
 
 def _usable(devices: Iterable[Any]) -> tuple[list[ObservedDevice], list[str]]:

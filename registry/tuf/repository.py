@@ -203,7 +203,8 @@ def _set_rollouts_delegation(targets: Targets, keys: RoleKeys) -> None:
         raise TrustRepositoryError("targets delegate by hash bins; otaml repositories use named roles")
     old = delegations.roles.get(ROLLOUTS)
     if old is not None:
-        for keyid in old.keyids:
+        still_used = {k for name, r in delegations.roles.items() if name != ROLLOUTS for k in r.keyids}
+        for keyid in set(old.keyids) - still_used:
             delegations.keys.pop(keyid, None)
     for key in keys.keys:
         delegations.keys[key.keyid] = key
@@ -475,6 +476,7 @@ class FleetRepository:
         added = _added_target(self.targets().signed, md.signed)
         return self._settle(md, added)
 
+    @_locked
     def withdraw(self, channel: str, model: str, *, above: int, signer: Signer) -> ApprovalStatus:
         """Withdraw every approval of ``model`` on ``channel`` above version ``above`` (a signed rollback).
 

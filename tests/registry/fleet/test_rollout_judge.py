@@ -301,3 +301,15 @@ def test_no_report_crashes_the_judge(fields: dict[str, Any], device_id: Any, onl
     decision = judge(RECORD, [ObservedDevice(state, online), *healthy_fleet()[:20]], now)
     assert decision.action in ("advance", "halt", "wait")
     assert decision.record.state in ("running", "completed", "halted")
+
+
+def test_a_device_chosen_reason_code_enters_the_signed_halt_reason_short_and_plain() -> None:
+    wave = in_wave()
+    fleet = [o for o in healthy_fleet() if o.state.device_id not in wave[:3]]
+    fleet += [device(d, version=7, outcome="error", reason="x" * 4000 + "\n<script>") for d in wave[:3]]
+    decision = judge(RECORD, fleet, NOW)
+    assert decision.action == "halt"
+    assert f"{wave[0]} (error:{'x' * 48})" in decision.reason
+    assert len(decision.record.reason) < 1000
+    fleet = [o for o in fleet if o.state.device_id not in wave[:3]] + [device(wave[0], outcome="error", reason="")]
+    assert f"{wave[0]} (error:unknown)" in judge(replace(RECORD, max_failure_rate=0.0), fleet, NOW).reason

@@ -91,3 +91,26 @@ def test_a_repository_nobody_listens_on_is_unavailable(tmp_path: Path, served: t
     client = client_for(tmp_path, fleet, f"http://127.0.0.1:{free_port()}/")
     with pytest.raises(MetadataUnavailable, match="retrying later"):
         client.refresh()
+
+
+def test_a_rollout_record_over_real_http(tmp_path: Path, served: tuple[Fleet, str]) -> None:
+    """The delegated rollouts role fetched by the real urllib3 fetcher: record, then its halt on the next poll."""
+    from edge_runtime.fleet.rollout import RolloutRecord
+
+    fleet, url = served
+    assert fleet.rollouts_key is not None
+    fleet.approve(image(8))
+    record = RolloutRecord(
+        rollout_id="pump-anomaly-v8-http", model="pump-anomaly", channel="production", version=8, stable_version=7,
+        waves=(50, 100),
+    )  # fmt: skip
+    fleet.repo.publish_rollout(record, fleet.rollouts_key)
+    client = client_for(tmp_path, fleet, url)
+    client.refresh()
+    assert client.rollout("production", "pump-anomaly") == record
+    fleet.repo.publish_rollout(RolloutRecord.from_dict({**record.to_dict(), "state": "halted"}), fleet.rollouts_key)
+    client.refresh()
+    halted = client.rollout("production", "pump-anomaly")
+    assert halted is not None
+    assert halted.state == "halted"
+    assert client.rollout("staging", "pump-anomaly") is None

@@ -63,10 +63,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rsub = rollout.add_subparsers(dest="rollout_command", metavar="SUBCOMMAND", required=True)
 
     def common(p: argparse.ArgumentParser, *, states: str = "") -> None:
-        default = os.environ.get("OTAML_TRUST_DIR")
-        p.add_argument("--dir", default=default, required=default is None, help="the trust site ($OTAML_TRUST_DIR)")
+        p.add_argument("--dir", help="the trust site (default: $OTAML_TRUST_DIR)")
         if states:
-            p.add_argument("--states", default=os.environ.get("OTAML_FLEET_STATES"), help=states)
+            p.add_argument("--states", help=states + " (default: $OTAML_FLEET_STATES)")
 
     def named(p: argparse.ArgumentParser) -> None:
         p.add_argument("name", metavar="NAME", help="model name")
@@ -120,17 +119,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 # --- wiring ------------------------------------------------------------------------------------------------------
 def _service(args: argparse.Namespace, *, write: bool) -> RolloutService:
+    from otaml.cmd_trust import site_dir
     from registry.fleet.rollout import FileStateSource, RolloutService, TufRecordStore
     from registry.tuf.repository import FleetRepository
     from registry.tuf.site import TrustSite
     from registry.tuf.store import DirectoryStore
 
-    site = TrustSite(args.dir)
+    site = TrustSite(site_dir(args))
     if not site.exists():
         raise InputError(
-            f"{args.dir} is not a trust site (no metadata/1.root.json); create one with `otaml trust init`"
+            f"{site.path} is not a trust site (no metadata/1.root.json); create one with `otaml trust init`"
         )
-    states = FileStateSource(args.states) if getattr(args, "states", None) else None
+    states_file = getattr(args, "states", None) or os.environ.get("OTAML_FLEET_STATES", "")
+    states = FileStateSource(states_file) if states_file else None
     if not write:
         return RolloutService(
             TufRecordStore(FleetRepository.read_only(DirectoryStore(site.metadata_dir)), None), states
@@ -279,10 +280,11 @@ def run_step(args: argparse.Namespace) -> int:
 
 
 def run_enable(args: argparse.Namespace) -> int:
+    from otaml.cmd_trust import site_dir
     from registry.tuf import keys
     from registry.tuf.site import TrustSite
 
-    site = TrustSite(args.dir)
+    site = TrustSite(site_dir(args))
     version = site.enable_rollouts([keys.load_signer(path) for path in args.key])
     print(f"rollouts role added (targets v{version}): the controller signs with {site.online_dir}/rollouts.key")
     return 0

@@ -204,6 +204,23 @@ def test_a_site_that_is_not_there_names_the_fix(tmp_path: Path, capsys: pytest.C
     )
 
 
+def test_the_site_and_states_come_from_the_environment_or_a_clear_error(
+    tmp_path: Path, fleet: Site, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OTAML_TRUST_DIR", raising=False)
+    monkeypatch.delenv("OTAML_FLEET_STATES", raising=False)
+    assert main(["rollout", "status", MODEL]) == 1
+    assert "pass --dir DIR or set OTAML_TRUST_DIR" in capsys.readouterr().err
+    monkeypatch.setenv("OTAML_TRUST_DIR", str(tmp_path / "site"))
+    assert main(["rollout", "start", MODEL, "8", "--waves", "100"]) == 0
+    states = tmp_path / "states.json"
+    write_states(states, published(fleet))
+    monkeypatch.setenv("OTAML_FLEET_STATES", str(states))
+    capsys.readouterr()
+    assert main(["rollout", "step"]) == 0
+    assert "pump-anomaly@production" in capsys.readouterr().out
+
+
 def test_enable_adds_the_rollouts_role_to_an_older_site(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A site made before rollouts existed: no delegation, no online/rollouts.key."""
     site_dir, keys_out = tmp_path / "site", tmp_path / "keys"

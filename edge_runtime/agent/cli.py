@@ -71,7 +71,9 @@ def build_trust(config: AgentConfig) -> TrustPolicy | None:
             metadata_dir=config.tuf_dir,
         )
     )
-    return TrustPolicy(client, config.channel, config.model, config.device_id, dict(config.groups))
+    return TrustPolicy(
+        client, config.channel, config.model, config.device_id, dict(config.groups), rollout=client.rollout
+    )
 
 
 def add_agent_arguments(parser: argparse.ArgumentParser) -> None:

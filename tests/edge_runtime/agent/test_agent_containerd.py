@@ -691,7 +691,7 @@ def trusted(device: Device, tmp_path: Path) -> Iterator[TrustedFleet]:
         client = TrustClient(
             TrustSettings(metadata_url=server.url, trusted_root=made.trusted_root, metadata_dir=tmp_path / "tuf")
         )
-        policy = TrustPolicy(client, device.config.channel, "pump-anomaly", "e2e-device")
+        policy = TrustPolicy(client, device.config.channel, "pump-anomaly", "e2e-device", rollout=client.rollout)
         device.agent.trust = policy
         device.agent.policy = policy
         yield TrustedFleet(

@@ -277,3 +277,50 @@ def test_a_trust_section_needs_the_model() -> None:
     )
     assert (config.model, config.device_id, dict(config.groups)) == ("pump", "pump-7", {"hw": "pi4"})
     assert config.tuf_dir == config.state_dir / "tuf"
+
+
+def test_the_agent_follows_a_record_signed_by_the_rollouts_role_through_the_real_client(tmp_path: Path) -> None:
+    """The whole chain: `otaml trust init`'s site, the controller's key publishes a record, the device's
+    TrustClient reads it through the delegation walk and the agent picks its version from it."""
+    from edge_runtime.trust.client import TrustClient, TrustSettings
+    from registry.tuf import keys
+    from registry.tuf.site import TrustSite, init
+    from tests.edge_runtime.trust.fakes import BASE_URL, DirectoryFetcher
+
+    made = init(tmp_path / "site", tmp_path / "offline", approvers=3, threshold=2)
+    approvers = [keys.load_signer(p) for p in made.approver_keys]
+    world = World(tmp_path)
+    with TrustSite(made.site.path).locked() as repo:
+        for version in ("1", "2"):
+            world.publish(version, move=False)
+            repo.propose(approval(version), approvers[0])
+            repo.approve_pending(approvers[1])
+    client = TrustClient(
+        TrustSettings(metadata_url=BASE_URL, trusted_root=made.trusted_root, metadata_dir=tmp_path / "tuf"),
+        fetcher=DirectoryFetcher(made.site.metadata_dir),
+    )
+    outside = next(f"dev-{i}" for i in range(1000) if bucket(f"dev-{i}", "r1") >= 10)
+    policy = TrustPolicy(client, CHANNEL, MODEL, outside, rollout=client.rollout)
+    agent = Reconciler(
+        world.config,
+        world.store,
+        world.source,
+        world.runtime,
+        world.switch,
+        world.prober,
+        policy,
+        clock=world.clock.time,
+        monotonic=world.clock.time,
+        sleep=world.clock.sleep,
+        trust=policy,
+    )
+    agent.recover()
+    assert agent.reconcile().outcome == "updated"
+    assert agent.state.current is not None
+    assert agent.state.current.version == "2", "no rollout record: the highest approved version"
+    site = TrustSite(made.site.path)
+    with site.locked() as repo:
+        repo.publish_rollout(_record((10, 100), 0), site.rollouts_signer(), expected=None)
+    assert agent.reconcile().outcome == "updated"
+    assert agent.state.current.version == "1", "outside the first wave: the stable version"
+    assert agent.state.rollout_id == "r1"

@@ -3,7 +3,8 @@
 # docker-registry (a real OCI registry), buildah/skopeo/umoci/mmdebstrap (daemonless images),
 # arch-test + qemu-user-static + binfmt-support (arm64 emulation), postgresql (MLflow server backend),
 # wrk (load), python3-venv + python3-pip (`make setup` and images/build-runtime.sh on Debian's own python3),
-# git (the image version label), make (.ci/run calls `make test`).
+# git (the image version label), make (.ci/run calls `make test`), mosquitto + mosquitto-clients (the fleet's
+# MQTT broker and its mosquitto_passwd, for otaml.localstack.LocalBroker).
 # Packages are installed with --no-install-recommends, so every Recommends a tool needs is listed by name
 # (mmdebstrap refuses foreign architectures without arch-test). tests/scripts/test_host_deps.py checks that
 # every package a script or module of the repository needs is here.
@@ -12,7 +13,7 @@ set -euo pipefail
 
 packages=(containerd runc docker-registry buildah skopeo umoci mmdebstrap arch-test
           qemu-user-static binfmt-support postgresql wrk ca-certificates iproute2 iptables
-          python3 python3-venv python3-pip git make)
+          python3 python3-venv python3-pip git make mosquitto mosquitto-clients)
 
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
     echo "host-deps: need root on Debian/Ubuntu to install: ${packages[*]}" >&2

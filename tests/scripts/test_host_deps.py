@@ -46,6 +46,10 @@ TOOL_PACKAGES = {
     "pg_isready": "postgresql",
     "psql": "postgresql",
     "python3": "python3",
+    "mosquitto": "mosquitto",
+    "mosquitto_passwd": "mosquitto",
+    "mosquitto_pub": "mosquitto-clients",
+    "mosquitto_sub": "mosquitto-clients",
 }
 # Packages needed for what they provide besides a command: `python3 -m venv` (ensurepip) and `python3 -m pip`.
 MODULE_PACKAGES = {"python3-venv", "python3-pip"}

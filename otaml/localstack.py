@@ -1,4 +1,5 @@
-"""Private, throw-away instances of the real infrastructure on this machine: a docker-registry and a containerd.
+"""Private, throw-away instances of the real infrastructure on this machine: a docker-registry, a containerd and
+a Mosquitto MQTT broker (the fleet channel).
 
 Used by ``otaml demo`` and by the test fixtures (``tests/fixtures/oci_registry.py``, ``containerd.py``), so the
 demo and the tests start them the same way::
@@ -7,6 +8,8 @@ demo and the tests start them the same way::
         with LocalContainerd(workdir / "ctrd", "otaml-demo") as ctrd:  # ContainerdInstance(socket, namespace)
             socket, namespace = ctrd
             ctrd.ctr("image", "ls")
+        with LocalBroker(workdir / "mqtt", devices=["pi-1", "pi-2"]) as broker:  # BrokerInstance(host, port)
+            broker.password_file("pi-1")                                       # the device's credentials
 
 Each keeps everything (config, storage, log) under its directory, runs as a child of this process and is
 stopped on exit, also after an error; ``stop()`` is idempotent. A component that cannot start raises
@@ -19,6 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -75,6 +80,8 @@ INSTALL = {
     "containerd": "apt-get install -y containerd runc",
     "ctr": "apt-get install -y containerd",
     "runc": "apt-get install -y runc",
+    "mosquitto": "apt-get install -y mosquitto",
+    "mosquitto_passwd": "apt-get install -y mosquitto",
 }
 
 
@@ -297,6 +304,169 @@ class LocalContainerd:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self.stop()
+
+
+BROKER_CONFIG = """\
+listener {port} 127.0.0.1
+allow_anonymous false
+password_file {dir}/passwords
+acl_file {dir}/acl
+# A client cannot pick another device's client id to push it off the broker: its id is its username.
+use_username_as_clientid true
+persistence false
+user {user}
+log_dest file {dir}/mosquitto.log
+log_type error
+log_type warning
+log_type notice
+log_type information
+connection_messages true
+"""
+
+# The fleet's access rules (docs/fleet.md). Mosquitto applies ``pattern`` lines to every user, ``%u`` being the
+# username: a device (username = device id) may write only under its own topics, in any fleet; it reads nothing.
+# The controller reads every fleet topic and writes only the control topics.
+BROKER_ACL = """\
+pattern write otaml/+/devices/%u/#
+
+user {controller}
+topic read otaml/#
+topic write otaml/+/control/#
+"""
+
+
+class BrokerInstance(NamedTuple):
+    """A running broker: ``host, port = instance``."""
+
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class LocalBroker:
+    """A private Mosquitto 2.0 on a free loopback port: no anonymous clients, one user per device plus the
+    controller, the fleet ACL (a device writes only its own topics), persistence off.
+
+    ``with LocalBroker(workdir, devices=[...]) as instance`` yields a :class:`BrokerInstance`. Credentials:
+    :meth:`password` / :meth:`password_file` (mode 0600, the form a device's ``[fleet] password_file`` reads).
+    :meth:`restart` stops it and starts it again on the same port (a broker outage; retained messages are lost,
+    as persistence is off). Needs ``mosquitto`` (Debian package ``mosquitto``).
+    """
+
+    TOOLS = ("mosquitto", "mosquitto_passwd")
+    CONTROLLER = "controller"
+
+    def __init__(
+        self,
+        workdir: str | os.PathLike[str],
+        devices: list[str] | tuple[str, ...] = (),
+        *,
+        controller: str = CONTROLLER,
+        timeout_s: float = 10.0,
+    ):
+        self.workdir = Path(workdir)
+        self.controller = controller
+        self.users = [controller, *devices]
+        self.timeout_s = timeout_s
+        self.instance: BrokerInstance | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+        self._passwords: dict[str, str] = {}
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "mosquitto.log"
+
+    def password(self, user: str) -> str:
+        """The password of ``user`` (a device id or the controller)."""
+        if user not in self._passwords:
+            raise LocalStackError(f"the broker has no user {user!r}; known: {', '.join(self.users)}.")
+        return self._passwords[user]
+
+    def password_file(self, user: str) -> Path:
+        """A file (mode 0600) holding ``user``'s password and nothing else."""
+        path = self.workdir / "credentials" / f"{user}.password"
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(self.password(user) + "\n")
+        return path
+
+    def start(self) -> BrokerInstance:
+        """Write the password file (hashed by ``mosquitto_passwd -U``), the ACL and the config, start Mosquitto
+        and wait until it accepts TCP connections; return ``BrokerInstance(host, port)``."""
+        missing = missing_tools(self.TOOLS)
+        if missing:
+            how = "; ".join(dict.fromkeys(INSTALL[t] for t in missing))
+            raise LocalStackError(f"{', '.join(missing)} not installed. Install: {how}.")
+        self.workdir = self.workdir.resolve()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for user in self.users:
+            self._passwords.setdefault(user, secrets.token_urlsafe(18))
+        passwords = self.workdir / "passwords"
+        passwords.touch(mode=0o600)
+        passwords.write_text("".join(f"{u}:{self._passwords[u]}\n" for u in self.users))
+        done = subprocess.run(["mosquitto_passwd", "-U", str(passwords)], capture_output=True, text=True, timeout=30)
+        if done.returncode != 0:
+            raise LocalStackError(f"mosquitto_passwd -U {passwords} failed: {(done.stderr or done.stdout).strip()}")
+        (self.workdir / "acl").write_text(BROKER_ACL.format(controller=self.controller))
+        port = self.instance.port if self.instance is not None else free_port()
+        self.instance = BrokerInstance("127.0.0.1", port)
+        # Run as root, Mosquitto drops to the user "mosquitto", which cannot read a private work directory:
+        # it runs as whoever started it instead.
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        config = self.workdir / "mosquitto.conf"
+        config.write_text(BROKER_CONFIG.format(port=port, dir=self.workdir, user=user))
+        self._spawn(config)
+        return self.instance
+
+    def _spawn(self, config: Path) -> None:
+        self.process = subprocess.Popen(
+            ["mosquitto", "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        try:
+            self._wait()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait(self) -> None:
+        if self.instance is None:
+            raise LocalStackError("the broker was never configured; call start().")
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                stderr = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                raise LocalStackError(
+                    f"mosquitto exited with {self.process.returncode} at start: {stderr.strip()}\n"
+                    f"its log ({self.log}):\n{_tail(self.log)}"
+                )
+            with contextlib.suppress(OSError), socket.create_connection(self.instance, timeout=1.0):
+                return
+            time.sleep(0.05)
+        raise LocalStackError(
+            f"mosquitto did not listen on {self.instance.address} within {self.timeout_s:g} s; its log "
+            f"({self.log}):\n{_tail(self.log)}"
+        )
+
+    def restart(self) -> None:
+        """Stop the broker and start it again on the same port and with the same users."""
+        if self.instance is None:
+            raise LocalStackError("the broker was never started; call start() first.")
+        self.stop()
+        self.start()
+
+    def stop(self) -> None:
+        _stop_process(self.process, 10)
+        if self.process is not None and self.process.stderr is not None:
+            self.process.stderr.close()
+
+    def __enter__(self) -> BrokerInstance:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 

@@ -135,8 +135,10 @@ class Reporter:
         client = self._client
         if client is None:
             return
+        info = None
         with self._lock:
-            info = client.publish(self.topic("availability"), OFFLINE, qos=QOS, retain=True) if self._connected else None
+            if self._connected:
+                info = client.publish(self.topic("availability"), OFFLINE, qos=QOS, retain=True)
         if info is not None:
             with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(timeout_s)
@@ -166,7 +168,8 @@ class Reporter:
         )
         key = dataclasses.replace(stamped, last_seen=0.0).to_json()
         with self._lock:
-            if key == self._state_key and (self._state_pending or now - self._state_sent_at < self.settings.heartbeat_s):
+            fresh = now - self._state_sent_at < self.settings.heartbeat_s
+            if key == self._state_key and (self._state_pending or fresh):
                 self._deduplicated += 1
                 return False
             self._state, self._state_key = stamped, key

@@ -73,7 +73,8 @@ class FleetSettings:
         lines = text.splitlines()
         if not lines or not lines[0].strip():
             raise FleetConfigError(
-                f"Config 'fleet.password_file' {str(self.password_file)!r} is empty. Put the password on its first line."
+                f"Config 'fleet.password_file' {str(self.password_file)!r} is empty. "
+                "Put the password on its first line."
             )
         return lines[0].strip()
 
@@ -88,9 +89,7 @@ def fleet_settings(data: Mapping[str, Any], where: str = "agent config") -> Flee
     known = {f for f in FleetSettings.__dataclass_fields__} - {"reconnect_min_s", "reconnect_max_s"}
     unknown = sorted(set(table) - known)
     if unknown:
-        raise FleetConfigError(
-            f"{where}: unknown key 'fleet.{unknown[0]}'. Known keys: {', '.join(sorted(known))}."
-        )
+        raise FleetConfigError(f"{where}: unknown key 'fleet.{unknown[0]}'. Known keys: {', '.join(sorted(known))}.")
     device_id = _string(table, "device_id", None)
     fleet = _string(table, "fleet", "default")
     for key, value in (("device_id", device_id), ("fleet", fleet)):

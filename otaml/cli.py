@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "otaml.cmd_trust",
     "otaml.cmd_bake",
     "otaml.cmd_agent",
+    "otaml.cmd_fleet",
     "otaml.cmd_demo",
     "otaml.cmd_rollout",
 )

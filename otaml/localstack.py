@@ -312,8 +312,6 @@ listener {port} 127.0.0.1
 allow_anonymous false
 password_file {dir}/passwords
 acl_file {dir}/acl
-# A client cannot pick another device's client id to push it off the broker: its id is its username.
-use_username_as_clientid true
 persistence false
 user {user}
 log_dest file {dir}/mosquitto.log

@@ -1,0 +1,94 @@
+"""``otaml fleet status``: every device of a fleet as the MQTT broker holds it (state, availability, failures).
+
+The broker and the controller's credentials come from the options or the environment: ``--broker`` /
+``OTAML_BROKER`` (``host:port``, default ``127.0.0.1:1883``), ``--fleet`` / ``OTAML_FLEET`` (default ``default``),
+``--username`` / ``OTAML_BROKER_USER`` (default ``controller``), ``--password-file`` / ``OTAML_BROKER_PASSWORD_FILE``,
+``--tls-ca`` / ``OTAML_BROKER_TLS_CA``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from edge_runtime.errors import InputError
+from edge_runtime.fleet.messages import check_id
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    fleet = sub.add_parser("fleet", help="the fleet as its devices report it over MQTT")
+    fleet_sub = fleet.add_subparsers(dest="fleet_command", metavar="SUBCOMMAND", required=True)
+    status = fleet_sub.add_parser(
+        "status", help="devices × version × phase × health × last seen; versions, failures, offline devices"
+    )
+    status.add_argument("--fleet", default=os.environ.get("OTAML_FLEET", "default"), help="fleet name")
+    status.add_argument(
+        "--broker", default=os.environ.get("OTAML_BROKER", "127.0.0.1:1883"), help="MQTT broker host:port"
+    )
+    status.add_argument("--username", default=os.environ.get("OTAML_BROKER_USER", "controller"))
+    status.add_argument(
+        "--password-file",
+        default=os.environ.get("OTAML_BROKER_PASSWORD_FILE", ""),
+        help="file whose first line is the controller's broker password",
+    )
+    status.add_argument(
+        "--tls-ca", default=os.environ.get("OTAML_BROKER_TLS_CA", ""), help="CA file: TLS to the broker"
+    )
+    status.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the broker (default 10)")
+    status.add_argument(
+        "--quiet-s", type=float, default=0.5, help="the retained burst has ended after this many silent seconds"
+    )
+    status.add_argument("--json", action="store_true", help="print JSON instead of text")
+    status.set_defaults(func=run_status)
+
+
+def parse_broker(value: str) -> tuple[str, int]:
+    """``host:port`` -> (host, port); :class:`InputError` naming the value otherwise."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InputError(f"--broker has value {value!r}. Use host:port, e.g. 127.0.0.1:1883.")
+    return host.strip("[]"), int(port)
+
+
+def read_password(path: str) -> str | None:
+    if not path:
+        return None
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise InputError(
+            f"--password-file {path!r} cannot be read: {exc.strerror}. Pass the controller's password file."
+        ) from exc
+    if not lines or not lines[0].strip():
+        raise InputError(f"--password-file {path!r} is empty. Put the password on its first line.")
+    return lines[0].strip()
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from registry.fleet.collect import collect
+    from registry.fleet.status import render, summarize
+
+    host, port = parse_broker(args.broker)
+    try:
+        check_id("fleet", args.fleet)
+    except InputError as exc:
+        raise InputError(f"--fleet: {exc}") from None
+    snapshot = collect(
+        host,
+        port,
+        args.fleet,
+        username=args.username,
+        password=read_password(args.password_file),
+        tls_ca=Path(args.tls_ca) if args.tls_ca else None,
+        quiet_s=args.quiet_s,
+        timeout_s=args.timeout,
+    )
+    now = time.time()
+    if args.json:
+        print(json.dumps(summarize(snapshot, now), indent=2))
+    else:
+        print(render(snapshot, now))
+    return 0

@@ -69,7 +69,7 @@ def test_bad_values_name_the_key(data: dict[str, Any], message: str) -> None:
 def test_password_file_missing_or_empty_is_named(tmp_path: Path) -> None:
     s = fleet_settings(table(password_file=str(tmp_path / "nope")))
     assert s is not None
-    with pytest.raises(FleetConfigError, match="'fleet.password_file' is .*nope.*cannot be read"):
+    with pytest.raises(FleetConfigError, match=r"'fleet.password_file' is .*nope.*cannot be read"):
         s.password()
     (tmp_path / "empty").write_text("\n")
     s = fleet_settings(table(password_file=str(tmp_path / "empty")))

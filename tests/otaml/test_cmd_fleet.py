@@ -1,0 +1,102 @@
+"""``otaml fleet status`` against a real broker: devices, failures, and device messages that break the contract."""
+
+from __future__ import annotations
+
+import json
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from edge_runtime.fleet.messages import DeviceEvent, DeviceState, device_topic
+from otaml.cli import main
+from otaml.cmd_fleet import parse_broker
+from otaml.localstack import LocalBroker, free_port
+
+
+def publish_as(broker: LocalBroker, user: str, messages: list[tuple[str, bytes]]) -> None:
+    """Publish retained QoS 1 messages as ``user`` and wait for the broker to acknowledge each."""
+    assert broker.instance is not None
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{user}-test")
+    client.username_pw_set(user, broker.password(user))
+    client.connect(broker.instance.host, broker.instance.port)
+    client.loop_start()
+    try:
+        for topic, payload in messages:
+            client.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+@pytest.mark.integration
+def test_status_json_shows_devices_and_counts_bad_messages(
+    mqtt_broker: LocalBroker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert mqtt_broker.instance is not None
+    good = DeviceState(
+        "pi-a", {"hw": "pi4"}, "pump", 3, phase="serving", last_outcome="rolled_back", last_reason="unhealthy"
+    )
+    publish_as(
+        mqtt_broker,
+        "pi-a",
+        [
+            (device_topic("f", "pi-a", "state"), good.to_json()),
+            (device_topic("f", "pi-a", "availability"), b"online"),
+            # pi-a's own topics, other content: a document naming pi-b, and an unknown kind
+            (device_topic("f", "pi-a", "events"), DeviceEvent("pi-b", "update", 1.0).to_json()),
+            ("otaml/f/devices/pi-a/shadow", b"{}"),
+        ],
+    )
+    publish_as(
+        mqtt_broker,
+        "pi-b",
+        [
+            (device_topic("f", "pi-b", "state"), b"{not json"),
+            (device_topic("f", "pi-b", "field"), b"[" + b"0," * 4000 + b"0]"),
+            (device_topic("f", "pi-b", "availability"), b"offline"),
+        ],
+    )
+    code = main(
+        [
+            "fleet", "status", "--fleet", "f", "--broker", mqtt_broker.instance.address,
+            "--password-file", str(mqtt_broker.password_file("controller")), "--json",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["rejected"] == {"device-mismatch": 1, "malformed": 1, "oversized": 1, "unknown-topic": 1}
+    devices = {d["device_id"]: d for d in doc["devices"]}
+    assert (devices["pi-a"]["version"], devices["pi-a"]["online"], devices["pi-a"]["groups"]) == (
+        3,
+        True,
+        {"hw": "pi4"},
+    )
+    assert devices["pi-b"]["version"] is None
+    assert doc["offline"] == ["pi-b"]
+    assert doc["failures"] == [
+        {"device_id": "pi-a", "source": "state", "outcome": "rolled_back", "reason": "unhealthy", "version": 3}
+    ]
+
+
+@pytest.mark.integration
+def test_wrong_password_and_absent_broker_are_reported(
+    mqtt_broker: LocalBroker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert mqtt_broker.instance is not None
+    code = main(["fleet", "status", "--fleet", "f", "--broker", mqtt_broker.instance.address, "--timeout", "20"])
+    assert code == 1
+    assert "refused user 'controller'" in capsys.readouterr().err
+    code = main(["fleet", "status", "--broker", f"127.0.0.1:{free_port()}"])
+    assert code == 1
+    assert "cannot connect to the MQTT broker" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["localhost", "host:", ":1883", "host:99999", "host:x"])
+def test_bad_broker_address_names_the_value(value: str) -> None:
+    with pytest.raises(ValueError, match=f"--broker has value {value!r}"):
+        parse_broker(value)
+
+
+def test_broker_address() -> None:
+    assert parse_broker("mqtt.example.org:8883") == ("mqtt.example.org", 8883)
+    assert parse_broker("[::1]:1883") == ("::1", 1883)

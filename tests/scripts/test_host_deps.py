@@ -40,6 +40,7 @@ TOOL_PACKAGES = {
     "git": "git",
     "make": "make",
     "ip": "iproute2",
+    "ss": "iproute2",
     "wrk": "wrk",
     "pg_lsclusters": "postgresql",
     "pg_ctlcluster": "postgresql",

@@ -6,7 +6,7 @@
     broker_host = "mqtt.example.org"
     broker_port = 8883                  # default 1883, 8883 with tls_ca
     fleet = "plant-3"
-    device_id = "pi-0042"
+    device_id = "pi-0042"               # default: the caller's (the agent's [device] id, else the hostname)
     username = "pi-0042"                # default: the device id (the broker's ACL keys on it)
     password_file = "/etc/otaml/mqtt.password"
     tls_ca = "/etc/otaml/mqtt-ca.pem"   # optional: TLS to the broker, verified against this CA
@@ -14,7 +14,7 @@
     heartbeat_s = 900                   # an unchanged state is republished (last_seen) this often
     max_events = 100                    # events kept while the broker is away; the oldest are dropped
 
-    [fleet.groups]
+    [fleet.groups]                      # default: the caller's (the agent's [device] groups)
     hw = "pi4"
     site = "plant-3"
 
@@ -79,8 +79,16 @@ class FleetSettings:
         return lines[0].strip()
 
 
-def fleet_settings(data: Mapping[str, Any], where: str = "agent config") -> FleetSettings | None:
-    """The ``[fleet]`` table of a decoded agent configuration, validated; ``None`` when there is none."""
+def fleet_settings(
+    data: Mapping[str, Any],
+    where: str = "agent config",
+    *,
+    device_id: str | None = None,
+    groups: Mapping[str, str] | None = None,
+) -> FleetSettings | None:
+    """The ``[fleet]`` table of a decoded agent configuration, validated; ``None`` when there is none.
+
+    ``device_id`` and ``groups`` are the defaults for the keys of the same name (the agent passes its own)."""
     if "fleet" not in data:
         return None
     table = data["fleet"]
@@ -90,7 +98,7 @@ def fleet_settings(data: Mapping[str, Any], where: str = "agent config") -> Flee
     unknown = sorted(set(table) - known)
     if unknown:
         raise FleetConfigError(f"{where}: unknown key 'fleet.{unknown[0]}'. Known keys: {', '.join(sorted(known))}.")
-    device_id = _string(table, "device_id", None)
+    device_id = _string(table, "device_id", device_id or None)
     fleet = _string(table, "fleet", "default")
     for key, value in (("device_id", device_id), ("fleet", fleet)):
         try:
@@ -101,7 +109,7 @@ def fleet_settings(data: Mapping[str, Any], where: str = "agent config") -> Flee
             ) from None
     tls_ca = _string(table, "tls_ca", "")
     password_file = _string(table, "password_file", "")
-    groups = table.get("groups", {})
+    groups = table.get("groups", groups or {})
     if (
         not isinstance(groups, Mapping)
         or len(groups) > 16

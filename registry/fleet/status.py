@@ -50,6 +50,7 @@ def _device(view: DeviceView, now: float) -> dict[str, Any]:
         "version": state.version if state else None,
         "digest": state.digest if state else None,
         "phase": state.phase if state else None,
+        "trust": state.trust if state else None,
         "health": state.health if state else None,
         "last_outcome": state.last_outcome if state else None,
         "last_reason": state.last_reason if state else None,

@@ -76,3 +76,12 @@ def test_password_file_missing_or_empty_is_named(tmp_path: Path) -> None:
     assert s is not None
     with pytest.raises(FleetConfigError, match="is empty"):
         s.password()
+
+
+def test_device_id_and_groups_default_to_the_callers() -> None:
+    s = fleet_settings({"fleet": {"fleet": "f"}}, device_id="host-7", groups={"hw": "pi4"})
+    assert s is not None
+    assert (s.device_id, dict(s.groups)) == ("host-7", {"hw": "pi4"})
+    s = fleet_settings(table(groups={"hw": "pi5"}), device_id="host-7", groups={"hw": "pi4"})
+    assert s is not None
+    assert (s.device_id, dict(s.groups)) == ("pi-1", {"hw": "pi5"})

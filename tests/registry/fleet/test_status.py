@@ -13,14 +13,19 @@ NOW = 1_800_000_000.0
 
 def snapshot() -> FleetSnapshot:
     collector = FleetCollector("plant", clock=lambda: NOW)
+    common = {"model": "pump", "phase": "serving"}
     states = [
+        DeviceState("pi-1", {"hw": "pi4"}, version=3, last_outcome="updated", health="ok", last_seen=NOW - 5, **common),
         DeviceState(
-            "pi-1", {"hw": "pi4"}, "pump", 3, "sha256:a", "serving", "updated", "", health="ok", last_seen=NOW - 5
+            "pi-2",
+            {"hw": "pi3"},
+            version=2,
+            last_outcome="rolled_back",
+            last_reason="unhealthy",
+            last_seen=NOW - 600,
+            **common,
         ),
-        DeviceState(
-            "pi-2", {"hw": "pi3"}, "pump", 2, "sha256:b", "serving", "rolled_back", "unhealthy", last_seen=NOW - 600
-        ),
-        DeviceState("pi-3", {"hw": "pi4"}, "pump", 3, "sha256:a", "serving", health="unhealthy", last_seen=NOW - 30),
+        DeviceState("pi-3", {"hw": "pi4"}, version=3, health="unhealthy", last_seen=NOW - 30, **common),
     ]
     for s in states:
         collector.feed(f"otaml/plant/devices/{s.device_id}/state", s.to_json())

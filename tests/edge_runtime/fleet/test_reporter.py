@@ -291,7 +291,9 @@ def test_a_device_cannot_write_another_devices_topics(mqtt_broker: LocalBroker) 
             forger.disconnect()
             forger.loop_stop()
             on_b = [(t, p) for t, p, _ in watcher.messages if "/devices/pi-b/" in t]
-            assert all(b"666" not in p and p != b"offline" for _, p in on_b), on_b
+            assert [t.rsplit("/", 1)[1] for t, _ in on_b] == ["availability", "state"], on_b
+            assert on_b[0][1] == b"online"
+            assert parse_state(on_b[1][1]).version == 7
             snap = collect(
                 mqtt_broker.instance.host, mqtt_broker.instance.port, "f", password=mqtt_broker.password("controller")
             )

@@ -2,7 +2,8 @@
 
 - memory: a bare interpreter (``python -c``, nothing else imported) that imports the reporter, connects as its
   device, publishes a state, an event and a field summary and waits for them to be sent; its VmHWM (peak RSS
-  including start-up) against a bare interpreter that does nothing, and the difference.
+  including start-up) against a bare interpreter that does nothing, and the difference. The same again after
+  ``import httpx``, which the agent loads anyway: what the reporter adds to the agent.
 - idle traffic: what an idle device costs per hour with the default settings (``heartbeat_s`` 900, ``keepalive_s``
   300). Both exchanges an idle device makes are measured on its TCP connection to the real broker with ``ss -ti``
   (TCP payload bytes and segments, both directions): a heartbeat (the retained state PUBLISH + its PUBACK, timed
@@ -57,6 +58,7 @@ while reporter.stats().published < 4:
 reporter.close()
 print([l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1])
 """
+HTTPX_PROBE = 'import httpx\nprint([l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1])'
 BARE_PROBE = 'print([l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1])'
 
 # A realistic serving state: a full digest, two groups, one blocked digest.
@@ -153,8 +155,11 @@ def run_once(count: int) -> dict[str, Any]:
         with broker as instance:
             heartbeat = per_exchange(broker, instance.port, heartbeat_s=1, keepalive_s=600, count=count)
             ping = per_exchange(broker, instance.port, heartbeat_s=10**6, keepalive_s=5, count=3)
-            hwm = vmhwm_kib(MEMORY_PROBE, str(instance.port), str(broker.password_file("pi-1")))
+            args = (str(instance.port), str(broker.password_file("pi-1")))
+            hwm = vmhwm_kib(MEMORY_PROBE, *args)
+            hwm_httpx = vmhwm_kib("import httpx\n" + MEMORY_PROBE, *args)
     bare = vmhwm_kib(BARE_PROBE)
+    httpx_only = vmhwm_kib(HTTPX_PROBE)
     per_hour = {
         k: heartbeat[k] * 3600 / DEFAULT_HEARTBEAT_S + ping[k] * 3600 / DEFAULT_KEEPALIVE_S
         for k in ("payload_bytes", "ip_bytes")
@@ -168,6 +173,8 @@ def run_once(count: int) -> dict[str, Any]:
         "reporter_vmhwm_mb": hwm / 1024,
         "bare_interpreter_vmhwm_mb": bare / 1024,
         "reporter_extra_mb": (hwm - bare) / 1024,
+        "httpx_interpreter_vmhwm_mb": httpx_only / 1024,
+        "reporter_over_httpx_mb": (hwm_httpx - httpx_only) / 1024,
     }
 
 
@@ -184,6 +191,8 @@ def main() -> int:
         "reporter_vmhwm_mb",
         "bare_interpreter_vmhwm_mb",
         "reporter_extra_mb",
+        "httpx_interpreter_vmhwm_mb",
+        "reporter_over_httpx_mb",
     ]
     result = {
         "runs": runs,

@@ -31,7 +31,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from edge_runtime.fleet.messages import MAX_MESSAGE_BYTES, DeviceEvent, DeviceState, device_topic
-from edge_runtime.fleet.settings import FleetSettings
+from edge_runtime.fleet.settings import FleetConfigError, FleetSettings
 
 log = logging.getLogger("otaml.fleet")
 
@@ -107,8 +107,8 @@ class Reporter:
     def start(self) -> Reporter:
         """Configure the client and start connecting in the background; returns at once.
 
-        Raises :class:`~edge_runtime.fleet.settings.FleetConfigError` only for a password file that cannot be
-        read (a configuration error); the broker's absence is never an error here.
+        Raises :class:`~edge_runtime.fleet.settings.FleetConfigError` only for a password or CA file that cannot
+        be read (a configuration error); the broker's absence is never an error here.
         """
         settings = self.settings
         password = settings.password()
@@ -116,7 +116,13 @@ class Reporter:
         client.username_pw_set(settings.user, password)
         client.will_set(self.topic("availability"), OFFLINE, qos=QOS, retain=True)
         if settings.tls_ca is not None:
-            client.tls_set(ca_certs=str(settings.tls_ca))
+            try:
+                client.tls_set(ca_certs=str(settings.tls_ca))
+            except (OSError, ValueError) as exc:
+                raise FleetConfigError(
+                    f"Config 'fleet.tls_ca' is {str(settings.tls_ca)!r}, which is not a readable CA file: {exc}. "
+                    "Give the PEM file of the CA that signed the broker's certificate."
+                ) from exc
         client.reconnect_delay_set(min_delay=settings.reconnect_min_s, max_delay=settings.reconnect_max_s)
         # paho keeps QoS 1 messages that were in flight when a connection dropped; bound that queue too.
         client.max_queued_messages_set(settings.max_events + 10)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.errors import OtamlError, TemporaryError
+from edge_runtime.errors import InputError, OtamlError, TemporaryError
 from edge_runtime.fleet.messages import (
     MAX_MESSAGE_BYTES,
     DeviceEvent,
@@ -186,7 +186,8 @@ def collect(
 ) -> FleetSnapshot:
     """Subscribe to ``fleet``'s device topics on ``host:port`` and return what the broker holds.
 
-    Raises :class:`BrokerUnavailable` (cannot connect, no answer within ``timeout_s``) or :class:`BrokerRefused`.
+    Raises :class:`BrokerUnavailable` (cannot connect, no answer within ``timeout_s``), :class:`BrokerRefused`, or
+    :class:`~edge_runtime.errors.InputError` for a CA file that cannot be used.
     """
     collector = FleetCollector(fleet)
     lock = threading.Lock()
@@ -217,7 +218,12 @@ def collect(
     client = client_factory(f"{username}-{os.getpid()}-{secrets.token_hex(3)}")
     client.username_pw_set(username, password)
     if tls_ca is not None:
-        client.tls_set(ca_certs=str(tls_ca))
+        try:
+            client.tls_set(ca_certs=str(tls_ca))
+        except (OSError, ValueError) as exc:
+            raise InputError(
+                f"the CA file {str(tls_ca)!r} cannot be used: {exc}. Pass the PEM file of the broker's CA (--tls-ca)."
+            ) from exc
     client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
     try:
         client.connect(host, port, keepalive=max(int(timeout_s) * 2, 10))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -100,3 +101,9 @@ def test_bad_broker_address_names_the_value(value: str) -> None:
 def test_broker_address() -> None:
     assert parse_broker("mqtt.example.org:8883") == ("mqtt.example.org", 8883)
     assert parse_broker("[::1]:1883") == ("::1", 1883)
+
+
+def test_unusable_ca_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["fleet", "status", "--broker", f"127.0.0.1:{free_port()}", "--tls-ca", str(tmp_path / "ca.pem")])
+    assert code == 1
+    assert "ca.pem' cannot be used" in capsys.readouterr().err

@@ -25,7 +25,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_runtime.fleet.messages import DeviceEvent, DeviceState, device_topic, parse_event, parse_state
 from edge_runtime.fleet.reporter import OFFLINE, ONLINE, Reporter
-from edge_runtime.fleet.settings import FleetSettings
+from edge_runtime.fleet.settings import FleetConfigError, FleetSettings
 from otaml.localstack import LocalBroker
 from registry.fleet.collect import collect
 
@@ -200,6 +200,12 @@ def test_a_refusal_is_recorded_and_nothing_is_sent(fake: tuple[Reporter, FakeCli
     assert "authori" in stats.last_refusal.lower()
 
 
+def test_an_unreadable_ca_file_is_a_configuration_error(tmp_path: Path) -> None:
+    settings = FleetSettings(device_id="pi-a", tls_ca=tmp_path / "missing-ca.pem")
+    with pytest.raises(FleetConfigError, match=r"'fleet.tls_ca' is .*missing-ca.pem.*not a readable CA file"):
+        Reporter(settings).start()  # the real paho client: it loads the CA before any network
+
+
 # -- the real broker ---------------------------------------------------------------------------------------------
 
 
@@ -309,7 +315,7 @@ import sys, time
 from pathlib import Path
 from edge_runtime.fleet.messages import DeviceState
 from edge_runtime.fleet.reporter import Reporter
-from edge_runtime.fleet.settings import FleetSettings
+from edge_runtime.fleet.settings import FleetConfigError, FleetSettings
 settings = FleetSettings(device_id="pi-c", fleet="f", broker_port=int(sys.argv[1]), password_file=Path(sys.argv[2]))
 reporter = Reporter(settings).start()
 reporter.publish_state(DeviceState("pi-c", version=2, phase="serving"))

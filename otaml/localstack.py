@@ -309,7 +309,7 @@ class LocalContainerd:
 
 BROKER_CONFIG = """\
 listener {port} 127.0.0.1
-allow_anonymous false
+{tls}allow_anonymous false
 password_file {dir}/passwords
 acl_file {dir}/acl
 persistence false
@@ -334,6 +334,61 @@ topic write otaml/+/control/#
 """
 
 
+TLS_FILES = (("cafile", "ca.pem"), ("certfile", "server.pem"), ("keyfile", "server.key"))
+
+
+def write_tls(directory: Path) -> None:
+    """A throw-away CA and a server certificate for 127.0.0.1 / localhost signed by it (a day's validity)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "otaml localstack CA")])
+
+    def build(subject: x509.Name, public_key: ec.EllipticCurvePublicKey) -> x509.CertificateBuilder:
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(ca_name)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+        )
+
+    ca = (
+        build(ca_name, ca_key.public_key())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    server = (
+        build(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]), key.public_key())
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+            critical=False,
+        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    (directory / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (directory / "server.pem").write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    key_file = directory / "server.key"
+    key_file.touch(mode=0o600)
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+
+
 class BrokerInstance(NamedTuple):
     """A running broker: ``host, port = instance``."""
 
@@ -352,7 +407,9 @@ class LocalBroker:
     ``with LocalBroker(workdir, devices=[...]) as instance`` yields a :class:`BrokerInstance`. Credentials:
     :meth:`password` / :meth:`password_file` (mode 0600, the form a device's ``[fleet] password_file`` reads).
     :meth:`restart` stops it and starts it again on the same port (a broker outage; retained messages are lost,
-    as persistence is off). Needs ``mosquitto`` (Debian package ``mosquitto``).
+    as persistence is off). ``tls=True``: the listener speaks TLS only, with a server certificate for 127.0.0.1
+    signed by a throw-away CA (:attr:`ca_file`, for the clients' ``tls_ca``). Needs ``mosquitto`` (Debian package
+    ``mosquitto``).
     """
 
     TOOLS = ("mosquitto", "mosquitto_passwd")
@@ -364,9 +421,11 @@ class LocalBroker:
         devices: list[str] | tuple[str, ...] = (),
         *,
         controller: str = CONTROLLER,
+        tls: bool = False,
         timeout_s: float = 10.0,
     ):
         self.workdir = Path(workdir)
+        self.tls = tls
         self.controller = controller
         self.users = [controller, *devices]
         self.timeout_s = timeout_s
@@ -377,6 +436,11 @@ class LocalBroker:
     @property
     def log(self) -> Path:
         return self.workdir / "mosquitto.log"
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA certificate (PEM) that signed the TLS broker's certificate."""
+        return self.workdir / "tls" / "ca.pem"
 
     def password(self, user: str) -> str:
         """The password of ``user`` (a device id or the controller)."""
@@ -416,7 +480,12 @@ class LocalBroker:
         # it runs as whoever started it instead.
         user = pwd.getpwuid(os.geteuid()).pw_name
         config = self.workdir / "mosquitto.conf"
-        config.write_text(BROKER_CONFIG.format(port=port, dir=self.workdir, user=user))
+        tls = ""
+        if self.tls:
+            if not self.ca_file.is_file():
+                write_tls(self.workdir / "tls")
+            tls = "".join(f"{k} {self.workdir / 'tls' / f}\n" for k, f in TLS_FILES)
+        config.write_text(BROKER_CONFIG.format(port=port, dir=self.workdir, user=user, tls=tls))
         self._spawn(config)
         return self.instance
 

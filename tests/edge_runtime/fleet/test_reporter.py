@@ -26,8 +26,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge_runtime.fleet.messages import DeviceEvent, DeviceState, device_topic, parse_event, parse_state
 from edge_runtime.fleet.reporter import OFFLINE, ONLINE, Reporter
 from edge_runtime.fleet.settings import FleetConfigError, FleetSettings
-from otaml.localstack import LocalBroker
+from otaml.localstack import LocalBroker, missing_tools, write_tls
 from registry.fleet.collect import collect
+from tests.conftest import require
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -387,3 +388,29 @@ def test_broker_outage_keeps_a_bounded_backlog_and_flushes_on_return(mqtt_broker
         assert (stats.connects, stats.events_pending, stats.state_pending) == (2, 0, False)
     log = json.dumps(stats.__dict__)
     assert '"events_dropped": 15' in log
+
+
+@pytest.mark.integration
+def test_reports_over_tls_verified_against_the_ca(tmp_path: Path) -> None:
+    require(not missing_tools(LocalBroker.TOOLS), "mosquitto (MQTT broker)", "apt-get install -y mosquitto")
+    broker = LocalBroker(tmp_path / "mqtt-tls", devices=["pi-a"], tls=True)
+    with broker as instance:
+        settings = device_settings(broker, "pi-a", tls_ca=broker.ca_file)
+        with Reporter(settings) as reporter:
+            reporter.publish_state(DeviceState("pi-a", version=5, phase="serving"))
+            wait_for(lambda: reporter.stats().published >= 2, "online and the state, over TLS")
+        snap = collect(instance.host, instance.port, "f", password=broker.password("controller"), tls_ca=broker.ca_file)
+        state = snap.devices["pi-a"].state
+        assert state is not None
+        assert state.version == 5
+        # A CA that did not sign the broker's certificate: the handshake fails, nothing is sent.
+        write_tls(tmp_path / "other-ca")
+        with Reporter(device_settings(broker, "pi-a", tls_ca=tmp_path / "other-ca" / "ca.pem")) as stranger:
+            stranger.publish_state(DeviceState("pi-a", version=6))
+            wait_for(lambda: "alert unknown ca" in broker.log.read_text(), "the broker logging the refused handshake")
+            stats = stranger.stats()
+            assert (stats.connected, stats.connects, stats.published, stats.state_pending) == (False, 0, 0, True)
+        snap = collect(instance.host, instance.port, "f", password=broker.password("controller"), tls_ca=broker.ca_file)
+        state = snap.devices["pi-a"].state
+        assert state is not None
+        assert state.version == 5

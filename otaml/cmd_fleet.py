@@ -3,7 +3,8 @@
 The broker and the controller's credentials come from the options or the environment: ``--broker`` /
 ``OTAML_BROKER`` (``host:port``, default ``127.0.0.1:1883``), ``--fleet`` / ``OTAML_FLEET`` (default ``default``),
 ``--username`` / ``OTAML_BROKER_USER`` (default ``controller``), ``--password-file`` / ``OTAML_BROKER_PASSWORD_FILE``,
-``--tls-ca`` / ``OTAML_BROKER_TLS_CA``.
+``--tls-ca`` / ``OTAML_BROKER_TLS_CA``, ``--known-devices`` / ``OTAML_FLEET_DEVICES`` (a file of device ids: messages
+from any other device are counted as ``unknown-device``, not shown).
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     status.add_argument(
         "--tls-ca", default=os.environ.get("OTAML_BROKER_TLS_CA", ""), help="CA file: TLS to the broker"
     )
+    status.add_argument(
+        "--known-devices",
+        default=os.environ.get("OTAML_FLEET_DEVICES", ""),
+        help="file of the fleet's device ids, one a line: messages from any other device are counted, not shown",
+    )
     status.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the broker (default 10)")
     status.add_argument(
         "--quiet-s", type=float, default=0.5, help="the retained burst has ended after this many silent seconds"
@@ -67,6 +73,24 @@ def read_password(path: str) -> str | None:
     return lines[0].strip()
 
 
+def read_known_devices(path: str) -> list[str] | None:
+    if not path:
+        return None
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise InputError(
+            f"--known-devices {path!r} cannot be read: {exc.strerror}. Give a file of device ids."
+        ) from exc
+    ids = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    for number, device_id in enumerate(ids, 1):
+        try:
+            check_id("device id", device_id)
+        except InputError as exc:
+            raise InputError(f"--known-devices {path!r}, id {number}: {exc}") from None
+    return ids
+
+
 def run_status(args: argparse.Namespace) -> int:
     from registry.fleet.collect import collect
     from registry.fleet.status import render, summarize
@@ -83,6 +107,7 @@ def run_status(args: argparse.Namespace) -> int:
         username=args.username,
         password=read_password(args.password_file),
         tls_ca=Path(args.tls_ca) if args.tls_ca else None,
+        known_devices=read_known_devices(args.known_devices),
         quiet_s=args.quiet_s,
         timeout_s=args.timeout,
     )

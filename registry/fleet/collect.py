@@ -16,6 +16,7 @@ reason                 the message
 ``malformed``          is not the document its topic says (not JSON, wrong field types, bad availability)
 ``unknown-topic``      is on a topic that is not ``otaml/<fleet>/devices/<id>/<kind>`` of this fleet
 ``device-mismatch``    names another device than the one whose topic it is on
+``unknown-device``     comes from a device not in ``known_devices`` (when the caller gives that list)
 =====================  ====================================================================================
 """
 
@@ -27,7 +28,7 @@ import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ from edge_runtime.fleet.messages import (
     split_topic,
 )
 
-REASONS = ("oversized", "malformed", "unknown-topic", "device-mismatch")
+REASONS = ("oversized", "malformed", "unknown-topic", "device-mismatch", "unknown-device")
 MAX_SAMPLES = 20  # rejected messages kept to show (all are counted)
 MAX_EVENTS_PER_DEVICE = 20
 
@@ -96,8 +97,11 @@ class FleetSnapshot:
 class FleetCollector:
     """Folds device messages into a :class:`FleetSnapshot`; never raises on a message."""
 
-    def __init__(self, fleet: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, fleet: str, clock: Callable[[], float] = time.time, known_devices: Collection[str] | None = None
+    ) -> None:
         self.snapshot = FleetSnapshot(fleet=fleet, collected_at=clock())
+        self.known_devices = frozenset(known_devices) if known_devices is not None else None
 
     def feed(self, topic: str, payload: bytes) -> None:
         snap = self.snapshot
@@ -116,6 +120,8 @@ class FleetCollector:
             raise _Refused("unknown-topic", str(exc)) from None
         if fleet != self.snapshot.fleet:
             raise _Refused("unknown-topic", f"topic of fleet {fleet!r}, not {self.snapshot.fleet!r}")
+        if self.known_devices is not None and device_id not in self.known_devices:
+            raise _Refused("unknown-device", f"device {device_id!r} is not one of the fleet's known devices")
         if len(payload) > MAX_MESSAGE_BYTES:
             raise _Refused("oversized", f"{len(payload)} bytes, over the {MAX_MESSAGE_BYTES}-byte cap")
         if kind == "state":
@@ -180,16 +186,18 @@ def collect(
     username: str = "controller",
     password: str | None = None,
     tls_ca: Path | None = None,
+    known_devices: Collection[str] | None = None,
     quiet_s: float = 0.5,
     timeout_s: float = 10.0,
     client_factory: Callable[[str], Any] = paho_client,
 ) -> FleetSnapshot:
-    """Subscribe to ``fleet``'s device topics on ``host:port`` and return what the broker holds.
+    """Subscribe to ``fleet``'s device topics on ``host:port`` and return what the broker holds (only the devices
+    of ``known_devices`` when given; the others are counted as ``unknown-device``).
 
     Raises :class:`BrokerUnavailable` (cannot connect, no answer within ``timeout_s``), :class:`BrokerRefused`, or
     :class:`~edge_runtime.errors.InputError` for a CA file that cannot be used.
     """
-    collector = FleetCollector(fleet)
+    collector = FleetCollector(fleet, known_devices=known_devices)
     lock = threading.Lock()
     subscribed = threading.Event()
     refused: list[str] = []

@@ -10,7 +10,7 @@ import pytest
 
 from edge_runtime.fleet.messages import DeviceEvent, DeviceState, device_topic
 from otaml.cli import main
-from otaml.cmd_fleet import parse_broker
+from otaml.cmd_fleet import parse_broker, read_known_devices
 from otaml.localstack import LocalBroker, free_port
 
 
@@ -31,7 +31,7 @@ def publish_as(broker: LocalBroker, user: str, messages: list[tuple[str, bytes]]
 
 @pytest.mark.integration
 def test_status_json_shows_devices_and_counts_bad_messages(
-    mqtt_broker: LocalBroker, capsys: pytest.CaptureFixture[str]
+    mqtt_broker: LocalBroker, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     assert mqtt_broker.instance is not None
     good = DeviceState(
@@ -57,15 +57,24 @@ def test_status_json_shows_devices_and_counts_bad_messages(
             (device_topic("f", "pi-b", "availability"), b"offline"),
         ],
     )
+    publish_as(mqtt_broker, "pi-c", [(device_topic("f", "pi-c", "state"), DeviceState("pi-c").to_json())])
+    known = tmp_path / "devices.txt"
+    known.write_text("# the fleet\npi-a\npi-b\n")
     code = main(
         [
             "fleet", "status", "--fleet", "f", "--broker", mqtt_broker.instance.address,
-            "--password-file", str(mqtt_broker.password_file("controller")), "--json",
+            "--password-file", str(mqtt_broker.password_file("controller")), "--known-devices", str(known), "--json",
         ]
     )  # fmt: skip
     assert code == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["rejected"] == {"device-mismatch": 1, "malformed": 1, "oversized": 1, "unknown-topic": 1}
+    assert doc["rejected"] == {
+        "device-mismatch": 1,
+        "malformed": 1,
+        "oversized": 1,
+        "unknown-device": 1,
+        "unknown-topic": 1,
+    }
     devices = {d["device_id"]: d for d in doc["devices"]}
     assert (devices["pi-a"]["version"], devices["pi-a"]["online"], devices["pi-a"]["groups"]) == (
         3,
@@ -107,3 +116,15 @@ def test_unusable_ca_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture
     code = main(["fleet", "status", "--broker", f"127.0.0.1:{free_port()}", "--tls-ca", str(tmp_path / "ca.pem")])
     assert code == 1
     assert "ca.pem' cannot be used" in capsys.readouterr().err
+
+
+def test_known_devices_file_is_checked(tmp_path: Path) -> None:
+    good = tmp_path / "ok.txt"
+    good.write_text("# fleet\npi-1\n\n  pi-2 \n")
+    assert read_known_devices(str(good)) == ["pi-1", "pi-2"]
+    bad = tmp_path / "bad.txt"
+    bad.write_text("pi-1\npi/2\n")
+    with pytest.raises(ValueError, match="id 2: device id 'pi/2' is not a valid id"):
+        read_known_devices(str(bad))
+    with pytest.raises(ValueError, match="cannot be read"):
+        read_known_devices(str(tmp_path / "missing.txt"))

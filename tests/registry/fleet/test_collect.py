@@ -80,3 +80,13 @@ def test_samples_and_events_are_bounded() -> None:
     assert len(snap.rejected_samples) == MAX_SAMPLES
     events = snap.devices["pi-1"].events
     assert [e.version for e in events] == list(range(3, MAX_EVENTS_PER_DEVICE + 3))
+
+
+def test_devices_outside_the_known_list_are_counted_not_kept() -> None:
+    collector = FleetCollector("f", known_devices=["pi-1"])
+    collector.feed("otaml/f/devices/pi-1/state", DeviceState("pi-1", version=1).to_json())
+    collector.feed("otaml/f/devices/pi-9/state", DeviceState("pi-9", version=1).to_json())
+    collector.feed("otaml/f/devices/pi-9/availability", b"online")
+    snap = collector.snapshot
+    assert list(snap.devices) == ["pi-1"]
+    assert dict(snap.rejected) == {"unknown-device": 2}

@@ -8,7 +8,7 @@ while it was away. What the agent calls never blocks on the network and never ra
 - :meth:`Reporter.publish_state` stamps ``last_seen`` and publishes a retained state only when it changed, or
   when ``heartbeat_s`` has passed (a heartbeat thread refreshes an unchanged state on its own), so an idle device
   sends a few messages an hour (docs/fleet.md has the measured bytes).
-- :meth:`Reporter.publish_event` (QoS 1) and :meth:`Reporter.publish_field` (retained).
+- :meth:`Reporter.publish_event` (QoS 1) and :meth:`Reporter.publish_field` (retained, only when it changed).
 - Broker down or unreachable: paho reconnects with back-off (``reconnect_min_s`` doubling up to
   ``reconnect_max_s``); meanwhile the reporter keeps the latest state and field summary and at most
   ``max_events`` events (the oldest are dropped and counted), and sends them when the broker is back.
@@ -95,7 +95,6 @@ class Reporter:
         self._state_sent_at = float("-inf")
         self._state_pending = False
         self._field: bytes | None = None
-        self._field_pending = False
         self._events: deque[bytes] = deque()
         self._events_dropped = 0
 
@@ -199,15 +198,19 @@ class Reporter:
         return True
 
     def publish_field(self, summary: bytes) -> bool:
-        """Publish the compact field summary (retained); ``False`` if it is over the size cap."""
+        """Publish the compact field summary (retained); ``False`` if it is over the size cap or the same as the
+        last one (the broker still holds that)."""
         if len(summary) > MAX_MESSAGE_BYTES:
             log.warning("field summary of %d bytes not sent: over the %d-byte cap", len(summary), MAX_MESSAGE_BYTES)
             with self._lock:
                 self._rejected += 1
             return False
         with self._lock:
+            if self._field == summary:
+                self._deduplicated += 1
+                return False
             self._field = bytes(summary)
-            self._field_pending = not self._send("field", self._field, retain=True)
+            self._send("field", self._field, retain=True)  # kept: sent again on every connect
         return True
 
     def heartbeat(self) -> bool:
@@ -265,7 +268,7 @@ class Reporter:
         self._send("availability", ONLINE, retain=True)
         self._send_state(self._clock())
         if self._field is not None:
-            self._field_pending = not self._send("field", self._field, retain=True)
+            self._send("field", self._field, retain=True)  # kept: sent again on every connect
         self._flush_events()
 
     # -- paho callbacks (its network thread) --------------------------------------------------------------------

@@ -167,6 +167,18 @@ def test_unchanged_state_is_sent_again_only_after_the_heartbeat(fake: tuple[Repo
     assert reporter.stats().deduplicated == 1
 
 
+def test_an_unchanged_field_summary_is_not_sent_again(fake: tuple[Reporter, FakeClient, Clock]) -> None:
+    reporter, client, _ = fake
+    client.accept()
+    assert reporter.publish_field(b'{"anomaly_ratio":0.1}')
+    assert not reporter.publish_field(b'{"anomaly_ratio":0.1}')
+    assert reporter.publish_field(b'{"anomaly_ratio":0.2}')
+    assert [p for t, p, *_ in client.published if t.endswith("/field")] == [
+        b'{"anomaly_ratio":0.1}',
+        b'{"anomaly_ratio":0.2}',
+    ]
+
+
 def test_a_dropped_connection_keeps_what_could_not_be_sent(fake: tuple[Reporter, FakeClient, Clock]) -> None:
     reporter, client, _ = fake
     client.accept()

@@ -354,6 +354,7 @@ def test_the_last_will_marks_a_killed_device_offline(mqtt_broker: LocalBroker) -
         assert device.stdout is not None
         assert device.stdout.readline().strip() == "reporting"
         wait_for(lambda: watcher.on(availability) == [b"online"], "pi-c online")
+        wait_for(lambda: watcher.on(device_topic("f", "pi-c", "state")), "pi-c's state at the broker")
         device.send_signal(signal.SIGKILL)  # no clean disconnect: the kernel closes its socket
         device.wait(30)
         wait_for(lambda: watcher.on(availability)[-1:] == [b"offline"], "the Last Will")
@@ -373,7 +374,8 @@ def test_the_last_will_marks_a_killed_device_offline(mqtt_broker: LocalBroker) -
 @pytest.mark.integration
 def test_broker_outage_keeps_a_bounded_backlog_and_flushes_on_return(mqtt_broker: LocalBroker) -> None:
     assert mqtt_broker.instance is not None
-    settings = device_settings(mqtt_broker, "pi-a", max_events=10, reconnect_min_s=2)
+    # The device retries 3 s after the outage began: the watcher below subscribes long before it is back.
+    settings = device_settings(mqtt_broker, "pi-a", max_events=10, reconnect_min_s=3)
     with Reporter(settings) as reporter:
         reporter.publish_state(DeviceState("pi-a", version=1, phase="serving"))
         wait_for(lambda: reporter.stats().published >= 2, "the first state")

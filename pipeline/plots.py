@@ -65,7 +65,7 @@ def score_histogram(
     ax.set_xlabel("anomaly score")
     ax.set_ylabel("rows (log)")
     ax.set_title(title or "score histogram")
-    ax.legend(fontsize=8)
+    ax.legend(loc="upper right", fontsize=8)  # "best" is slow and warns on large series
     return _save(fig, path)
 
 
@@ -83,5 +83,5 @@ def pr_curve(path: Path, labels: npt.ArrayLike, scores: npt.ArrayLike, title: st
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.set_title(title or "precision-recall")
-    ax.legend(fontsize=8)
+    ax.legend(loc="upper right", fontsize=8)
     return _save(fig, path)

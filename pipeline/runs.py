@@ -211,6 +211,6 @@ def plot_runs(table: pd.DataFrame, metrics: Sequence[str] | None = None, *, titl
     ax.set_xticks(x, present, fontsize=8)
     ax.set_ylabel("value")
     ax.set_title(title or "detector runs compared (from MLflow)", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     return fig

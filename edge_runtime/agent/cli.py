@@ -107,7 +107,26 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    report = run(reconciler, stop, max_steps=2 if args.once else None)
+    reporter = None
+    on_report = None
+    if config.fleet is not None:
+        from edge_runtime.agent.fleet_link import FleetLink
+        from edge_runtime.fleet.reporter import Reporter
+
+        reporter = Reporter(config.fleet).start()
+        on_report = FleetLink(
+            reconciler,
+            reporter,
+            device_id=config.fleet.device_id,
+            groups=dict(config.fleet.groups),
+            model=config.model,
+            field_interval_s=config.field_interval_s,
+        )
+    try:
+        report = run(reconciler, stop, max_steps=2 if args.once else None, on_report=on_report)
+    finally:
+        if reporter is not None:
+            reporter.close()
     if args.once and report is not None:
         print(json.dumps(report.to_dict(), indent=2))
         return 0 if report.ok else 1

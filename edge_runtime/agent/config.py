@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.errors import InputError
+from edge_runtime.fleet.messages import check_id
+from edge_runtime.fleet.settings import FleetSettings, fleet_settings
 
 # containerd's identifier rule for namespaces.
 _NAMESPACE = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")
@@ -82,6 +84,8 @@ class AgentConfig:
     insecure: bool = False  # accept any image from the channel tag: explicit, and reported loudly
     device_id: str = field(default_factory=_platform.node)
     groups: Mapping[str, str] = field(default_factory=dict)
+    fleet: FleetSettings | None = None  # [fleet]: report to the fleet's MQTT broker (optional)
+    field_interval_s: float = 300.0  # how often the serving model's field summary is published
 
     @property
     def tuf_dir(self) -> Path:
@@ -169,6 +173,13 @@ class AgentConfig:
                 f"Config 'device.groups' has value {groups!r}. Use a table of strings, e.g. hw = \"pi4\"."
             )
         tuf_dir = r.string("trust", "metadata_dir", "")
+        device_id = r.string("device", "id", "") or _platform.node() or "device"
+        try:
+            check_id("device id", device_id)
+        except InputError:
+            raise ConfigError(
+                f"Config 'device.id' has value {device_id!r}. Use letters, digits, '.', '_' or '-' (max 64)."
+            ) from None
         return cls(
             registry_url=url.rstrip("/"),
             repository=r.string("registry", "repository"),
@@ -206,8 +217,10 @@ class AgentConfig:
             trust_metadata_dir=Path(tuf_dir) if tuf_dir else None,
             model=model,
             insecure=insecure,
-            device_id=r.string("device", "id", "") or _platform.node() or "device",
+            device_id=device_id,
             groups=dict(groups),
+            fleet=fleet_settings(data, where, device_id=device_id, groups=dict(groups)),
+            field_interval_s=r.number("agent", "field_interval_s", 300.0),
         )
 
 

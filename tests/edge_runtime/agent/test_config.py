@@ -76,3 +76,22 @@ def test_a_bad_warm_rollback_value_says_what_to_use() -> None:
     }
     with pytest.raises(ConfigError, match=r"'update\.warm_rollback' has value 'maybe'.*\"auto\""):
         AgentConfig.from_mapping(data)
+
+
+def test_the_fleet_section_takes_the_devices_identity_by_default() -> None:
+    data: dict = {
+        "registry": {"url": "http://x:1", "repository": "p"},
+        "trust": {"insecure": True},
+        "device": {"id": "pump-7", "groups": {"hw": "pi4"}},
+        "fleet": {"fleet": "plant-3", "broker_host": "broker.local"},
+    }
+    config = AgentConfig.from_mapping(data)
+    assert config.fleet is not None
+    assert (config.fleet.device_id, dict(config.fleet.groups), config.fleet.fleet) == (
+        "pump-7",
+        {"hw": "pi4"},
+        "plant-3",
+    )
+    assert AgentConfig.from_mapping({k: v for k, v in data.items() if k != "fleet"}).fleet is None
+    with pytest.raises(ConfigError, match=r"'device\.id' has value 'a/b'"):
+        AgentConfig.from_mapping({**data, "device": {"id": "a/b"}})

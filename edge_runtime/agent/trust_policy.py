@@ -87,6 +87,11 @@ class TrustPolicy:
             latest = found[-1]
             return Desired(latest, approvals.targets_version, why=f"v{latest.version}: the highest approved")
         version = record.version_for(self.device_id, self.groups)
+        if version == 0:  # a first rollout: no stable version, and this device is not in the wave yet
+            raise NotApproved(
+                f"rollout {record.rollout_id} of {self.model} v{record.version} has no stable version and this device "
+                f"is not in its wave {record.wave + 1}/{len(record.waves)} yet; it keeps what it runs"
+            )
         chosen = next((a for a in found if a.version == version), None)
         if chosen is None:
             raise MalformedMetadata(

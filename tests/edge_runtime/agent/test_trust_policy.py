@@ -324,3 +324,21 @@ def test_the_agent_follows_a_record_signed_by_the_rollouts_role_through_the_real
     assert agent.reconcile().outcome == "updated"
     assert agent.state.current.version == "1", "outside the first wave: the stable version"
     assert agent.state.rollout_id == "r1"
+
+
+def test_a_first_rollout_without_a_stable_version_leaves_devices_outside_the_wave_alone(setup: Setup) -> None:
+    setup.approve("1")
+    setup.record = RolloutRecord(
+        rollout_id="r1", model=MODEL, channel=CHANNEL, version=1, stable_version=0, waves=(10, 100), wave=0
+    )
+    outside = next(f"dev-{i}" for i in range(1000) if bucket(f"dev-{i}", "r1") >= 10)
+    agent = setup.agent(outside)
+    agent.recover()
+    report = agent.reconcile()
+    assert (report.outcome, report.reason) == ("error", "not-approved")
+    assert serving(setup) is None
+    setup.record = RolloutRecord(
+        rollout_id="r1", model=MODEL, channel=CHANNEL, version=1, stable_version=0, waves=(10, 100), wave=1
+    )
+    assert agent.reconcile().outcome == "updated"
+    assert serving(setup) == digest_of("1")

@@ -10,6 +10,7 @@ kernel's ``sys.prefix``, and the tests check it is this interpreter's.
 from __future__ import annotations
 
 import json
+import time
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -295,7 +296,7 @@ def test_promote_refused_by_the_gates_shows_them_and_moves_nothing(trained: Trai
 
 @pytest.mark.integration
 def test_promote_with_an_image_registry_bakes_signs_pushes_and_shows_the_labels(
-    trained: Trained, oci_registry: str
+    trained: Trained, oci_registry: str, mqtt_broker: Any
 ) -> None:
     from edge_runtime.oci import LABEL_BUNDLE_DIGEST, LABEL_MODEL_NAME, LABEL_MODEL_VERSION, RegistryClient
     from registry.cosign import fetch_signatures, load_public_key, verify_signatures
@@ -309,6 +310,27 @@ def test_promote_with_an_image_registry_bakes_signs_pushes_and_shows_the_labels(
     write_fake_base(base)
     keys = generate_keys(trained.workdir / "keys", overwrite=True)
     trust = init(trained.workdir / "trust", trained.workdir / "approvers", approvers=1, threshold=1)
+    # The fleet runs v1 already (approved earlier): the candidate rolls out in waves with v1 as the stable version.
+    from edge_runtime.trust.approval import Approval
+    from registry.tuf import keys as tuf_keys
+
+    first = Approval("production", MODEL, 1, "sha256:" + "1" * 64, 1000, "sha256:" + "2" * 64)
+    TrustSite(trust.site.path).open().propose(first, tuf_keys.load_signer(trust.approver_keys[0]))
+    # One device of the fleet reports its state to the broker (as its agent's fleet link would).
+    from edge_runtime.fleet.messages import DeviceState
+    from edge_runtime.fleet.reporter import Reporter
+    from edge_runtime.fleet.settings import FleetSettings
+
+    assert mqtt_broker.instance is not None
+    host, port = mqtt_broker.instance
+    device = FleetSettings(
+        device_id="pi-a", broker_host=host, broker_port=port, password_file=mqtt_broker.password_file("pi-a")
+    )
+    with Reporter(device).start() as reporter:
+        reporter.publish_state(DeviceState("pi-a", groups={"hw": "pi4"}, model=MODEL, version=1, phase="serving"))
+        deadline = time.monotonic() + 10
+        while reporter.stats().state_pending and time.monotonic() < deadline:
+            time.sleep(0.05)
     gates = trained.workdir / "lenient-gates.toml"
     gates.write_text(LENIENT_GATES)
     repository = f"{oci_registry}/notebooks/runtime"
@@ -324,9 +346,14 @@ def test_promote_with_an_image_registry_bakes_signs_pushes_and_shows_the_labels(
         signing_key=str(keys.private_key),
         trust_dir=str(trust.site.path),
         approval_key=str(trust.approver_keys[0]),
+        rollout_waves="50,100",
+        broker=f"{host}:{port}",
+        broker_password_file=str(mqtt_broker.password_file("controller")),
     )
     execute(nb, trained.workdir)
-    (approval,) = TrustSite(trust.site.path).open().approvals()
+    repo = TrustSite(trust.site.path).open()
+    approval = repo.approvals()[-1]
+    (record,) = repo.rollout_records()
 
     mlflow = client(trained.tracking_uri)
     shipped = mlflow.get_model_version_by_alias(MODEL, "production")
@@ -350,7 +377,11 @@ def test_promote_with_an_image_registry_bakes_signs_pushes_and_shows_the_labels(
     assert (labels[LABEL_MODEL_NAME], labels[LABEL_MODEL_VERSION]) == (MODEL, version)
     assert claims.version == version
     assert (approval.model, str(approval.version), approval.digest) == (MODEL, version, digest)
+    assert (record.model, str(record.version), record.waves, record.state) == (MODEL, version, (50, 100), "running")
+    assert record.stable_version == 1
     shown = text(nb)
+    assert record.rollout_id in shown
+    assert "pi-a" in shown  # the fleet table, read back from the broker
     assert "No image registry configured" not in shown
     assert digest in shown
     assert labels[LABEL_BUNDLE_DIGEST] in shown  # the labels, read back from the registry, were displayed

@@ -5,10 +5,23 @@ which adds pushing on top through :meth:`RegistryClient.request`. httpx only; ev
 at this boundary into the tree of :mod:`edge_runtime.errors`:
 
     404                                          -> NotFound
-    connection errors, timeouts, 429, 5xx        -> TemporaryError (retry with back-off)
+    connection errors, timeouts, 429, 5xx,       -> RegistryUnavailable (a TemporaryError: retry with back-off)
+      a body slower than the total deadline,
+      more than MAX_REDIRECTS redirects
     401, 403                                     -> RegistryAuthError (check the credentials)
+    a token realm on another host                -> ForbiddenHost (allow it with ``token_hosts``)
     digest mismatch on a blob or manifest        -> VerificationFailed
+    not JSON, an array where an object belongs,  -> MalformedContent (reason ``malformed-image``)
+      a bad descriptor, digest or size
+    a document over its cap                      -> OversizedContent (reason ``oversized``; names the cap)
     anything else (400 MANIFEST_INVALID, 415...) -> OtamlError naming the registry's error code
+
+The registry is not trusted before verification: every document read whole into memory has a cap (manifests
+and indexes :data:`MAX_MANIFEST_BYTES`, configs and signature payloads :data:`MAX_SMALL_BLOB_BYTES`, token
+responses :data:`MAX_TOKEN_BYTES`, error bodies :data:`MAX_ERROR_BODY_BYTES`), every capped read a total
+deadline (httpx's timeouts are per read: a server dripping a byte a second never trips them), and redirects
+are followed at most :data:`MAX_REDIRECTS` times (blob redirects to a CDN host are normal), never from https
+to plain http. Credentials go to a token realm only on the registry's own host or one in ``token_hosts``.
 """
 
 from __future__ import annotations
@@ -18,13 +31,23 @@ import hashlib
 import ipaddress
 import json
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
-from edge_runtime.errors import NotFound, OtamlError, TemporaryError, VerificationFailed
+from edge_runtime.errors import (
+    MalformedContent,
+    NotFound,
+    OtamlError,
+    OversizedContent,
+    RegistryUnavailable,
+    TemporaryError,
+    VerificationFailed,
+)
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -52,7 +75,10 @@ MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # what distribution itself accepts
 # Cap for small JSON blobs read whole into memory: image configs, signature payloads, model.json.
 MAX_SMALL_BLOB_BYTES = 4 * 1024 * 1024
 MAX_ERROR_BODY_BYTES = 64 * 1024  # enough for any registry error document; the rest is not read
-DEFAULT_TIMEOUT = 30.0
+MAX_TOKEN_BYTES = 256 * 1024  # a bearer token response (JWTs are a few kB)
+MAX_REDIRECTS = 5  # a blob redirect to a CDN is one hop
+DEFAULT_TIMEOUT = 30.0  # per connect / read / write (httpx)
+DEFAULT_DEADLINE = 120.0  # for a whole capped read: 4 MiB at 35 kB/s
 _NO_LIMIT = 1 << 62
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -64,6 +90,12 @@ class RegistryAuthError(OtamlError):
     """The registry refused the credentials (401/403)."""
 
     reason = "registry-auth"
+
+
+class ForbiddenHost(OtamlError):
+    """The registry sent the client to a host it may not go to (a token realm elsewhere, https to http)."""
+
+    reason = "forbidden-host"
 
 
 def sha256_digest(data: bytes) -> str:
@@ -174,28 +206,54 @@ class Descriptor:
         return out
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Descriptor:
+    def from_json(cls, data: object) -> Descriptor:
+        """Parse a descriptor; :class:`MalformedContent` names what is wrong with one that breaks the spec."""
+        if not isinstance(data, Mapping):
+            raise MalformedContent(f"malformed descriptor {_excerpt(data)}: expected a JSON object")
         try:
             platform = data.get("platform")
+            if platform is not None and not isinstance(platform, Mapping):
+                raise TypeError("platform is not a JSON object")
+            annotations = data.get("annotations") or {}
+            if not isinstance(annotations, Mapping):
+                raise TypeError("annotations is not a JSON object")
+            size = data["size"]
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise ValueError(f"size {size!r} is not a non-negative integer")
             return cls(
                 media_type=str(data["mediaType"]),
                 digest=check_digest(str(data["digest"])),
-                size=int(data["size"]),
+                size=size,
                 platform=Platform.from_json(platform) if platform else None,
-                annotations=dict(data.get("annotations") or {}),
+                annotations={str(k): str(v) for k, v in annotations.items()},
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise OtamlError(f"malformed descriptor {dict(data)!r}: {exc}") from exc
+        except (KeyError, TypeError, ValueError, OtamlError) as exc:
+            raise MalformedContent(f"malformed descriptor {_excerpt(data)}: {exc}") from exc
+
+
+def _excerpt(value: Any, limit: int = 200) -> str:
+    """A bounded repr of hostile content for an error message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def load_json(data: bytes, what: str) -> dict[str, Any]:
-    """Decode a manifest/index/config, raising OtamlError (not JSONDecodeError) on garbage."""
+    """Decode a manifest/index/config, raising :class:`MalformedContent` (not JSONDecodeError) on garbage."""
     try:
         value = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise OtamlError(f"{what} is not valid JSON: {exc}") from exc
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise MalformedContent(f"{what} is not valid JSON: {exc}") from exc
     if not isinstance(value, dict):
-        raise OtamlError(f"{what} is not a JSON object")
+        raise MalformedContent(f"{what} is a JSON {type(value).__name__}, not the JSON object the OCI spec requires")
+    return value
+
+
+def _object_list(value: Any, what: str) -> list[Mapping[str, Any]]:
+    """``value`` as a list of JSON objects (``None`` is an empty list); MalformedContent otherwise."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
+        raise MalformedContent(f"{what} is not a list of JSON objects: {_excerpt(value)}")
     return value
 
 
@@ -205,7 +263,7 @@ def select_platform(index: bytes | Mapping[str, Any], os: str, arch: str, varian
     ``arm64`` without a variant matches ``arm64`` and ``arm64/v8`` (the same thing to a runtime).
     """
     data = load_json(index, "image index") if isinstance(index, bytes) else index
-    candidates = [Descriptor.from_json(m) for m in data.get("manifests", [])]
+    candidates = [Descriptor.from_json(m) for m in _object_list(data.get("manifests"), "the index's manifests")]
     for desc in candidates:
         p = desc.platform
         if p is None or p.os != os or p.architecture != arch:
@@ -220,7 +278,10 @@ def select_platform(index: bytes | Mapping[str, Any], os: str, arch: str, varian
 def config_labels(config: bytes | Mapping[str, Any]) -> dict[str, str]:
     """The ``config.Labels`` of an image configuration (empty when there are none)."""
     data = load_json(config, "image config") if isinstance(config, bytes) else config
-    labels = (data.get("config") or {}).get("Labels") or {}
+    inner = data.get("config") or {}
+    labels = inner.get("Labels") or {} if isinstance(inner, Mapping) else None
+    if not isinstance(labels, Mapping):
+        raise MalformedContent(f"the image config's config.Labels is not a JSON object: {_excerpt(data)}")
     return {str(k): str(v) for k, v in labels.items()}
 
 
@@ -240,6 +301,10 @@ def base_url_for(registry: str, insecure: bool = False) -> str:
         return registry.rstrip("/")
     scheme = "http" if insecure or _is_loopback(registry) else "https"
     return f"{scheme}://{registry}"
+
+
+def _host_of(url: str) -> str:
+    return (urlsplit(url).hostname or "").lower()
 
 
 def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
@@ -268,12 +333,30 @@ class RegistryClient:
         transport: httpx.BaseTransport | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         insecure: bool = False,
+        deadline: float = DEFAULT_DEADLINE,
+        token_hosts: Collection[str] = (),
     ) -> None:
         self.base_url = base_url_for(registry, insecure)
         self.repository = repository
+        self.deadline = deadline
+        self.token_hosts = frozenset(h.lower() for h in token_hosts) | {_host_of(self.base_url)}
         self._auth = auth
         self._authorization: str | None = None
-        self._http = httpx.Client(transport=transport, timeout=timeout, follow_redirects=True)
+        self._http = httpx.Client(
+            transport=transport,
+            timeout=timeout,
+            follow_redirects=True,
+            max_redirects=MAX_REDIRECTS,
+            event_hooks={"request": [self._check_redirect]},
+        )
+
+    def _check_redirect(self, request: httpx.Request) -> None:
+        # httpx drops the Authorization header on a redirect to another origin; a downgrade to plain http
+        # would still expose the request and its answer, so it is refused.
+        if self.base_url.startswith("https://") and request.url.scheme != "https":
+            raise ForbiddenHost(
+                f"{self.base_url} redirected to {request.url}: refusing a redirect from https to plain http"
+            )
 
     @classmethod
     def for_reference(cls, ref: Reference, **kwargs: Any) -> RegistryClient:
@@ -324,8 +407,10 @@ class RegistryClient:
             return response
         if stream:  # read only the start of an error body: a hostile registry may send an endless one
             try:
-                head = self.read_capped(response, MAX_ERROR_BODY_BYTES, f"{method} {url}", truncate=True)
-            except TemporaryError:
+                head = self.read_capped(
+                    response, MAX_ERROR_BODY_BYTES, f"{method} {url}", truncate=True, deadline_s=self.deadline
+                )
+            except (TemporaryError, MalformedContent):
                 head = b""
             # The head is already decoded: drop the headers that would make httpx decode or size it again.
             kept = [(k, v) for k, v in response.headers.items() if k not in ("content-encoding", "content-length")]
@@ -340,7 +425,7 @@ class RegistryClient:
                 + "; check the registry credentials (--user/--password-stdin) and the repository's permissions"
             )
         if status == 429 or status >= 500:
-            raise TemporaryError(f"{where}: registry answered {status} {detail}".rstrip() + "; retry later")
+            raise RegistryUnavailable(f"{where}: registry answered {status} {detail}".rstrip() + "; retry later")
         raise OtamlError(f"{where}: registry refused the request ({status}) {detail}".rstrip())
 
     def _send(
@@ -358,10 +443,16 @@ class RegistryClient:
         try:
             request = self._http.build_request(method, url, headers=all_headers, content=content, params=params)
             return self._http.send(request, stream=stream)
-        except httpx.TransportError as exc:
-            raise TemporaryError(
+        except httpx.TooManyRedirects as exc:
+            raise RegistryUnavailable(
+                f"{method} {url}: more than {MAX_REDIRECTS} redirects; the registry (or its CDN) is misconfigured"
+            ) from exc
+        except (httpx.TransportError, httpx.DecodingError) as exc:
+            raise RegistryUnavailable(
                 f"{method} {url}: {type(exc).__name__}: {exc}; is the registry up? retry later"
             ) from exc
+        except httpx.InvalidURL as exc:
+            raise MalformedContent(f"{method} {url}: the registry sent an invalid URL: {exc}") from exc
 
     def _answer_challenge(self, header: str) -> str:
         scheme, params = _parse_challenge(header)
@@ -371,22 +462,40 @@ class RegistryClient:
             return "Basic " + base64.b64encode(f"{self._auth[0]}:{self._auth[1]}".encode()).decode()
         if scheme != "bearer" or "realm" not in params:
             raise OtamlError(f"{self.base_url} sent an authentication challenge otaml cannot answer: {header!r}")
+        realm = params["realm"]
+        realm_url = urlsplit(realm)
+        if realm_url.scheme not in ("http", "https") or _host_of(realm) not in self.token_hosts:
+            raise ForbiddenHost(
+                f"{self.base_url} names the token realm {realm!r}, which is not on the registry's host: refusing to "
+                f"send credentials there. If that token service is genuine, allow its host "
+                f"({_host_of(realm) or '?'!r}) in the registry's token hosts."
+            )
+        if self.base_url.startswith("https://") and realm_url.scheme != "https":
+            raise ForbiddenHost(f"{self.base_url} names a plain-http token realm {realm!r}; refusing to use it")
         query = {k: v for k, v in params.items() if k in ("service", "scope")}
         try:
-            response = self._http.get(params["realm"], params=query, auth=self._auth)
-        except httpx.TransportError as exc:
-            raise TemporaryError(f"getting a token from {params['realm']}: {exc}; retry later") from exc
+            request = self._http.build_request("GET", realm, params=query)
+            if self._auth is not None:
+                basic = base64.b64encode(f"{self._auth[0]}:{self._auth[1]}".encode()).decode()
+                request.headers["Authorization"] = f"Basic {basic}"
+            response = self._http.send(request, stream=True)
+        except (httpx.RequestError, httpx.InvalidURL) as exc:
+            raise RegistryUnavailable(f"getting a token from {realm}: {exc}; retry later") from exc
         if response.status_code in (401, 403):
+            response.close()
             raise RegistryAuthError(
-                f"token endpoint {params['realm']} refused the credentials ({response.status_code}); check them"
+                f"token endpoint {realm} refused the credentials ({response.status_code}); check them"
             )
         if response.status_code != 200:
-            raise TemporaryError(f"token endpoint {params['realm']} answered {response.status_code}; retry later")
-        try:
-            body = response.json()
-            token = body.get("token") or body["access_token"]
-        except (ValueError, KeyError, AttributeError) as exc:
-            raise OtamlError(f"token endpoint {params['realm']} returned no token") from exc
+            response.close()
+            raise RegistryUnavailable(f"token endpoint {realm} answered {response.status_code}; retry later")
+        body = load_json(
+            self.read_capped(response, MAX_TOKEN_BYTES, f"token response of {realm}", deadline_s=self.deadline),
+            f"token response of {realm}",
+        )
+        token = body.get("token") or body.get("access_token")
+        if not isinstance(token, str) or not token or any(c in token for c in "\r\n"):
+            raise MalformedContent(f"token endpoint {realm} returned no usable token")
         return f"Bearer {token}"
 
     # -- manifests and blobs -------------------------------------------------------------------------
@@ -401,23 +510,39 @@ class RegistryClient:
             # Some registries omit the digest header on HEAD; fall back to reading the manifest.
             data, media_type, digest = self.get_manifest(ref)
             return Descriptor(media_type, digest, len(data))
+        if not _DIGEST.match(digest):
+            raise MalformedContent(
+                f"HEAD manifests/{ref} answered the digest {_excerpt(digest)}, not sha256:<64 lowercase hex digits>"
+            )
+        length = response.headers.get("content-length", "0")
         return Descriptor(
             response.headers.get("content-type", "").split(";")[0],
-            check_digest(digest),
-            int(response.headers.get("content-length", "0")),
+            digest,
+            int(length) if length.isdigit() else 0,
         )
 
     @staticmethod
-    def read_capped(response: httpx.Response, max_bytes: int, what: str, *, truncate: bool = False) -> bytes:
+    def read_capped(
+        response: httpx.Response,
+        max_bytes: int,
+        what: str,
+        *,
+        truncate: bool = False,
+        deadline_s: float | None = None,
+    ) -> bytes:
         """The body of a streamed ``response``, never holding more than ``max_bytes`` (then closes it).
 
-        Over the cap: raise :class:`OtamlError` (a registry serving it is broken or hostile), or with
-        ``truncate`` return the first ``max_bytes``. Checks Content-Length first, then counts what arrives.
+        Over the cap: raise :class:`OversizedContent` naming it (a registry serving it is broken or hostile), or
+        with ``truncate`` return the first ``max_bytes``. Checks Content-Length first, then counts what arrives.
+        Slower than ``deadline_s`` in total: :class:`RegistryUnavailable`.
         """
+        started = time.monotonic()
         try:
             declared = response.headers.get("content-length", "")
             if not truncate and declared.isdigit() and int(declared) > max_bytes:
-                raise OtamlError(f"{what} is {declared} bytes, over the {max_bytes}-byte limit; refusing to read it")
+                raise OversizedContent(
+                    f"{what} is {declared} bytes, over the {max_bytes}-byte limit; refusing to read it"
+                )
             body = bytearray()
             # iter_bytes decodes Content-Encoding, so the cap bounds what is held in memory.
             for chunk in response.iter_bytes():
@@ -425,20 +550,27 @@ class RegistryClient:
                 if len(body) > max_bytes:
                     if truncate:
                         return bytes(body[:max_bytes])
-                    raise OtamlError(f"{what} exceeds the {max_bytes}-byte limit; refusing to read more of it")
+                    raise OversizedContent(f"{what} exceeds the {max_bytes}-byte limit; refusing to read more of it")
+                if deadline_s is not None and time.monotonic() - started > deadline_s:
+                    raise RegistryUnavailable(
+                        f"{what} did not arrive within the {deadline_s:g} s deadline ({len(body)} bytes so far); "
+                        "the registry is too slow or hostile: retry later"
+                    )
             return bytes(body)
+        except httpx.DecodingError as exc:
+            raise MalformedContent(f"{what}: its Content-Encoding does not decode: {exc}") from exc
         except httpx.TransportError as exc:
-            raise TemporaryError(f"{what}: {type(exc).__name__}: {exc}; retry later") from exc
+            raise RegistryUnavailable(f"{what}: {type(exc).__name__}: {exc}; retry later") from exc
         finally:
             response.close()
 
     def get_manifest(self, ref: str) -> tuple[bytes, str, str]:
         """``(bytes, media type, digest)`` of a manifest or index; the digest is checked against ``ref``.
 
-        At most :data:`MAX_MANIFEST_BYTES` are read: a larger manifest raises :class:`OtamlError`.
+        At most :data:`MAX_MANIFEST_BYTES` are read: a larger manifest raises :class:`OversizedContent`.
         """
         response = self.request("GET", f"manifests/{ref}", headers={"Accept": MANIFEST_ACCEPT}, stream=True)
-        data = self.read_capped(response, MAX_MANIFEST_BYTES, f"manifest {ref}")
+        data = self.read_capped(response, MAX_MANIFEST_BYTES, f"manifest {ref}", deadline_s=self.deadline)
         digest = sha256_digest(data)
         if ref.startswith("sha256:") and digest != ref:
             raise VerificationFailed(f"manifest {ref} arrived with digest {digest}: refusing tampered content")
@@ -451,12 +583,15 @@ class RegistryClient:
         """The blob's bytes, verified against ``digest``.
 
         Pass ``max_bytes`` (e.g. :data:`MAX_SMALL_BLOB_BYTES`) for anything read whole into memory from an
-        untrusted registry (configs, signature payloads, JSON): a larger blob raises :class:`OtamlError`
-        before more than ``max_bytes`` is held. ``None`` reads any size (layers).
+        untrusted registry (configs, signature payloads, JSON): a larger blob raises :class:`OversizedContent`
+        before more than ``max_bytes`` is held, and the read has the total deadline. ``None`` reads any size
+        (layers).
         """
         response = self.request("GET", f"blobs/{check_digest(digest)}", stream=True)
-        limit = max_bytes if max_bytes is not None else _NO_LIMIT
-        data = self.read_capped(response, limit, f"blob {digest}")
+        if max_bytes is None:  # a layer: any size, any time (containerd pulls layers on the device, not this)
+            data = self.read_capped(response, _NO_LIMIT, f"blob {digest}")
+        else:
+            data = self.read_capped(response, max_bytes, f"blob {digest}", deadline_s=self.deadline)
         actual = sha256_digest(data)
         if actual != digest:
             raise VerificationFailed(
@@ -474,5 +609,5 @@ class RegistryClient:
             desc = select_platform(manifest, os, arch, variant)
             data, _, _ = self.get_manifest(desc.digest)
             manifest = load_json(data, f"manifest {desc.digest}")
-        config = Descriptor.from_json(manifest.get("config") or {})
+        config = Descriptor.from_json(manifest.get("config"))
         return config_labels(self.get_blob(config.digest, max_bytes=MAX_SMALL_BLOB_BYTES))

@@ -8,13 +8,14 @@ import httpx
 import pytest
 
 from edge_runtime import oci
-from edge_runtime.errors import NotFound, OtamlError, TemporaryError, VerificationFailed
+from edge_runtime.errors import NotFound, OtamlError, TemporaryError, VerificationFailed, reason_of
 from edge_runtime.oci import (
     MAX_ERROR_BODY_BYTES,
     MAX_MANIFEST_BYTES,
     OCI_CONFIG,
     OCI_INDEX,
     OCI_MANIFEST,
+    ForbiddenHost,
     RegistryAuthError,
     RegistryClient,
     base_url_for,
@@ -144,10 +145,16 @@ def test_bearer_challenge_gets_a_token_with_basic_credentials() -> None:
             return httpx.Response(401, headers={"WWW-Authenticate": challenge})
         return httpx.Response(200, content=b"{}", headers={"Content-Type": OCI_MANIFEST})
 
-    with client(handler, auth=("u", "p")) as c:
+    with client(handler, auth=("u", "p"), token_hosts=("auth.example.com",)) as c:
         c.get_manifest("v1")
         c.get_manifest("v2")  # the token is reused
     assert seen == [None, "Bearer T0K", "Bearer T0K"]
+    # Without the allow-list the credentials never leave for another host.
+    seen.clear()
+    with client(handler, auth=("u", "p")) as c, pytest.raises(ForbiddenHost, match=r"'auth\.example\.com'") as caught:
+        c.get_manifest("v1")
+    assert seen == [None]
+    assert reason_of(caught.value) == "forbidden-host"
 
 
 def test_basic_challenge_without_credentials_says_so() -> None:

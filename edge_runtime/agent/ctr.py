@@ -6,11 +6,11 @@ ctr's output. containerd verifies every blob's
 digest while pulling, so a corrupt blob fails the pull (RuntimeFailure) and leaves no image behind.
 
 Hardening: every service container runs with containerd's default seccomp profile, every capability dropped
-(``ctr`` has no ``--cap-drop ALL``: each one is named), no new privileges (ctr's default; never
-``--allow-new-privs``), a read-only root and a pids limit. ``ctr run`` 1.6 has no pids flag and takes a full
-OCI spec only with ``--config`` (and then nothing but a container id: no image, no flags), so the limit is written
-into the container's own pids cgroup before ``ctr run``; runc joins that cgroup and leaves a limit its spec
-does not set alone. Host network: see docs/security.md for why not CNI.
+(ctr 1.6 accepts ``--cap-drop CAP_ALL`` and drops nothing, so each one is named), no new privileges (ctr's
+default; never ``--allow-new-privs``), a read-only root and a pids limit. ``ctr run`` 1.6 has no pids flag and
+takes a full OCI spec only with ``--config`` (and then nothing but a container id: no image, no flags), so the
+limit is written into the container's own pids cgroup before ``ctr run``; runc joins that cgroup and leaves a
+limit its spec does not set alone. Host network: see docs/security.md for why not CNI.
 
 Exit codes: ``ctr task ls`` does not show them, so when a task has stopped on its own, :meth:`CtrRuntime.status`
 reads the cgroup's OOM-kill counter, deletes the task (``ctr task delete`` exits with the task's code) and

@@ -62,23 +62,35 @@ def run(
         except OSError as exc:
             log.warning("could not write metrics to %s: %s", config.metrics_path, exc)
         if on_report is not None:
-            on_report(report)
+            try:
+                on_report(report)
+            except Exception as exc:  # the fleet link (or any listener) failing must not stop updates
+                _log_once(seen, "report listener", exc, {"step": step, "reason": reason_of(exc)})
         if max_steps is not None and steps >= max_steps:
             break
         stop.wait(next_delay(config, report, reconciler.state.consecutive_failures, rand))
     return report
 
 
+MAX_SEEN = 64  # distinct failures whose traceback was logged; then the set starts over (bounded memory)
+
+
+def _log_once(seen: set[str], what: str, exc: Exception, fields: dict[str, str]) -> None:
+    """Log ``exc`` with its traceback the first time it is seen, as one structured line after that."""
+    key = f"{what}:{type(exc).__name__}: {exc}"[:1000]
+    if key in seen:
+        log.error("%s raised again", what, extra=fields)
+        return
+    if len(seen) >= MAX_SEEN:
+        seen.clear()
+    seen.add(key)
+    log.error("%s raised; the agent carries on and retries with back-off", what, exc_info=exc, extra=fields)
+
+
 def _escaped(reconciler: Reconciler, step: str, exc: Exception, seen: set[str]) -> UpdateReport:
     """The report of a step that raised: an error with reason ``internal`` (or the error's own), backed off."""
     error = f"{type(exc).__name__}: {exc}"[:1000]  # bounded: the message may quote hostile content
-    key = f"{step}:{error}"
-    fields = {"step": step, "reason": reason_of(exc), "error": error}
-    if key in seen:
-        log.error("update step raised again", extra=fields)
-    else:
-        seen.add(key)
-        log.error("update step raised; the agent carries on and retries with back-off", exc_info=exc, extra=fields)
+    _log_once(seen, "update step", exc, {"step": step, "reason": reason_of(exc), "error": error})
     report = UpdateReport("error", step=step, error=error, reason=reason_of(exc), temporary=True)
     state = reconciler.state
     state.record({"at": reconciler.clock(), **report.to_dict()})

@@ -174,3 +174,24 @@ def test_update_steps_are_logged_as_json_fields_not_a_dict_in_the_message(tmp_pa
     assert isinstance(updated["timings"], dict)
     assert isinstance(updated["actions"], list)
     assert all("{" not in line["msg"] for line in lines)
+
+
+def test_a_failing_report_listener_does_not_stop_the_loop(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    world = World(tmp_path)
+    world.publish("1")
+    agent = world.agent()
+    seen: list[str] = []
+
+    def listener(report: UpdateReport) -> None:
+        seen.append(report.outcome)
+        raise ConnectionError("broker gone")
+
+    caplog.set_level(logging.ERROR, logger="otaml.agent")
+    last = run(agent, _Count(), max_steps=3, on_report=listener)
+    assert seen == ["recovered", "updated", "unchanged"]
+    assert last is not None
+    assert last.outcome == "unchanged"
+    failures = [r for r in caplog.records if r.getMessage().startswith("report listener raised")]
+    assert len(failures) == 3
+    assert failures[0].exc_info is not None
+    assert all(r.exc_info is None for r in failures[1:])

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from edge_runtime.errors import MalformedContent, NotFound, OtamlError
+from edge_runtime.errors import NotFound, OtamlError
 from edge_runtime.oci import (
     INDEX_TYPES,
     LABEL_MODEL_NAME,
@@ -20,6 +20,7 @@ from edge_runtime.oci import (
     Descriptor,
     config_labels,
     load_json,
+    parse_manifest,
     select_platform,
 )
 
@@ -138,11 +139,8 @@ class RegistrySource:
         if media_type in INDEX_TYPES or "manifests" in manifest:
             manifest_digest = Descriptor.from_json(pick_platform(manifest, platform, where)).digest
             manifest, _ = self._manifest(manifest_digest)
-        config_desc = Descriptor.from_json(manifest.get("config"))
-        layers = manifest.get("layers") or []
-        if not isinstance(layers, list):
-            raise MalformedContent(f"manifest {self.repository}@{manifest_digest}: layers is not a JSON array")
-        layer_descs = [Descriptor.from_json(layer) for layer in layers]
+        parsed = parse_manifest(manifest, f"manifest {self.repository}@{manifest_digest}")
+        config_desc, layer_descs = parsed.config, parsed.layers
         config = load_json(
             self.client.get_blob(config_desc.digest, max_bytes=MAX_SMALL_BLOB_BYTES),
             f"image config {self.repository}@{config_desc.digest}",

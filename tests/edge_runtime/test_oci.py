@@ -225,7 +225,7 @@ def test_image_labels_caps_the_config_blob(monkeypatch: pytest.MonkeyPatch) -> N
 
     with client(handler) as c:
         assert c.image_labels("production") == {"a": "b"}
-        monkeypatch.setattr(oci, "MAX_SMALL_BLOB_BYTES", 1000)
+        monkeypatch.setattr(oci.client, "MAX_SMALL_BLOB_BYTES", 1000)
         with pytest.raises(OtamlError, match="1000-byte limit"):
             c.image_labels("production")
 

@@ -243,3 +243,48 @@ def test_compressed_error_body_of_a_streamed_request_is_reported() -> None:
     not_found = pytest.raises(NotFound, match="BLOB_UNKNOWN: blob unknown")
     with client(lambda _r: httpx.Response(404, headers=headers, content=gzip.compress(errors))) as c, not_found:
         c.get_blob(DIGEST)
+
+
+def test_a_redirect_from_https_to_plain_http_is_refused() -> None:
+    asked: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(str(request.url))
+        if request.url.scheme == "https":
+            return httpx.Response(307, headers={"Location": f"http://cdn.example.com/{DIGEST}"})
+        return httpx.Response(200, content=b"{}")
+
+    c = RegistryClient("reg.example.com", "otaml/runtime", transport=httpx.MockTransport(handler))
+    with c, pytest.raises(ForbiddenHost, match="from https to plain http") as caught:
+        c.get_blob(DIGEST, max_bytes=1000)
+    assert reason_of(caught.value) == "forbidden-host"
+    assert asked == [f"https://reg.example.com/v2/otaml/runtime/blobs/{DIGEST}"]  # the http URL is never asked
+
+
+def test_an_https_registry_never_sends_credentials_to_a_plain_http_realm() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/token":
+            raise AssertionError("the token endpoint must not be asked")
+        challenge = 'Bearer realm="http://reg.example.com/token",service="reg"'
+        return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+
+    c = RegistryClient("reg.example.com", "otaml/runtime", transport=httpx.MockTransport(handler), auth=("u", "p"))
+    with c, pytest.raises(ForbiddenHost, match="plain-http token realm"):
+        c.get_manifest("v1")
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [(b"[1, 2]", "malformed-image"), (b'{"token": 7}', "malformed-image"), (b"\xff\xfe", "malformed-image")],
+    ids=["array", "token-not-a-string", "not-json"],
+)
+def test_a_malformed_token_response_is_refused_with_its_reason(body: bytes, reason: str) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/token":
+            return httpx.Response(200, content=body)
+        challenge = 'Bearer realm="http://127.0.0.1:5000/token",service="reg"'
+        return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+
+    with client(handler) as c, pytest.raises(OtamlError) as caught:
+        c.get_manifest("v1")
+    assert reason_of(caught.value) == reason

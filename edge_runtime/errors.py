@@ -3,10 +3,17 @@
     OtamlError                      anything otaml reports to a person (the CLI prints it, exits 1)
     ├── BundleError                 a model bundle is missing, malformed or fails its own checks
     ├── InputError                  bad user input: telemetry, requests, configuration
+    ├── MalformedContent            malformed-image: registry content that breaks the OCI spec (not JSON, an
+    │   │                           array where an object belongs, a bad descriptor or digest)
+    │   └── OversizedContent        oversized: a manifest, config, index, token or signature over its size cap
     ├── VerificationFailed          an image's signature or approval does not hold (never retried)
     ├── NotFound                    a thing that was asked for does not exist (image, tag, container)
     ├── Unhealthy                   a container did not become ready, failed its golden replay or died
     └── TemporaryError              worth retrying later with back-off (registry down, timeouts, 5xx)
+        └── RegistryUnavailable     registry-unavailable: connection errors, timeouts, deadlines, 429, 5xx
+
+The OCI client adds (:mod:`edge_runtime.oci`): ``RegistryAuthError`` (``registry-auth``: 401/403) and
+``ForbiddenHost`` (``forbidden-host``: a token realm on a host that is not the registry's nor allowed).
 
 Messages say what failed, the offending value and what to do. Every class carries a stable ``reason`` code
 (``reason_of(exc)``) that reports, ``otaml agent status``, metrics and fleet events use; subclasses name
@@ -52,6 +59,24 @@ class TemporaryError(OtamlError):
     """A failure that may pass on its own (network, timeouts, 5xx): retry with back-off."""
 
     reason = "temporary"
+
+
+class MalformedContent(OtamlError):
+    """Content from a registry or image that the OCI spec does not allow; retrying the same digest cannot help."""
+
+    reason = "malformed-image"
+
+
+class OversizedContent(MalformedContent):
+    """A document read whole into memory is over its size cap (the message names the cap)."""
+
+    reason = "oversized"
+
+
+class RegistryUnavailable(TemporaryError):
+    """The registry did not answer in time or answered 429/5xx: retry with back-off."""
+
+    reason = "registry-unavailable"
 
 
 def reason_of(exc: BaseException) -> str:

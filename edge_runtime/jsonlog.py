@@ -27,7 +27,20 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, separators=(",", ":"))
+        return json.dumps(entry, default=_plain, separators=(",", ":"))
+
+
+def _plain(value: Any) -> Any:
+    """Fields JSON cannot hold: numpy scalars as plain numbers (``0.25``, not ``np.float32(0.25)``), else str."""
+    item = getattr(value, "item", None)
+    if callable(item):
+        try:
+            plain = item()
+        except (TypeError, ValueError):
+            plain = None
+        if isinstance(plain, (int, float, bool, str)):
+            return plain
+    return str(value)
 
 
 def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:

@@ -166,7 +166,8 @@ def replay_golden(prober: Prober, port: int, golden: Golden, name: str) -> float
             worst, worst_i = error, i
     if worst > golden.tolerance:
         raise Unhealthy(
-            f"Container {name} failed the golden replay: reading {worst_i} scored {actual[worst_i]!r}, expected "
-            f"{golden.scores[worst_i]!r} (tolerance {golden.tolerance:g}). The image's model or runtime is wrong."
+            f"Container {name} failed the golden replay: reading {worst_i} scored {float(actual[worst_i]):.6g}, "
+            f"expected {float(golden.scores[worst_i]):.6g} (tolerance {golden.tolerance:g}). "
+            "The image's model or runtime is wrong."
         )
     return worst

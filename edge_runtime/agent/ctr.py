@@ -5,6 +5,13 @@
 ctr's output. containerd verifies every blob's
 digest while pulling, so a corrupt blob fails the pull (RuntimeFailure) and leaves no image behind.
 
+Hardening: every service container runs with containerd's default seccomp profile, every capability dropped
+(ctr 1.6 accepts ``--cap-drop CAP_ALL`` and drops nothing, so each one is named), no new privileges (ctr's
+default; never ``--allow-new-privs``), a read-only root and a pids limit. ``ctr run`` 1.6 has no pids flag and
+takes a full OCI spec only with ``--config`` (and then nothing but a container id: no image, no flags), so the
+limit is written into the container's own pids cgroup before ``ctr run``; runc joins that cgroup and leaves a
+limit its spec does not set alone. Host network: see docs/security.md for why not CNI.
+
 Exit codes: ``ctr task ls`` does not show them, so when a task has stopped on its own, :meth:`CtrRuntime.status`
 reads the cgroup's OOM-kill counter, deletes the task (``ctr task delete`` exits with the task's code) and
 remembers both.
@@ -12,6 +19,7 @@ remembers both.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -43,6 +51,54 @@ _UNAVAILABLE = re.compile(
     re.IGNORECASE,
 )
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+DEFAULT_PIDS_LIMIT = 64  # the service (uvicorn, onnxruntime, OpenBLAS threads) fits with room; a fork bomb does not
+# Every capability Linux has (to 6.x): all dropped. Unknown names are ignored by ctr, so the list can be long.
+CAPABILITIES = tuple(
+    "CAP_" + name
+    for name in [
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "DAC_READ_SEARCH",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "SETGID",
+        "SETUID",
+        "SETPCAP",
+        "LINUX_IMMUTABLE",
+        "NET_BIND_SERVICE",
+        "NET_BROADCAST",
+        "NET_ADMIN",
+        "NET_RAW",
+        "IPC_LOCK",
+        "IPC_OWNER",
+        "SYS_MODULE",
+        "SYS_RAWIO",
+        "SYS_CHROOT",
+        "SYS_PTRACE",
+        "SYS_PACCT",
+        "SYS_ADMIN",
+        "SYS_BOOT",
+        "SYS_NICE",
+        "SYS_RESOURCE",
+        "SYS_TIME",
+        "SYS_TTY_CONFIG",
+        "MKNOD",
+        "LEASE",
+        "AUDIT_WRITE",
+        "AUDIT_CONTROL",
+        "SETFCAP",
+        "MAC_OVERRIDE",
+        "MAC_ADMIN",
+        "SYSLOG",
+        "WAKE_ALARM",
+        "BLOCK_SUSPEND",
+        "AUDIT_READ",
+        "PERFMON",
+        "BPF",
+        "CHECKPOINT_RESTORE",
+    ]
+)
 
 
 class CtrRuntime:
@@ -58,6 +114,7 @@ class CtrRuntime:
         log_dir: Path | None = None,
         pull_timeout_s: float = 900.0,
         call_timeout_s: float = 60.0,
+        pids_limit: int = DEFAULT_PIDS_LIMIT,
     ) -> None:
         self.base = [ctr, "--address", socket, "--namespace", namespace]
         self.namespace = namespace
@@ -65,6 +122,7 @@ class CtrRuntime:
         self.log_dir = log_dir
         self.pull_timeout_s = pull_timeout_s
         self.call_timeout_s = call_timeout_s
+        self.pids_limit = pids_limit
         self._exited: dict[str, tuple[int | None, bool]] = {}
 
     # ── plumbing ──────────────────────────────────────────────────────────────────────────────────
@@ -133,6 +191,9 @@ class CtrRuntime:
     # ── containers ────────────────────────────────────────────────────────────────────────────────
     def start(self, spec: ContainerSpec) -> None:
         args = ["run", "-d", "--net-host", "--memory-limit", str(spec.memory_bytes), "--cpus", f"{spec.cpus:g}"]
+        args.append("--seccomp")  # containerd's default profile (the one Docker and Kubernetes use)
+        for cap in CAPABILITIES:
+            args += ["--cap-drop", cap]
         if spec.read_only:
             args.append("--read-only")
         for path in spec.tmpfs:
@@ -152,7 +213,40 @@ class CtrRuntime:
         # which can create the container yet report failure) would make `ctr run` fail with "already exists".
         self.stop(spec.name, 0)
         self._exited.pop(spec.name, None)
-        self._run([*args, spec.image, spec.name, *spec.command])
+        group = self._limit_pids(spec.name)
+        try:
+            self._run([*args, spec.image, spec.name, *spec.command])
+        except BaseException:
+            if group is not None:
+                _remove_cgroup(group)
+            raise
+
+    def pids_cgroup(self, name: str) -> Path:
+        """The pids cgroup directory of container ``name`` (ctr's default cgroup path is /<namespace>/<name>)."""
+        v1 = CGROUP_ROOT / "pids"
+        if v1.is_dir():
+            return v1 / self.namespace / name
+        return CGROUP_ROOT / self.namespace / name
+
+    def _limit_pids(self, name: str) -> Path | None:
+        """Create the container's pids cgroup with ``pids.max`` set, before runc puts the first process in it."""
+        if self.pids_limit <= 0:
+            return None
+        group = self.pids_cgroup(name)
+        try:
+            if group.parent.parent == CGROUP_ROOT:  # cgroup v2: the parents must hand the pids controller down
+                group.parent.mkdir(exist_ok=True)
+                for parent in (CGROUP_ROOT, group.parent):
+                    (parent / "cgroup.subtree_control").write_text("+pids")
+            group.mkdir(parents=True, exist_ok=True)
+            (group / "pids.max").write_text(str(self.pids_limit))
+        except OSError as exc:
+            raise RuntimeFailure(
+                f"Could not set the pids limit {self.pids_limit} of container {name} in {group}: {exc}. "
+                "Run the agent as root on a kernel with the pids cgroup controller, "
+                "or set the limit to 0 to run without one."
+            ) from exc
+        return group
 
     def _task_table(self) -> dict[str, tuple[int, str]]:
         """``ctr task ls``: container name -> (pid, status)."""
@@ -318,6 +412,11 @@ class _Exited:
 
     def close(self) -> None:
         pass
+
+
+def _remove_cgroup(group: Path) -> None:
+    with contextlib.suppress(OSError):  # in use (the container started after all) or already gone
+        group.rmdir()
 
 
 def _parse_size(text: str) -> int:

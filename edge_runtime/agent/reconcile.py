@@ -154,7 +154,7 @@ class Reconciler:
         self.save()
         level = logging.INFO if report.ok else logging.WARNING
         if report.outcome != "unchanged":
-            log.log(level, "update step: %s", report.to_dict())
+            log.log(level, "update step %s", report.outcome, extra=report.to_dict())
         return report
 
     # ── containers ─────────────────────────────────────────────────────────────────────────────────

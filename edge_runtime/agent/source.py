@@ -7,23 +7,32 @@ new digest costs more (index, platform manifest, config blob: a few kB).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from edge_runtime.errors import NotFound, OtamlError
-from edge_runtime.oci import MAX_SMALL_BLOB_BYTES
+from edge_runtime.oci import (
+    INDEX_TYPES,
+    LABEL_MODEL_NAME,
+    LABEL_MODEL_VERSION,
+    MAX_SMALL_BLOB_BYTES,
+    Descriptor,
+    config_labels,
+    load_json,
+    parse_manifest,
+    select_platform,
+)
 
 # Labels the baker writes (registry/bake.py); the OCI standard ones are the fallback.
-MODEL_LABELS = ("io.otaml.model.name", "org.opencontainers.image.title")
-VERSION_LABELS = ("io.otaml.model.version", "org.opencontainers.image.version")
-
-INDEX_TYPES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
+MODEL_LABELS = (LABEL_MODEL_NAME, "org.opencontainers.image.title")
+VERSION_LABELS = (LABEL_MODEL_VERSION, "org.opencontainers.image.version")
 
 
 class NoMatchingPlatform(OtamlError):
     """The image has no manifest for this device's platform (refused and blocked: retrying cannot help)."""
+
+    reason = "no-platform"
 
 
 @dataclass(frozen=True)
@@ -56,37 +65,41 @@ class ImageSource(Protocol):
         ...
 
 
-def _platform_of(entry: Mapping[str, Any]) -> str:
-    p = entry.get("platform") or {}
-    text = f"{p.get('os', '')}/{p.get('architecture', '')}"
-    return f"{text}/{p['variant']}" if p.get("variant") else text
+def _split(platform: str) -> tuple[str, str, str | None]:
+    os_, _, rest = platform.partition("/")
+    arch, _, variant = rest.partition("/")
+    return os_, arch, variant or None
 
 
 def _config_platform(config: Mapping[str, Any]) -> str:
-    os_, arch = config.get("os", ""), config.get("architecture", "")
-    if not os_ or not arch:
+    os_, arch, variant = config.get("os", ""), config.get("architecture", ""), config.get("variant")
+    if not isinstance(os_, str) or not isinstance(arch, str) or not os_ or not arch:
         return ""
-    return f"{os_}/{arch}/{config['variant']}" if config.get("variant") else f"{os_}/{arch}"
+    return f"{os_}/{arch}/{variant}" if isinstance(variant, str) and variant else f"{os_}/{arch}"
 
 
 def pick_platform(index: Mapping[str, Any], platform: str, where: str) -> Mapping[str, Any]:
-    """The index entry for ``platform`` (``linux/arm64`` also matches ``linux/arm64/v8``)."""
-    entries = [m for m in index.get("manifests", []) if isinstance(m, dict)]
-    for entry in entries:
-        have = _platform_of(entry)
-        if have == platform or have.startswith(platform + "/"):
-            return entry
-    offered = sorted({_platform_of(m) for m in entries}) or ["none"]
-    raise NoMatchingPlatform(
-        f"{where} offers platforms {', '.join(offered)} but this device is {platform}. "
-        "Bake the image for this platform (registry/bake.py) and promote it again."
-    )
+    """The index entry for ``platform`` (``linux/arm64`` also matches ``linux/arm64/v8``).
+
+    :class:`NoMatchingPlatform` when there is none, :class:`MalformedContent` when the index breaks the spec.
+    """
+    os_, arch, variant = _split(platform)
+    try:
+        desc = select_platform(index, os_, arch, variant)
+    except NotFound as exc:
+        offered = sorted({str(Descriptor.from_json(m).platform or "none") for m in index.get("manifests") or []})
+        raise NoMatchingPlatform(
+            f"{where} offers platforms {', '.join(offered) or 'none'} but this device is {platform}. "
+            "Bake the image for this platform (registry/bake.py) and promote it again."
+        ) from exc
+    return next(m for m in index["manifests"] if m.get("digest") == desc.digest)
 
 
 class RegistrySource:
-    """The channel tag of one repository, read through :class:`edge_runtime.oci.RegistryClient`."""
+    """The channel tag of one repository, read through :class:`edge_runtime.oci.RegistryClient`.
 
-    reason = "no-platform"
+    Everything it reads is unverified: a malformed document is :class:`MalformedContent`, never a crash.
+    """
 
     def __init__(self, client: Any, repository: str, channel: str) -> None:
         self.client = client
@@ -94,12 +107,15 @@ class RegistrySource:
         self.channel = channel
 
     @classmethod
-    def connect(cls, url: str, repository: str, channel: str, timeout_s: float) -> RegistrySource:
+    def connect(
+        cls, url: str, repository: str, channel: str, timeout_s: float, token_hosts: tuple[str, ...] = ()
+    ) -> RegistrySource:
         from edge_runtime.oci import RegistryClient
 
         insecure = url.startswith("http://")
         host = url.split("://", 1)[-1].rstrip("/")
-        return cls(RegistryClient(host, repository, timeout=timeout_s, insecure=insecure), repository, channel)
+        client = RegistryClient(host, repository, timeout=timeout_s, insecure=insecure, token_hosts=token_hosts)
+        return cls(client, repository, channel)
 
     def channel_digest(self) -> str:
         desc = self.client.head_manifest(self.channel)
@@ -112,21 +128,23 @@ class RegistrySource:
 
     def _manifest(self, ref: str) -> tuple[dict[str, Any], str]:
         data, media_type, _ = self.client.get_manifest(ref)
-        value = json.loads(data)
-        if not isinstance(value, dict):
-            raise NotFound(f"Manifest {self.repository}@{ref} is not a JSON object.")
-        return value, str(media_type or value.get("mediaType", ""))
+        value = load_json(data, f"manifest {self.repository}@{ref}")
+        declared = value.get("mediaType", "")
+        return value, str(media_type or (declared if isinstance(declared, str) else ""))
 
     def resolve(self, digest: str, platform: str) -> ResolvedImage:
         where = f"{self.repository}@{digest}"
         manifest, media_type = self._manifest(digest)
         manifest_digest = digest
         if media_type in INDEX_TYPES or "manifests" in manifest:
-            entry = pick_platform(manifest, platform, where)
-            manifest_digest = str(entry["digest"])
+            manifest_digest = Descriptor.from_json(pick_platform(manifest, platform, where)).digest
             manifest, _ = self._manifest(manifest_digest)
-        config_desc = manifest.get("config") or {}
-        config = json.loads(self.client.get_blob(config_desc["digest"], max_bytes=MAX_SMALL_BLOB_BYTES))
+        parsed = parse_manifest(manifest, f"manifest {self.repository}@{manifest_digest}")
+        config_desc, layer_descs = parsed.config, parsed.layers
+        config = load_json(
+            self.client.get_blob(config_desc.digest, max_bytes=MAX_SMALL_BLOB_BYTES),
+            f"image config {self.repository}@{config_desc.digest}",
+        )
         if manifest_digest == digest:
             # A single-platform image (no index): its config says which platform it is for.
             have = _config_platform(config)
@@ -135,13 +153,11 @@ class RegistrySource:
                     f"{where} is a single-platform image for {have} but this device is {platform}. "
                     "Bake the image for this platform (registry/bake.py) and promote it again."
                 )
-        labels = (config.get("config") or {}).get("Labels") or {}
-        layers = manifest.get("layers", [])
         return ResolvedImage(
             digest=digest,
             manifest_digest=manifest_digest,
             platform=platform,
-            labels={str(k): str(v) for k, v in labels.items()},
-            layers=tuple(str(layer["digest"]) for layer in layers),
-            size=int(config_desc.get("size", 0)) + sum(int(layer.get("size", 0)) for layer in layers),
+            labels=config_labels(config),
+            layers=tuple(layer.digest for layer in layer_descs),
+            size=config_desc.size + sum(layer.size for layer in layer_descs),
         )

@@ -339,6 +339,45 @@ def test_update_v1_to_v2_fails_no_request(device: Device) -> None:
         Path(f"/proc/{pid}/root/opt/model/x").write_text("x")
 
 
+# Run inside the serving container (``ctr task exec`` gives it the container's own process settings and cgroup):
+# its confinement as the kernel reports it, and how many threads it may start before the pids limit says no.
+CONFINEMENT_PROBE = """
+import json, threading
+status = dict(line.split(":\\t", 1) for line in open("/proc/self/status").read().splitlines() if ":\\t" in line)
+started, stop = 0, threading.Event()
+try:
+    for _ in range(500):
+        threading.Thread(target=stop.wait, daemon=True).start()
+        started += 1
+except RuntimeError:
+    pass
+stop.set()
+keys = ("CapEff", "CapPrm", "CapBnd", "Seccomp", "NoNewPrivs", "Uid")
+print(json.dumps({k: status[k].strip() for k in keys} | {"threads": started}))
+"""
+
+
+def test_the_service_container_is_confined(device: Device) -> None:
+    install_v1(device)
+    state = device.agent.state
+    assert state.current is not None
+    name = state.current.container
+    group = device.runtime.pids_cgroup(name)
+    assert int((group / "pids.max").read_text()) == device.runtime.pids_limit
+    service_tasks = int((group / "pids.current").read_text())
+    done = device.runtime._run(["task", "exec", "--exec-id", "probe", name, "python3", "-c", CONFINEMENT_PROBE])
+    seen = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    assert seen["CapEff"] == seen["CapPrm"] == seen["CapBnd"] == "0000000000000000"  # every capability dropped
+    assert seen["Seccomp"] == "2"  # a seccomp filter is installed (containerd's default profile)
+    assert seen["NoNewPrivs"] == "1"
+    assert seen["Uid"].split()[0] != "0"
+    # The probe's main thread and the service's tasks share the limit: it stops exactly where the cgroup says.
+    assert seen["threads"] == device.runtime.pids_limit - service_tasks - 1
+    assert service_tasks < device.runtime.pids_limit // 2  # the service itself has headroom under the limit
+    # The service, in the same cgroup, still answers after the probe ran into the limit.
+    assert HttpProber(timeout_s=2).ready(state.current.port)
+
+
 @pytest.mark.parametrize(
     ("image", "words", "env"),
     [

@@ -95,3 +95,20 @@ def test_http_prober_reports_a_closed_port_as_not_ready() -> None:
     assert not prober.ready(port)
     with pytest.raises(Unhealthy, match="failed"):
         prober.score(port, "s", [[1.0]])
+
+
+def test_a_golden_mismatch_prints_plain_numbers() -> None:
+    import numpy as np
+
+    class NumpyProber:
+        def ready(self, port: int) -> bool:
+            return True
+
+        def score(self, port: int, stream: str, readings: list[list[float]]) -> list[float]:
+            return [np.float64(0.2352941176470588), np.float32(0.5)]  # type: ignore[list-item]
+
+    golden = Golden("pump", "1", [[1.0], [2.0]], [0.7352941176470589, 0.5], 1e-4)
+    with pytest.raises(Unhealthy) as caught:
+        replay_golden(NumpyProber(), 1, golden, "svc")
+    assert "reading 0 scored 0.235294, expected 0.735294 (tolerance 0.0001)" in str(caught.value)
+    assert "np." not in str(caught.value)

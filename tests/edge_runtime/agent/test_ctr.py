@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.agent.ctr import CtrRuntime, _parse_size, _PidfdWatch, _ProcWatch
+from edge_runtime.agent import ctr
+from edge_runtime.agent.ctr import CAPABILITIES, CtrRuntime, _parse_size, _PidfdWatch, _ProcWatch
 from edge_runtime.agent.runtime import ContainerSpec, RuntimeFailure
 from edge_runtime.errors import NotFound, TemporaryError
 
@@ -62,7 +63,9 @@ def test_run_arguments_harden_the_container(tmp_path: Path, monkeypatch: pytest.
         return subprocess.CompletedProcess(argv, 0, b"", b"")
 
     monkeypatch.setattr(subprocess, "run", fake_run)
-    runtime = CtrRuntime("/run/c.sock", "otaml", log_dir=tmp_path)
+    (tmp_path / "cgroup" / "pids").mkdir(parents=True)  # cgroup v1 layout
+    monkeypatch.setattr(ctr, "CGROUP_ROOT", tmp_path / "cgroup")
+    runtime = CtrRuntime("/run/c.sock", "otaml", log_dir=tmp_path, pids_limit=48)
     runtime.start(
         ContainerSpec(
             name="svc",
@@ -89,6 +92,43 @@ def test_run_arguments_harden_the_container(tmp_path: Path, monkeypatch: pytest.
         assert argv[i : i + len(flag)] == flag
     assert any(a.startswith("type=tmpfs,src=tmpfs,dst=/tmp,") for a in argv)
     assert "--user" not in argv  # the image's (non-root) user applies
+    assert "--seccomp" in argv
+    assert "--allow-new-privs" not in argv
+    assert "--privileged" not in argv
+    dropped = {argv[i + 1] for i, a in enumerate(argv) if a == "--cap-drop"}
+    assert dropped == set(CAPABILITIES)
+    assert {"CAP_SYS_ADMIN", "CAP_NET_RAW", "CAP_SETUID"} <= dropped
+    assert (tmp_path / "cgroup" / "pids" / "otaml" / "svc" / "pids.max").read_text() == "48"
+
+
+def test_the_pids_limit_is_set_on_cgroup_v2_and_a_failed_run_still_raises(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing_run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+        code = 1 if "run" in argv else 0
+        return subprocess.CompletedProcess(argv, code, b"", b"runc create failed" if code else b"")
+
+    monkeypatch.setattr(subprocess, "run", failing_run)
+    root = tmp_path / "cgroup"
+    root.mkdir()
+    monkeypatch.setattr(ctr, "CGROUP_ROOT", root)
+    runtime = CtrRuntime("/run/c.sock", "otaml")
+    assert runtime.pids_cgroup("svc") == root / "otaml" / "svc"
+    with pytest.raises(RuntimeFailure, match="runc create failed"):
+        runtime.start(ContainerSpec(name="svc", image="r@sha256:aa"))
+    assert (root / "cgroup.subtree_control").read_text() == "+pids"
+    assert (root / "otaml" / "cgroup.subtree_control").read_text() == "+pids"
+    assert (root / "otaml" / "svc" / "pids.max").read_text() == "64"
+
+
+def test_a_pids_limit_that_cannot_be_set_names_the_cgroup_and_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(subprocess, "run", lambda argv, **kw: subprocess.CompletedProcess(argv, 0, b"", b""))
+    (tmp_path / "cgroup").write_text("not a directory")
+    monkeypatch.setattr(ctr, "CGROUP_ROOT", tmp_path / "cgroup")
+    with pytest.raises(RuntimeFailure, match=r"pids limit 64 of container svc .*set the limit to 0"):
+        CtrRuntime("/run/c.sock", "otaml").start(ContainerSpec(name="svc", image="r@sha256:aa"))
 
 
 def test_the_exit_watch_fires_when_the_process_is_killed_not_before() -> None:

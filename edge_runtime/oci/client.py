@@ -1,63 +1,74 @@
-"""The read side of the OCI distribution API: references, descriptors, manifests, blobs, labels.
+"""The read side of the OCI distribution API: a client for one repository on one registry.
 
 Used by the device agent (resolve a tag, pick its platform, read labels) and by ``registry.oci.remote``
 which adds pushing on top through :meth:`RegistryClient.request`. httpx only; every failure is converted
 at this boundary into the tree of :mod:`edge_runtime.errors`:
 
     404                                          -> NotFound
-    connection errors, timeouts, 429, 5xx        -> TemporaryError (retry with back-off)
+    connection errors, timeouts, 429, 5xx,       -> RegistryUnavailable (a TemporaryError: retry with back-off)
+      a body slower than the total deadline,
+      more than MAX_REDIRECTS redirects
     401, 403                                     -> RegistryAuthError (check the credentials)
+    a token realm on another host                -> ForbiddenHost (allow it with ``token_hosts``)
     digest mismatch on a blob or manifest        -> VerificationFailed
+    not JSON, an array where an object belongs,  -> MalformedContent (reason ``malformed-image``)
+      a bad descriptor, digest or size
+    a document over its cap                      -> OversizedContent (reason ``oversized``; names the cap)
     anything else (400 MANIFEST_INVALID, 415...) -> OtamlError naming the registry's error code
+
+The registry is not trusted before verification: every document read whole into memory has a cap (manifests
+and indexes :data:`MAX_MANIFEST_BYTES`, configs and signature payloads :data:`MAX_SMALL_BLOB_BYTES`, token
+responses :data:`MAX_TOKEN_BYTES`, error bodies :data:`MAX_ERROR_BODY_BYTES`), every capped read a total
+deadline (httpx's timeouts are per read: a server dripping a byte a second never trips them), and redirects
+are followed at most :data:`MAX_REDIRECTS` times (blob redirects to a CDN host are normal), never from https
+to plain http. Credentials go to a token realm only on the registry's own host or one in ``token_hosts``.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import ipaddress
-import json
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import time
+from collections.abc import Collection, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
-from edge_runtime.errors import NotFound, OtamlError, TemporaryError, VerificationFailed
-
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
-
-INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
-MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
-MANIFEST_ACCEPT = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST])
-
-# Labels (image config) and annotations (manifest, index) otaml writes on model images; the agent reads them.
-LABEL_MODEL_NAME = "io.otaml.model.name"
-LABEL_MODEL_VERSION = "io.otaml.model.version"
-LABEL_BUNDLE_DIGEST = "io.otaml.bundle.digest"
-LABEL_MLFLOW_RUN_ID = "io.otaml.mlflow.run_id"
-LABEL_DETECTOR = "io.otaml.model.detector"
-MODEL_PATH = "/opt/model"  # where the bundle layer puts the bundle inside the image
+from edge_runtime.errors import (
+    MalformedContent,
+    NotFound,
+    OtamlError,
+    OversizedContent,
+    RegistryUnavailable,
+    TemporaryError,
+    VerificationFailed,
+)
+from edge_runtime.oci.types import (
+    _DIGEST,
+    INDEX_TYPES,
+    MANIFEST_ACCEPT,
+    MANIFEST_TYPES,
+    Descriptor,
+    Reference,
+    _excerpt,
+    check_digest,
+    config_labels,
+    load_json,
+    select_platform,
+    sha256_digest,
+)
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # what distribution itself accepts
 # Cap for small JSON blobs read whole into memory: image configs, signature payloads, model.json.
 MAX_SMALL_BLOB_BYTES = 4 * 1024 * 1024
 MAX_ERROR_BODY_BYTES = 64 * 1024  # enough for any registry error document; the rest is not read
-DEFAULT_TIMEOUT = 30.0
+MAX_TOKEN_BYTES = 256 * 1024  # a bearer token response (JWTs are a few kB)
+MAX_REDIRECTS = 5  # a blob redirect to a CDN is one hop
+DEFAULT_TIMEOUT = 30.0  # per connect / read / write (httpx)
+DEFAULT_DEADLINE = 120.0  # for a whole capped read: 4 MiB at 35 kB/s
 _NO_LIMIT = 1 << 62
-
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-_REPOSITORY = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
-_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
 class RegistryAuthError(OtamlError):
@@ -66,162 +77,10 @@ class RegistryAuthError(OtamlError):
     reason = "registry-auth"
 
 
-def sha256_digest(data: bytes) -> str:
-    """The OCI digest string of ``data``."""
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+class ForbiddenHost(OtamlError):
+    """The registry sent the client to a host it may not go to (a token realm elsewhere, https to http)."""
 
-
-def check_digest(digest: str) -> str:
-    """Return ``digest`` if it is a well-formed sha256 digest, else raise OtamlError."""
-    if not _DIGEST.match(digest):
-        raise OtamlError(f"digest {digest!r} is not of the form sha256:<64 lowercase hex digits>")
-    return digest
-
-
-def check_tag(tag: str) -> str:
-    """Return ``tag`` if the distribution spec allows it, else raise OtamlError."""
-    if not _TAG.match(tag):
-        raise OtamlError(f"tag {tag!r} is invalid: use up to 128 of [A-Za-z0-9_.-], not starting with '.' or '-'")
-    return tag
-
-
-@dataclass(frozen=True)
-class Reference:
-    """``registry/repository`` plus a tag or a digest (or both: the digest wins)."""
-
-    registry: str
-    repository: str
-    tag: str | None = None
-    digest: str | None = None
-
-    @property
-    def ref(self) -> str:
-        """What goes into ``/v2/<repo>/manifests/<ref>``."""
-        return self.digest or self.tag or "latest"
-
-    def with_tag(self, tag: str) -> Reference:
-        return Reference(self.registry, self.repository, check_tag(tag), None)
-
-    def with_digest(self, digest: str) -> Reference:
-        return Reference(self.registry, self.repository, None, check_digest(digest))
-
-    def __str__(self) -> str:
-        name = f"{self.registry}/{self.repository}"
-        if self.digest:
-            return f"{name}@{self.digest}"
-        return f"{name}:{self.tag or 'latest'}"
-
-
-def parse_reference(text: str) -> Reference:
-    """Parse ``host[:port]/repo[:tag][@sha256:...]``; the host part is required (no Docker Hub default)."""
-    rest = text.strip().removeprefix("docker://")
-    digest = None
-    if "@" in rest:
-        rest, digest = rest.split("@", 1)
-        check_digest(digest)
-    host, sep, path = rest.partition("/")
-    if not sep or not path or not ("." in host or ":" in host or host == "localhost"):
-        raise OtamlError(
-            f"image reference {text!r} has no registry host: write it as HOST[:PORT]/REPOSITORY[:TAG], "
-            "e.g. 127.0.0.1:5000/otaml/runtime:model-v1"
-        )
-    tag = None
-    last = path.rsplit("/", 1)[-1]
-    if ":" in last:
-        path, tag = path.rsplit(":", 1)
-        check_tag(tag)
-    if not _REPOSITORY.match(path):
-        raise OtamlError(f"repository {path!r} in {text!r} is invalid: use lowercase [a-z0-9._-] path components")
-    return Reference(host, path, tag, digest)
-
-
-@dataclass(frozen=True)
-class Platform:
-    os: str
-    architecture: str
-    variant: str | None = None
-
-    def to_json(self) -> dict[str, str]:
-        out = {"architecture": self.architecture, "os": self.os}
-        if self.variant:
-            out["variant"] = self.variant
-        return out
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Platform:
-        return cls(str(data.get("os", "")), str(data.get("architecture", "")), data.get("variant") or None)
-
-    def __str__(self) -> str:
-        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
-
-
-@dataclass(frozen=True)
-class Descriptor:
-    """A pointer to content: media type, digest, size (plus platform/annotations in an index)."""
-
-    media_type: str
-    digest: str
-    size: int
-    platform: Platform | None = None
-    annotations: Mapping[str, str] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
-        if self.platform is not None:
-            out["platform"] = self.platform.to_json()
-        if self.annotations:
-            out["annotations"] = dict(sorted(self.annotations.items()))
-        return out
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Descriptor:
-        try:
-            platform = data.get("platform")
-            return cls(
-                media_type=str(data["mediaType"]),
-                digest=check_digest(str(data["digest"])),
-                size=int(data["size"]),
-                platform=Platform.from_json(platform) if platform else None,
-                annotations=dict(data.get("annotations") or {}),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise OtamlError(f"malformed descriptor {dict(data)!r}: {exc}") from exc
-
-
-def load_json(data: bytes, what: str) -> dict[str, Any]:
-    """Decode a manifest/index/config, raising OtamlError (not JSONDecodeError) on garbage."""
-    try:
-        value = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise OtamlError(f"{what} is not valid JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise OtamlError(f"{what} is not a JSON object")
-    return value
-
-
-def select_platform(index: bytes | Mapping[str, Any], os: str, arch: str, variant: str | None = None) -> Descriptor:
-    """The manifest descriptor for ``os/arch[/variant]`` in an image index; NotFound if it has none.
-
-    ``arm64`` without a variant matches ``arm64`` and ``arm64/v8`` (the same thing to a runtime).
-    """
-    data = load_json(index, "image index") if isinstance(index, bytes) else index
-    candidates = [Descriptor.from_json(m) for m in data.get("manifests", [])]
-    for desc in candidates:
-        p = desc.platform
-        if p is None or p.os != os or p.architecture != arch:
-            continue
-        if variant is None or p.variant == variant or (arch == "arm64" and {variant, p.variant} <= {None, "v8"}):
-            return desc
-    have = ", ".join(str(d.platform) for d in candidates if d.platform) or "none"
-    want = "/".join(p for p in (os, arch, variant) if p)
-    raise NotFound(f"the image index has no {want} manifest (it has: {have}); bake the image for that platform")
-
-
-def config_labels(config: bytes | Mapping[str, Any]) -> dict[str, str]:
-    """The ``config.Labels`` of an image configuration (empty when there are none)."""
-    data = load_json(config, "image config") if isinstance(config, bytes) else config
-    labels = (data.get("config") or {}).get("Labels") or {}
-    return {str(k): str(v) for k, v in labels.items()}
+    reason = "forbidden-host"
 
 
 def _is_loopback(host: str) -> bool:
@@ -240,6 +99,10 @@ def base_url_for(registry: str, insecure: bool = False) -> str:
         return registry.rstrip("/")
     scheme = "http" if insecure or _is_loopback(registry) else "https"
     return f"{scheme}://{registry}"
+
+
+def _host_of(url: str) -> str:
+    return (urlsplit(url).hostname or "").lower()
 
 
 def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
@@ -268,12 +131,30 @@ class RegistryClient:
         transport: httpx.BaseTransport | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         insecure: bool = False,
+        deadline: float = DEFAULT_DEADLINE,
+        token_hosts: Collection[str] = (),
     ) -> None:
         self.base_url = base_url_for(registry, insecure)
         self.repository = repository
+        self.deadline = deadline
+        self.token_hosts = frozenset(h.lower() for h in token_hosts) | {_host_of(self.base_url)}
         self._auth = auth
         self._authorization: str | None = None
-        self._http = httpx.Client(transport=transport, timeout=timeout, follow_redirects=True)
+        self._http = httpx.Client(
+            transport=transport,
+            timeout=timeout,
+            follow_redirects=True,
+            max_redirects=MAX_REDIRECTS,
+            event_hooks={"request": [self._check_redirect]},
+        )
+
+    def _check_redirect(self, request: httpx.Request) -> None:
+        # httpx drops the Authorization header on a redirect to another origin; a downgrade to plain http
+        # would still expose the request and its answer, so it is refused.
+        if self.base_url.startswith("https://") and request.url.scheme != "https":
+            raise ForbiddenHost(
+                f"{self.base_url} redirected to {request.url}: refusing a redirect from https to plain http"
+            )
 
     @classmethod
     def for_reference(cls, ref: Reference, **kwargs: Any) -> RegistryClient:
@@ -324,8 +205,10 @@ class RegistryClient:
             return response
         if stream:  # read only the start of an error body: a hostile registry may send an endless one
             try:
-                head = self.read_capped(response, MAX_ERROR_BODY_BYTES, f"{method} {url}", truncate=True)
-            except TemporaryError:
+                head = self.read_capped(
+                    response, MAX_ERROR_BODY_BYTES, f"{method} {url}", truncate=True, deadline_s=self.deadline
+                )
+            except (TemporaryError, MalformedContent):
                 head = b""
             # The head is already decoded: drop the headers that would make httpx decode or size it again.
             kept = [(k, v) for k, v in response.headers.items() if k not in ("content-encoding", "content-length")]
@@ -340,7 +223,7 @@ class RegistryClient:
                 + "; check the registry credentials (--user/--password-stdin) and the repository's permissions"
             )
         if status == 429 or status >= 500:
-            raise TemporaryError(f"{where}: registry answered {status} {detail}".rstrip() + "; retry later")
+            raise RegistryUnavailable(f"{where}: registry answered {status} {detail}".rstrip() + "; retry later")
         raise OtamlError(f"{where}: registry refused the request ({status}) {detail}".rstrip())
 
     def _send(
@@ -358,10 +241,16 @@ class RegistryClient:
         try:
             request = self._http.build_request(method, url, headers=all_headers, content=content, params=params)
             return self._http.send(request, stream=stream)
-        except httpx.TransportError as exc:
-            raise TemporaryError(
+        except httpx.TooManyRedirects as exc:
+            raise RegistryUnavailable(
+                f"{method} {url}: more than {MAX_REDIRECTS} redirects; the registry (or its CDN) is misconfigured"
+            ) from exc
+        except (httpx.TransportError, httpx.DecodingError) as exc:
+            raise RegistryUnavailable(
                 f"{method} {url}: {type(exc).__name__}: {exc}; is the registry up? retry later"
             ) from exc
+        except httpx.InvalidURL as exc:
+            raise MalformedContent(f"{method} {url}: the registry sent an invalid URL: {exc}") from exc
 
     def _answer_challenge(self, header: str) -> str:
         scheme, params = _parse_challenge(header)
@@ -371,22 +260,40 @@ class RegistryClient:
             return "Basic " + base64.b64encode(f"{self._auth[0]}:{self._auth[1]}".encode()).decode()
         if scheme != "bearer" or "realm" not in params:
             raise OtamlError(f"{self.base_url} sent an authentication challenge otaml cannot answer: {header!r}")
+        realm = params["realm"]
+        realm_url = urlsplit(realm)
+        if realm_url.scheme not in ("http", "https") or _host_of(realm) not in self.token_hosts:
+            raise ForbiddenHost(
+                f"{self.base_url} names the token realm {realm!r}, which is not on the registry's host: refusing to "
+                f"send credentials there. If that token service is genuine, allow its host "
+                f"({_host_of(realm) or '?'!r}) in the registry's token hosts."
+            )
+        if self.base_url.startswith("https://") and realm_url.scheme != "https":
+            raise ForbiddenHost(f"{self.base_url} names a plain-http token realm {realm!r}; refusing to use it")
         query = {k: v for k, v in params.items() if k in ("service", "scope")}
         try:
-            response = self._http.get(params["realm"], params=query, auth=self._auth)
-        except httpx.TransportError as exc:
-            raise TemporaryError(f"getting a token from {params['realm']}: {exc}; retry later") from exc
+            request = self._http.build_request("GET", realm, params=query)
+            if self._auth is not None:
+                basic = base64.b64encode(f"{self._auth[0]}:{self._auth[1]}".encode()).decode()
+                request.headers["Authorization"] = f"Basic {basic}"
+            response = self._http.send(request, stream=True)
+        except (httpx.RequestError, httpx.InvalidURL) as exc:
+            raise RegistryUnavailable(f"getting a token from {realm}: {exc}; retry later") from exc
         if response.status_code in (401, 403):
+            response.close()
             raise RegistryAuthError(
-                f"token endpoint {params['realm']} refused the credentials ({response.status_code}); check them"
+                f"token endpoint {realm} refused the credentials ({response.status_code}); check them"
             )
         if response.status_code != 200:
-            raise TemporaryError(f"token endpoint {params['realm']} answered {response.status_code}; retry later")
-        try:
-            body = response.json()
-            token = body.get("token") or body["access_token"]
-        except (ValueError, KeyError, AttributeError) as exc:
-            raise OtamlError(f"token endpoint {params['realm']} returned no token") from exc
+            response.close()
+            raise RegistryUnavailable(f"token endpoint {realm} answered {response.status_code}; retry later")
+        body = load_json(
+            self.read_capped(response, MAX_TOKEN_BYTES, f"token response of {realm}", deadline_s=self.deadline),
+            f"token response of {realm}",
+        )
+        token = body.get("token") or body.get("access_token")
+        if not isinstance(token, str) or not token or any(c in token for c in "\r\n"):
+            raise MalformedContent(f"token endpoint {realm} returned no usable token")
         return f"Bearer {token}"
 
     # -- manifests and blobs -------------------------------------------------------------------------
@@ -401,23 +308,39 @@ class RegistryClient:
             # Some registries omit the digest header on HEAD; fall back to reading the manifest.
             data, media_type, digest = self.get_manifest(ref)
             return Descriptor(media_type, digest, len(data))
+        if not _DIGEST.match(digest):
+            raise MalformedContent(
+                f"HEAD manifests/{ref} answered the digest {_excerpt(digest)}, not sha256:<64 lowercase hex digits>"
+            )
+        length = response.headers.get("content-length", "0")
         return Descriptor(
             response.headers.get("content-type", "").split(";")[0],
-            check_digest(digest),
-            int(response.headers.get("content-length", "0")),
+            digest,
+            int(length) if length.isdigit() else 0,
         )
 
     @staticmethod
-    def read_capped(response: httpx.Response, max_bytes: int, what: str, *, truncate: bool = False) -> bytes:
+    def read_capped(
+        response: httpx.Response,
+        max_bytes: int,
+        what: str,
+        *,
+        truncate: bool = False,
+        deadline_s: float | None = None,
+    ) -> bytes:
         """The body of a streamed ``response``, never holding more than ``max_bytes`` (then closes it).
 
-        Over the cap: raise :class:`OtamlError` (a registry serving it is broken or hostile), or with
-        ``truncate`` return the first ``max_bytes``. Checks Content-Length first, then counts what arrives.
+        Over the cap: raise :class:`OversizedContent` naming it (a registry serving it is broken or hostile), or
+        with ``truncate`` return the first ``max_bytes``. Checks Content-Length first, then counts what arrives.
+        Slower than ``deadline_s`` in total: :class:`RegistryUnavailable`.
         """
+        started = time.monotonic()
         try:
             declared = response.headers.get("content-length", "")
             if not truncate and declared.isdigit() and int(declared) > max_bytes:
-                raise OtamlError(f"{what} is {declared} bytes, over the {max_bytes}-byte limit; refusing to read it")
+                raise OversizedContent(
+                    f"{what} is {declared} bytes, over the {max_bytes}-byte limit; refusing to read it"
+                )
             body = bytearray()
             # iter_bytes decodes Content-Encoding, so the cap bounds what is held in memory.
             for chunk in response.iter_bytes():
@@ -425,20 +348,27 @@ class RegistryClient:
                 if len(body) > max_bytes:
                     if truncate:
                         return bytes(body[:max_bytes])
-                    raise OtamlError(f"{what} exceeds the {max_bytes}-byte limit; refusing to read more of it")
+                    raise OversizedContent(f"{what} exceeds the {max_bytes}-byte limit; refusing to read more of it")
+                if deadline_s is not None and time.monotonic() - started > deadline_s:
+                    raise RegistryUnavailable(
+                        f"{what} did not arrive within the {deadline_s:g} s deadline ({len(body)} bytes so far); "
+                        "the registry is too slow or hostile: retry later"
+                    )
             return bytes(body)
+        except httpx.DecodingError as exc:
+            raise MalformedContent(f"{what}: its Content-Encoding does not decode: {exc}") from exc
         except httpx.TransportError as exc:
-            raise TemporaryError(f"{what}: {type(exc).__name__}: {exc}; retry later") from exc
+            raise RegistryUnavailable(f"{what}: {type(exc).__name__}: {exc}; retry later") from exc
         finally:
             response.close()
 
     def get_manifest(self, ref: str) -> tuple[bytes, str, str]:
         """``(bytes, media type, digest)`` of a manifest or index; the digest is checked against ``ref``.
 
-        At most :data:`MAX_MANIFEST_BYTES` are read: a larger manifest raises :class:`OtamlError`.
+        At most :data:`MAX_MANIFEST_BYTES` are read: a larger manifest raises :class:`OversizedContent`.
         """
         response = self.request("GET", f"manifests/{ref}", headers={"Accept": MANIFEST_ACCEPT}, stream=True)
-        data = self.read_capped(response, MAX_MANIFEST_BYTES, f"manifest {ref}")
+        data = self.read_capped(response, MAX_MANIFEST_BYTES, f"manifest {ref}", deadline_s=self.deadline)
         digest = sha256_digest(data)
         if ref.startswith("sha256:") and digest != ref:
             raise VerificationFailed(f"manifest {ref} arrived with digest {digest}: refusing tampered content")
@@ -451,12 +381,15 @@ class RegistryClient:
         """The blob's bytes, verified against ``digest``.
 
         Pass ``max_bytes`` (e.g. :data:`MAX_SMALL_BLOB_BYTES`) for anything read whole into memory from an
-        untrusted registry (configs, signature payloads, JSON): a larger blob raises :class:`OtamlError`
-        before more than ``max_bytes`` is held. ``None`` reads any size (layers).
+        untrusted registry (configs, signature payloads, JSON): a larger blob raises :class:`OversizedContent`
+        before more than ``max_bytes`` is held, and the read has the total deadline. ``None`` reads any size
+        (layers).
         """
         response = self.request("GET", f"blobs/{check_digest(digest)}", stream=True)
-        limit = max_bytes if max_bytes is not None else _NO_LIMIT
-        data = self.read_capped(response, limit, f"blob {digest}")
+        if max_bytes is None:  # a layer: any size, any time (containerd pulls layers on the device, not this)
+            data = self.read_capped(response, _NO_LIMIT, f"blob {digest}")
+        else:
+            data = self.read_capped(response, max_bytes, f"blob {digest}", deadline_s=self.deadline)
         actual = sha256_digest(data)
         if actual != digest:
             raise VerificationFailed(
@@ -474,5 +407,5 @@ class RegistryClient:
             desc = select_platform(manifest, os, arch, variant)
             data, _, _ = self.get_manifest(desc.digest)
             manifest = load_json(data, f"manifest {desc.digest}")
-        config = Descriptor.from_json(manifest.get("config") or {})
+        config = Descriptor.from_json(manifest.get("config"))
         return config_labels(self.get_blob(config.digest, max_bytes=MAX_SMALL_BLOB_BYTES))

@@ -8,13 +8,14 @@ import httpx
 import pytest
 
 from edge_runtime import oci
-from edge_runtime.errors import NotFound, OtamlError, TemporaryError, VerificationFailed
+from edge_runtime.errors import NotFound, OtamlError, TemporaryError, VerificationFailed, reason_of
 from edge_runtime.oci import (
     MAX_ERROR_BODY_BYTES,
     MAX_MANIFEST_BYTES,
     OCI_CONFIG,
     OCI_INDEX,
     OCI_MANIFEST,
+    ForbiddenHost,
     RegistryAuthError,
     RegistryClient,
     base_url_for,
@@ -144,10 +145,16 @@ def test_bearer_challenge_gets_a_token_with_basic_credentials() -> None:
             return httpx.Response(401, headers={"WWW-Authenticate": challenge})
         return httpx.Response(200, content=b"{}", headers={"Content-Type": OCI_MANIFEST})
 
-    with client(handler, auth=("u", "p")) as c:
+    with client(handler, auth=("u", "p"), token_hosts=("auth.example.com",)) as c:
         c.get_manifest("v1")
         c.get_manifest("v2")  # the token is reused
     assert seen == [None, "Bearer T0K", "Bearer T0K"]
+    # Without the allow-list the credentials never leave for another host.
+    seen.clear()
+    with client(handler, auth=("u", "p")) as c, pytest.raises(ForbiddenHost, match=r"'auth\.example\.com'") as caught:
+        c.get_manifest("v1")
+    assert seen == [None]
+    assert reason_of(caught.value) == "forbidden-host"
 
 
 def test_basic_challenge_without_credentials_says_so() -> None:
@@ -218,7 +225,7 @@ def test_image_labels_caps_the_config_blob(monkeypatch: pytest.MonkeyPatch) -> N
 
     with client(handler) as c:
         assert c.image_labels("production") == {"a": "b"}
-        monkeypatch.setattr(oci, "MAX_SMALL_BLOB_BYTES", 1000)
+        monkeypatch.setattr(oci.client, "MAX_SMALL_BLOB_BYTES", 1000)
         with pytest.raises(OtamlError, match="1000-byte limit"):
             c.image_labels("production")
 
@@ -236,3 +243,48 @@ def test_compressed_error_body_of_a_streamed_request_is_reported() -> None:
     not_found = pytest.raises(NotFound, match="BLOB_UNKNOWN: blob unknown")
     with client(lambda _r: httpx.Response(404, headers=headers, content=gzip.compress(errors))) as c, not_found:
         c.get_blob(DIGEST)
+
+
+def test_a_redirect_from_https_to_plain_http_is_refused() -> None:
+    asked: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(str(request.url))
+        if request.url.scheme == "https":
+            return httpx.Response(307, headers={"Location": f"http://cdn.example.com/{DIGEST}"})
+        return httpx.Response(200, content=b"{}")
+
+    c = RegistryClient("reg.example.com", "otaml/runtime", transport=httpx.MockTransport(handler))
+    with c, pytest.raises(ForbiddenHost, match="from https to plain http") as caught:
+        c.get_blob(DIGEST, max_bytes=1000)
+    assert reason_of(caught.value) == "forbidden-host"
+    assert asked == [f"https://reg.example.com/v2/otaml/runtime/blobs/{DIGEST}"]  # the http URL is never asked
+
+
+def test_an_https_registry_never_sends_credentials_to_a_plain_http_realm() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/token":
+            raise AssertionError("the token endpoint must not be asked")
+        challenge = 'Bearer realm="http://reg.example.com/token",service="reg"'
+        return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+
+    c = RegistryClient("reg.example.com", "otaml/runtime", transport=httpx.MockTransport(handler), auth=("u", "p"))
+    with c, pytest.raises(ForbiddenHost, match="plain-http token realm"):
+        c.get_manifest("v1")
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [(b"[1, 2]", "malformed-image"), (b'{"token": 7}', "malformed-image"), (b"\xff\xfe", "malformed-image")],
+    ids=["array", "token-not-a-string", "not-json"],
+)
+def test_a_malformed_token_response_is_refused_with_its_reason(body: bytes, reason: str) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/token":
+            return httpx.Response(200, content=body)
+        challenge = 'Bearer realm="http://127.0.0.1:5000/token",service="reg"'
+        return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+
+    with client(handler) as c, pytest.raises(OtamlError) as caught:
+        c.get_manifest("v1")
+    assert reason_of(caught.value) == reason

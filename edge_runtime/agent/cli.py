@@ -32,7 +32,9 @@ def build_reconciler(config: AgentConfig) -> Reconciler:
     from edge_runtime.agent.reconcile import Reconciler
     from edge_runtime.agent.source import RegistrySource
 
-    source = RegistrySource.connect(config.registry_url, config.repository, config.channel, config.registry_timeout_s)
+    source = RegistrySource.connect(
+        config.registry_url, config.repository, config.channel, config.registry_timeout_s, config.token_hosts
+    )
     runtime = CtrRuntime(
         config.containerd_socket,
         config.namespace,

@@ -49,6 +49,7 @@ class AgentConfig:
     repository: str
     channel: str = "production"
     registry_timeout_s: float = 10.0
+    token_hosts: tuple[str, ...] = ()  # hosts besides the registry's own that may issue its auth tokens
     poll_interval_s: float = 30.0
     poll_jitter: float = 0.2
     backoff_base_s: float = 2.0
@@ -185,6 +186,7 @@ class AgentConfig:
             repository=r.string("registry", "repository"),
             channel=r.string("registry", "channel", "production"),
             registry_timeout_s=r.number("registry", "timeout_s", 10.0),
+            token_hosts=_hosts(r.get("registry", "token_hosts", [])),
             poll_interval_s=r.number("poll", "interval_s", 30.0),
             poll_jitter=r.number("poll", "jitter", 0.2, upper=1.0, zero_ok=True),
             backoff_base_s=r.number("poll", "backoff_base_s", 2.0),
@@ -222,6 +224,15 @@ class AgentConfig:
             fleet=fleet_settings(data, where, device_id=device_id, groups=dict(groups)),
             field_interval_s=r.number("agent", "field_interval_s", 300.0),
         )
+
+
+def _hosts(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(h, str) and h and "/" not in h for h in value):
+        raise ConfigError(
+            f"Config 'registry.token_hosts' has value {value!r}. Use a list of host[:port] names, e.g. "
+            '["auth.example.com"].'
+        )
+    return tuple(value)
 
 
 def load_config(path: str | Path) -> AgentConfig:

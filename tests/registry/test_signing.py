@@ -116,14 +116,15 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def tiny_base(oci_registry: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A small two-platform base image pushed with skopeo (an independent client)."""
+    """A small two-platform base image pushed with skopeo (an independent client), pinned by digest."""
+    from registry.oci.refs import pinned
     from tests.registry.oci.fakes import write_fake_base
 
     layout = tmp_path_factory.mktemp("tiny-base") / "layout"
     write_fake_base(layout)
     ref = f"{oci_registry}/sigtest/base:base"
     skopeo("copy", "--all", "--dest-tls-verify=false", f"oci:{layout}:base", f"docker://{ref}")
-    return ref
+    return pinned(ref)
 
 
 @pytest.fixture
@@ -240,12 +241,13 @@ def test_promote_signs_verify_passes_unsigned_is_rejected_signed_rollback_is_acc
     assert code == 0, out
     assert "signed rollback" in out
 
-    # The agent's policy, built as the agent builds it ([verification] + its RegistrySource), agrees.
-    from edge_runtime.agent.policy import CandidateImage, load_policy
+    # The signature policy (what `otaml verify` applies), reading the registry as a device would, agrees.
+    from edge_runtime.agent.policy import CandidateImage
     from edge_runtime.agent.source import RegistrySource
+    from registry.cosign import make_policy
 
     source = RegistrySource.connect(f"http://{oci_registry}", "sigtest/pump", "production", 10.0)
-    policy = load_policy({"public_key": str(public)}, source=source)
+    policy = make_policy({"public_key": str(public)}, source=source)
     assert isinstance(policy, SignaturePolicy)
     candidate = CandidateImage(
         repository="sigtest/pump",

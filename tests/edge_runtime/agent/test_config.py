@@ -95,3 +95,13 @@ def test_the_fleet_section_takes_the_devices_identity_by_default() -> None:
     assert AgentConfig.from_mapping({k: v for k, v in data.items() if k != "fleet"}).fleet is None
     with pytest.raises(ConfigError, match=r"'device\.id' has value 'a/b'"):
         AgentConfig.from_mapping({**data, "device": {"id": "a/b"}})
+
+
+def test_token_hosts_are_a_list_of_host_names() -> None:
+    data: dict = {"registry": {"url": "https://r.example", "repository": "p"}, "trust": {"insecure": True}}
+    assert AgentConfig.from_mapping(data).token_hosts == ()
+    data["registry"]["token_hosts"] = ["auth.example.com"]
+    assert AgentConfig.from_mapping(data).token_hosts == ("auth.example.com",)
+    data["registry"]["token_hosts"] = "auth.example.com"
+    with pytest.raises(ConfigError, match=r"registry\.token_hosts"):
+        AgentConfig.from_mapping(data)

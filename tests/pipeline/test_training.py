@@ -14,7 +14,7 @@ from pipeline.detectors import DETECTORS, UnknownDetector
 from pipeline.parity import device_session
 from pipeline.synth import synth_telemetry
 from pipeline.telemetry import Telemetry, load_telemetry, telemetry_from_frame
-from pipeline.thresholds import BEST_F1, BEST_F1_CAPPED, Threshold, alarm_limit
+from pipeline.thresholds import BEST_F1, BEST_F1_CAPPED, BEST_F1_POOLED, BEST_F1_POOLED_CAPPED, Threshold, alarm_limit
 from pipeline.tracking import download_bundle
 from pipeline.training import (
     ALARM_RATE_RULE,
@@ -105,10 +105,10 @@ def test_train_all_detectors_end_to_end(telemetry: Telemetry, tracking_uri: str,
     _check_registered(report, telemetry, tracking_uri)
 
     for d in report.detectors:
-        assert d.threshold_method in {BEST_F1, BEST_F1_CAPPED}
+        assert d.threshold_method in {BEST_F1, BEST_F1_CAPPED, BEST_F1_POOLED, BEST_F1_POOLED_CAPPED}
         # No shipped threshold is degenerate: a refused one says why and stays within the cap.
         assert d.validation["alarm_rate"] <= alarm_limit(d.validation["label_rate"])
-        assert bool(d.threshold_note) == (d.threshold_method == BEST_F1_CAPPED)
+        assert bool(d.threshold_note) == (d.threshold_method in {BEST_F1_CAPPED, BEST_F1_POOLED_CAPPED})
         assert {"precision", "recall", "f1", "roc_auc", "pr_auc"} <= set(d.metrics)
         # Parity numbers are measured, not placeholders.
         fp32 = d.parity["fp32"]

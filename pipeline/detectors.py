@@ -82,20 +82,26 @@ class IsolationForestDetector(BaseEstimator):
 
 
 class PCAReconstructionDetector(BaseEstimator):
-    """Residual of projecting onto the top principal components (a linear detector), whitened by default.
+    """Residual of projecting onto the top principal components (a linear detector).
 
     The residual of ``x`` is ``(x - mean) @ P`` and the score its mean square, one matrix product; the ONNX
     graph computes exactly that. ``n_components`` as a float in (0, 1) keeps the components explaining that
-    share of the variance. With ``whiten=False``, ``P = I - Vᵀ V`` (``V`` the kept components): the squared
-    distance to the principal subspace. With ``whiten=True`` (default), ``P = Wᵀ diag(1/σ) W`` over the
+    share of the variance. With ``whiten=False`` (default), ``P = I - Vᵀ V`` (``V`` the kept components): the
+    squared distance to the principal subspace. With ``whiten=True``, ``P = Wᵀ diag(1/σ) W`` over the
     remaining components ``W`` with training standard deviations ``σ``: each residual direction is measured
     in its own units (a Mahalanobis distance in the residual subspace), so breaking a tight relation between
     features (one sensor stuck or decoupled while the others move) counts as much as a large swing along a
     loose one. Directions with ``σ`` below ``min_relative_sd`` times the largest are exact identities of the
     features (``dev = x - mean``); they are dropped, which keeps float32 rounding from being amplified.
+
+    Whitening is not the default because it does not survive dynamic int8: on synthetic telemetry it raised
+    fp32 test F1 (mean 0.61 -> 0.67 over ten 1-2 pump week-long sets, ROC-AUC 0.953 -> 0.985) and kept fp32
+    parity at 100 %, but int8 decision agreement fell to 98.7-99.4 % on some sets (the per-batch activation
+    scale's rounding is divided by the small ``σ``), under the production parity gate of 99.5 %, and the
+    int8 bundle is what ships whenever it passes the 99 % parity target.
     """
 
-    def __init__(self, n_components: float | int = 0.9, whiten: bool = True, min_relative_sd: float = 1e-2) -> None:
+    def __init__(self, n_components: float | int = 0.9, whiten: bool = False, min_relative_sd: float = 1e-2) -> None:
         self.n_components = n_components
         self.whiten = whiten
         self.min_relative_sd = min_relative_sd

@@ -82,21 +82,37 @@ class IsolationForestDetector(BaseEstimator):
 
 
 class PCAReconstructionDetector(BaseEstimator):
-    """Mean squared residual of projecting onto the top principal components (a linear detector).
+    """Residual of projecting onto the top principal components (a linear detector).
 
-    The residual of ``x`` is ``(x - mean) @ P`` with ``P = I - Vᵀ V`` (``V`` the kept components), so the
-    score is one matrix product and a mean of squares; the ONNX graph computes exactly that.
-    ``n_components`` as a float in (0, 1) keeps the components explaining that share of the variance.
+    The residual of ``x`` is ``(x - mean) @ P`` and the score its mean square, one matrix product; the ONNX
+    graph computes exactly that. ``n_components`` as a float in (0, 1) keeps the components explaining that
+    share of the variance. With ``whiten=False`` (default), ``P = I - Vᵀ V`` (``V`` the kept components): the
+    squared distance to the principal subspace. With ``whiten=True``, ``P = Wᵀ diag(1/σ) W`` over the
+    remaining components ``W`` with training standard deviations ``σ``: each residual direction is measured
+    in its own units (a Mahalanobis distance in the residual subspace), so breaking a tight relation between
+    features (one sensor stuck or decoupled while the others move) counts as much as a large swing along a
+    loose one. Directions with ``σ`` below ``min_relative_sd`` times the largest are exact identities of the
+    features (``dev = x - mean``); they are dropped, which keeps float32 rounding from being amplified.
+
+    Whitening is not the default because it does not survive dynamic int8: on synthetic telemetry it raised
+    fp32 test F1 (mean 0.61 -> 0.67 over ten 1-2 pump week-long sets, ROC-AUC 0.953 -> 0.985) and kept fp32
+    parity at 100 %, but int8 decision agreement fell to 98.7-99.4 % on some sets (the per-batch activation
+    scale's rounding is divided by the small ``σ``), under the production parity gate of 99.5 %, and the
+    int8 bundle is what ships whenever it passes the 99 % parity target.
     """
 
-    def __init__(self, n_components: float | int = 0.9) -> None:
+    def __init__(self, n_components: float | int = 0.9, whiten: bool = False, min_relative_sd: float = 1e-2) -> None:
         self.n_components = n_components
+        self.whiten = whiten
+        self.min_relative_sd = min_relative_sd
 
     def fit(self, X: npt.ArrayLike, y: Any = None) -> PCAReconstructionDetector:
         x: Array = validate_data(self, X, dtype=np.float64)
         n, d = x.shape
         if n < 2:
             raise InputError(f"PCA detector needs at least 2 training rows, got {n}.")
+        if not 0.0 <= self.min_relative_sd < 1.0:
+            raise InputError(f"min_relative_sd must be in [0, 1), got {self.min_relative_sd!r}; e.g. 0.01.")
         self.mean_ = x.mean(axis=0)
         _, s, vt = np.linalg.svd(x - self.mean_, full_matrices=False)
         variance = s**2
@@ -109,6 +125,16 @@ class PCAReconstructionDetector(BaseEstimator):
         self.n_components_ = max(1, min(k, d - 1)) if d > 1 else 1
         self.components_ = vt[: self.n_components_]
         self.projection_ = np.eye(d) - self.components_.T @ self.components_
+        self.n_residual_ = d - self.n_components_
+        if self.whiten:
+            sd = s / np.sqrt(n)
+            residual, residual_sd = vt[self.n_components_ :], sd[self.n_components_ :]
+            keep = residual_sd > self.min_relative_sd * sd[0]
+            # Nothing left to whiten (all remaining directions are identities): the plain distance stays.
+            if keep.any():
+                w = residual[keep]
+                self.projection_ = w.T @ (w / residual_sd[keep, None])
+                self.n_residual_ = int(keep.sum())
         return self
 
     def score_samples(self, X: npt.ArrayLike) -> Array:

@@ -10,7 +10,8 @@ Decisions (stated once, here; bundles are built by :mod:`pipeline.bundling`):
   normal looks like; labels are for calibration and evaluation), then a seeded uniform sample of at most
   ``max_train_rows`` (20,000): IsolationForest draws 256 rows per tree anyway, PCA's covariance is stable
   long before that, and the autoencoder's epoch time grows linearly with rows.
-* Threshold: :mod:`pipeline.thresholds` (best F1 on validation with labels, else a training quantile).
+* Threshold: :mod:`pipeline.thresholds` (best F1 on the labelled training and validation rows, else a
+  training quantile).
 * Features: each detector reads its own feature group (:func:`pipeline.detectors.feature_spec`: windowed
   statistics, raw readings, or lagged readings); the splits cut the same rows for every group, so all
   detectors are fitted, calibrated and compared on the same readings.
@@ -212,11 +213,8 @@ def fit_detector(name: str, splits: Splits, fit_rows: Split, config: TrainConfig
     val = anomaly_scores(pipeline, splits.validation.features)
     test = anomaly_scores(pipeline, splits.test.features)
     val_labels = splits.validation.labels
-    if val_labels is not None and splits.validation.has_both_classes:
-        train_scores = np.empty(0)
-    else:
-        train_scores = anomaly_scores(pipeline, splits.train.features)
-    threshold = calibrate(train_scores, val, val_labels, quantile=config.quantile)
+    train_scores = anomaly_scores(pipeline, splits.train.features)
+    threshold = calibrate(train_scores, val, val_labels, quantile=config.quantile, train_labels=splits.train.labels)
     validation = {"alarm_rate": alarm_rate(val, threshold.value)}
     if val_labels is not None:
         validation["label_rate"] = float(np.mean(val_labels)) if val_labels.size else 0.0

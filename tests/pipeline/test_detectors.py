@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 
-from pipeline.detectors import DETECTORS, UnknownDetector, anomaly_scores, make_detector
+from edge_runtime.errors import InputError
+from pipeline.detectors import (
+    DETECTORS,
+    PCAReconstructionDetector,
+    UnknownDetector,
+    anomaly_scores,
+    make_detector,
+)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +64,11 @@ def test_pca_keeps_a_residual_dimension() -> None:
     x = np.random.default_rng(1).normal(size=(100, 3))
     detector = make_detector("pca").fit(x).named_steps["detect"]
     assert 1 <= detector.n_components_ <= 2
-    assert np.allclose(detector.projection_ @ detector.projection_, detector.projection_)  # a projection
+    assert np.allclose(detector.projection_ @ detector.projection_, detector.projection_)  # an orthogonal projection
+    # Whitened: symmetric, and blind to the kept components (their direction scores 0).
+    whitened = PCAReconstructionDetector(whiten=True).fit(x)
+    assert np.allclose(whitened.projection_, whitened.projection_.T)
+    assert np.allclose(whitened.components_ @ whitened.projection_, 0.0)
 
 
 def test_unknown_detector_names_the_choices() -> None:
@@ -87,3 +98,36 @@ def test_kmeans_score_is_the_distance_to_the_nearest_centre(data: tuple[np.ndarr
     x = normal[:50]
     naive = np.array([min(((row - c) ** 2).sum() for c in detector.centres_) for row in x]) / x.shape[1]
     np.testing.assert_allclose(detector.score_samples(x), naive, rtol=1e-9, atol=1e-12)
+
+
+def _two_tight_and_loose_pairs(rng: np.random.Generator, n: int) -> np.ndarray:
+    """x, y = x + small noise (a tight relation); z, w = z + larger noise (a loose one)."""
+    x, z = rng.normal(size=n), rng.normal(size=n)
+    return np.column_stack([x, x + rng.normal(0, 0.05, n), z, z + rng.normal(0, 0.5, n)])
+
+
+def test_whitened_pca_weighs_a_broken_tight_relation_above_a_normal_loose_swing() -> None:
+    train = _two_tight_and_loose_pairs(np.random.default_rng(0), 5000)
+    tight_broken = np.array([[0.0, 0.25, 0.0, 0.0]])  # y off x by 5 of its noise sd: a stuck or decoupled sensor
+    loose_swing = np.array([[0.0, 0.0, 0.0, 1.0]])  # w off z by 2 of its noise sd: normal for that pair
+    whitened = PCAReconstructionDetector(whiten=True).fit(train)
+    plain = PCAReconstructionDetector().fit(train)
+    assert whitened.n_components_ == plain.n_components_ == 2
+    assert whitened.score_samples(tight_broken)[0] > 5 * whitened.score_samples(loose_swing)[0]
+    # Without whitening the residual is in the features' units and the loose pair's swing dominates.
+    assert plain.score_samples(loose_swing)[0] > plain.score_samples(tight_broken)[0]
+
+
+def test_whitened_pca_drops_exact_identities_of_the_features() -> None:
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=2000), rng.normal(size=2000)
+    train = np.column_stack([a, b, a - b])  # the third feature is an identity of the others, like dev = x - mean
+    detector = PCAReconstructionDetector(n_components=1, whiten=True).fit(train)
+    assert detector.n_residual_ == 1  # the zero-variance direction is dropped, not divided by ~0
+    assert np.isfinite(detector.projection_).all()
+    assert np.abs(detector.projection_).max() < 1e3
+
+
+def test_pca_refuses_a_relative_sd_floor_outside_zero_one() -> None:
+    with pytest.raises(InputError, match="min_relative_sd must be in"):
+        PCAReconstructionDetector(whiten=True, min_relative_sd=1.5).fit(np.random.default_rng(0).normal(size=(10, 3)))

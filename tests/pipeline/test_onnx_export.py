@@ -59,3 +59,13 @@ def test_float32_threshold_rounding_keeps_comparisons_exact() -> None:
     assert (down.astype(np.float64) <= thresholds).all()
     # The next float32 up is already above the float64 threshold: x32 <= t  <=>  x32 <= down.
     assert (np.nextafter(down, np.float32(np.inf)).astype(np.float64) > thresholds).all()
+
+
+def test_whitened_pca_exports_through_the_same_graph(features: np.ndarray) -> None:
+    pipeline = make_detector("pca")
+    pipeline.named_steps["detect"].set_params(whiten=True)
+    pipeline.fit(features[:2000])
+    exported = export_onnx(pipeline, features.shape[1])
+    expected = anomaly_scores(pipeline, features[2000:])
+    got = onnx_scores(exported.onnx_bytes, features[2000:])
+    assert np.abs(got - expected).max() <= 1e-5 * float(np.abs(expected).max())

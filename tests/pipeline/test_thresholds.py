@@ -4,7 +4,16 @@ import numpy as np
 import pytest
 
 from edge_runtime.errors import InputError
-from pipeline.thresholds import BEST_F1, BEST_F1_CAPPED, alarm_limit, best_f1_threshold, calibrate, quantile_threshold
+from pipeline.thresholds import (
+    BEST_F1,
+    BEST_F1_CAPPED,
+    BEST_F1_POOLED,
+    BEST_F1_POOLED_CAPPED,
+    alarm_limit,
+    best_f1_threshold,
+    calibrate,
+    quantile_threshold,
+)
 
 
 def test_best_f1_separates_separable_scores_halfway() -> None:
@@ -88,3 +97,38 @@ def test_best_f1_within_a_cap_catching_nothing_is_none() -> None:
     scores = np.array([0.1, 0.2, 0.9, 1.0])
     labels = np.array([1, 0, 0, 0])
     assert best_f1_threshold(scores, labels, max_alarm_rate=0.5) is None
+
+
+def test_best_f1_pools_the_labelled_training_rows_when_they_hold_anomalies() -> None:
+    # Validation holds one strong event (0.9); the training split a weaker one (0.5) that validation alone
+    # would not see: pooled, the threshold comes down to catch that kind too.
+    train = np.array([0.1, 0.2, 0.15, 0.5, 0.5, 0.25, 0.1])
+    train_labels = np.array([0, 0, 0, 1, 1, 0, 0])
+    validation = np.array([0.1, 0.3, 0.2, 0.9, 0.9, 0.2, 0.1, 0.15])
+    validation_labels = np.array([0, 0, 0, 1, 1, 0, 0, 0])
+    alone = calibrate(train, validation, validation_labels)
+    pooled = calibrate(train, validation, validation_labels, train_labels=train_labels)
+    assert alone.method == BEST_F1
+    assert alone.value > 0.5
+    assert pooled.method == BEST_F1_POOLED
+    assert 0.3 < pooled.value < 0.5
+    # Training labels without an anomaly add no event: validation alone decides.
+    assert calibrate(train, validation, validation_labels, train_labels=np.zeros(7)).method == BEST_F1
+
+
+def test_pooled_best_f1_keeps_the_validation_alarm_cap() -> None:
+    rng = np.random.default_rng(0)
+    validation = rng.random(1000)
+    validation_labels = np.zeros(1000, dtype=int)
+    validation_labels[np.argsort(validation)[-10:]] = 1  # 1 % label rate, the top scores
+    train = rng.random(1000)
+    train_labels = (rng.random(1000) < 0.5).astype(int)  # labels unrelated to scores: best F1 flags everything
+    t = calibrate(train, validation, validation_labels, train_labels=train_labels)
+    assert t.method == BEST_F1_POOLED_CAPPED
+    assert (validation >= t.value).mean() <= alarm_limit(0.01)
+    assert "flags" in t.note
+
+
+def test_train_labels_must_match_train_scores() -> None:
+    with pytest.raises(InputError, match="one label per training score"):
+        calibrate([0.1, 0.2], [0.1, 0.9], [0, 1], train_labels=[0, 1, 0])

@@ -10,11 +10,11 @@ from edge_runtime.errors import InputError
 from edge_runtime.features import StreamWindow
 from edge_runtime.scoring import Scorer
 from pipeline.baseline import raw_iforest_metrics
-from pipeline.detectors import DETECTORS, UnknownDetector
+from pipeline.detectors import DETECTORS, UnknownDetector, anomaly_scores
 from pipeline.parity import device_session
 from pipeline.synth import synth_telemetry
 from pipeline.telemetry import Telemetry, load_telemetry, telemetry_from_frame
-from pipeline.thresholds import BEST_F1, BEST_F1_CAPPED, Threshold, alarm_limit
+from pipeline.thresholds import BEST_F1, BEST_F1_CAPPED, BEST_F1_POOLED, BEST_F1_POOLED_CAPPED, Threshold, alarm_limit
 from pipeline.tracking import download_bundle
 from pipeline.training import (
     ALARM_RATE_RULE,
@@ -105,10 +105,10 @@ def test_train_all_detectors_end_to_end(telemetry: Telemetry, tracking_uri: str,
     _check_registered(report, telemetry, tracking_uri)
 
     for d in report.detectors:
-        assert d.threshold_method in {BEST_F1, BEST_F1_CAPPED}
+        assert d.threshold_method in {BEST_F1, BEST_F1_CAPPED, BEST_F1_POOLED, BEST_F1_POOLED_CAPPED}
         # No shipped threshold is degenerate: a refused one says why and stays within the cap.
         assert d.validation["alarm_rate"] <= alarm_limit(d.validation["label_rate"])
-        assert bool(d.threshold_note) == (d.threshold_method == BEST_F1_CAPPED)
+        assert bool(d.threshold_note) == (d.threshold_method in {BEST_F1_CAPPED, BEST_F1_POOLED_CAPPED})
         assert {"precision", "recall", "f1", "roc_auc", "pr_auc"} <= set(d.metrics)
         # Parity numbers are measured, not placeholders.
         fp32 = d.parity["fp32"]
@@ -315,3 +315,25 @@ def test_on_real_telemetry_the_choice_never_loses_to_the_raw_isolation_forest() 
     assert {"vus_pr", "pr_auc"} <= set(best.metrics)
     for f in fitted:  # no threshold flags far more than the failure windows
         assert f.validation["alarm_rate"] <= alarm_limit(f.validation["label_rate"])
+
+
+def test_fit_detector_calibrates_on_every_labelled_reading_before_the_test_split(telemetry: Telemetry) -> None:
+    config = SMALL
+    splits, fit_rows = prepare(telemetry, config, "pca")
+    assert splits.train.labels is not None
+    assert splits.train.labels.any()
+    assert splits.validation.has_both_classes
+    fitted = fit_detector("pca", splits, fit_rows, config)
+    assert fitted.threshold.method in {BEST_F1_POOLED, BEST_F1_POOLED_CAPPED}
+    train_scores = anomaly_scores(fitted.pipeline, splits.train.features)
+    pooled = np.concatenate([train_scores, fitted.validation_scores])
+    labels = np.concatenate([splits.train.labels, splits.validation.labels])
+    # The threshold is the pooled best F1: no other cut of the pooled scores has a better F1 within the cap.
+    cuts = np.unique(pooled)
+    flagged = pooled[None, :] >= cuts[:, None]
+    tp = (flagged & (labels[None, :] == 1)).sum(axis=1)
+    f1 = 2 * tp / (flagged.sum(axis=1) + labels.sum())
+    rates = (fitted.validation_scores[None, :] >= cuts[:, None]).mean(axis=1)
+    best = f1[rates <= alarm_limit(fitted.validation["label_rate"])].max()
+    chosen = pooled >= fitted.threshold.value
+    assert 2 * (chosen & (labels == 1)).sum() / (chosen.sum() + labels.sum()) == pytest.approx(best)

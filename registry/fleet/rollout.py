@@ -36,6 +36,7 @@ from securesystemslib.signer import Signer
 from edge_runtime.errors import InputError, OtamlError
 from edge_runtime.fleet.messages import MAX_MESSAGE_BYTES, DeviceState, MalformedMessage, check_id, parse_state
 from edge_runtime.fleet.rollout import NAME_RE, ROLLOUT_ID_RE, RolloutRecord, bucket, matches
+from registry.fleet.model_health import ModelHealthLimits, assess
 from registry.tuf.errors import RolloutConflict
 from registry.tuf.repository import FleetRepository
 
@@ -71,6 +72,7 @@ class ObservedDevice:
 
     state: DeviceState
     online: bool
+    field: Any = None  # the device's field summary (a dict from the broker, untrusted), if it published one
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,9 @@ class Decision:
         }
 
 
-def judge(record: RolloutRecord, devices: Iterable[Any], now: float) -> Decision:
+def judge(
+    record: RolloutRecord, devices: Iterable[Any], now: float, model_limits: ModelHealthLimits | None = None
+) -> Decision:
     """Decide one step of ``record`` from the fleet's ``devices`` (:class:`ObservedDevice`) at ``now`` (Unix s).
 
     - Devices of the rollout: those reporting ``record.model`` (and, if they report a ``channel`` group, this
@@ -132,6 +136,9 @@ def judge(record: RolloutRecord, devices: Iterable[Any], now: float) -> Decision
       candidate unhealthy, or offline after switching to it.
     - **halt** when failures / devices in the wave > ``max_failure_rate`` (and at least one failed): the new record
       is ``halted``, so every device returns to ``stable_version``; its reason names devices and reason codes.
+    - **halt** as well when ``model_limits`` are given and the candidate *model* misbehaves in the field
+      (:func:`registry.fleet.model_health.assess`: anomaly ratio far above the stable version's on comparable
+      devices, or its inputs drifting from its training reference), even with every container healthy.
     - **advance** (running only) when every other online device of the wave runs the candidate healthy and the
       wave has soaked ``soak_s`` seconds; **wait** otherwise. **hold**: paused, completed, halted or aborted.
 
@@ -182,6 +189,12 @@ def judge(record: RolloutRecord, devices: Iterable[Any], now: float) -> Decision
             f"{record.max_failure_rate:.1%} limit: {named}{more}; devices return to v{record.stable_version}"
         )
         return decide("halt", replace(record, state="halted", reason=reason), reason)
+    if model_limits is not None:
+        verdict = assess(record, [(d.state.device_id, d.state.groups, d.field) for d in usable], model_limits)
+        if verdict is not None:
+            failures.extend(Failure(device_id, verdict.code) for device_id in verdict.devices[:MAX_NAMED])
+            reason = f"halted in {position}: {verdict.reason}; devices return to v{record.stable_version}"
+            return decide("halt", replace(record, state="halted", reason=reason[:500]), reason)
     if record.state == "paused":
         return decide("hold", record, f"paused in {position}; resume it to advance")
     if waiting:
@@ -406,7 +419,7 @@ class SnapshotStateSource:
             online = getattr(view, "online", None)
             if online is None:
                 notes.append(f"{state.device_id}: no availability message (counted offline)")
-            found.append(ObservedDevice(state, online is True))
+            found.append(ObservedDevice(state, online is True, getattr(view, "field_summary", None)))
         rejected = getattr(snapshot, "rejected", None)
         if isinstance(rejected, Mapping):
             notes += [f"broker messages refused ({reason}): {count}" for reason, count in sorted(rejected.items())]
@@ -444,11 +457,17 @@ class RolloutService:
     """Start, pause, resume, abort and step rollouts. Holds no state: each call reads the store and the fleet."""
 
     def __init__(
-        self, store: RecordStore, states: StateSource | None = None, *, clock: Callable[[], float] = time.time
+        self,
+        store: RecordStore,
+        states: StateSource | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        model_health: ModelHealthLimits | None = None,
     ) -> None:
         self.store = store
         self.states = states
         self._clock = clock
+        self.model_health = model_health
 
     def start(
         self,
@@ -525,7 +544,7 @@ class RolloutService:
 
     def assess(self, record: RolloutRecord) -> Decision:
         """What a step would decide now, without publishing."""
-        return judge(record, self._devices(), self._clock())
+        return judge(record, self._devices(), self._clock(), self.model_health)
 
     def step(self) -> list[StepResult]:
         """One judgement per moving rollout; publish advances and halts. Safe to run from several controllers."""
@@ -534,7 +553,7 @@ class RolloutService:
         devices = self._devices() if records else []
         now = self._clock()
         for record in records:
-            decision = judge(record, devices, now)
+            decision = judge(record, devices, now, self.model_health)
             if not decision.changed:
                 results.append(StepResult(record, decision, published=False))
                 continue

@@ -160,7 +160,7 @@ def test_latency_is_measured_on_the_onnx_file(model_bundle: Bundle) -> None:
     assert latency.runs == 50
     assert 0 < latency.p50_ms <= latency.p99_ms
     report = evaluate_gates(
-        GateConfig(max_latency_p50_ms=0.0, latency_runs=50),
+        GateConfig(max_latency_p50_ms=0.0, max_latency_p99_ms=1e9, latency_runs=50),  # p99 cannot fail on load
         "staging",
         bundle=model_bundle,
         metrics={"parity_fp32_agreement": 1.0},

@@ -1,17 +1,19 @@
 """Figures for the OTA agent on real containerd + docker-registry + the real runtime image, as deployed.
 
 The model is trained the way a user does it, with the defaults (``otaml data synth`` then ``otaml train``, every
-detector, the chosen one; bench/pipeline_models.py); its bundle is baked as versions 1..N+2 (the same model,
-relabelled), each signed by a fleet key the agent verifies (``[verification] public_key``). The agent runs as
-its own process (``python -m edge_runtime agent run``) with the default configuration except the poll interval and
-the probation length of the consecutive updates (``--poll``, ``--probation``). One open-loop load generator
-(otaml/loadgen.py) scores against the public port at ``--rate`` req/s throughout; every figure counts only the
-requests of its own phase, and missed slots count as failures.
+detector, the chosen one; bench/pipeline_models.py); its bundle is baked as versions 1..N+3 (the same model,
+relabelled). The device follows the fleet's TUF repository (a trust site from ``registry.tuf.site.init``, served
+over HTTP, approvals signed by two of three approver keys): "an update" is an approval published, and the agent
+runs the highest approved version. It reports to a real Mosquitto (``[fleet]``), so its memory includes the MQTT
+client. The agent runs as its own process (``python -m edge_runtime agent run``) with the default configuration
+except the poll interval and the probation length of the consecutive updates (``--poll``, ``--probation``). One
+open-loop load generator (otaml/loadgen.py) scores against the public port at ``--rate`` req/s throughout; every
+figure counts only the requests of its own phase, and missed slots count as failures.
 
 Phases and figures:
 
-- ``update-vN`` (channel move → vN out of probation): time to vN answering, failed requests
-- ``failed-canary`` (channel move → golden-mismatch digest blocked): failed requests
+- ``update-vN`` (vN approved → vN out of probation): time to vN answering, failed requests
+- ``failed-canary`` (a golden-mismatch version approved → its digest blocked): failed requests
 - ``probation-failure`` (the new container SIGKILLed in probation → previous version serving, agent idle): time
   to the previous version answering, failed requests, and the RAM the warm previous container held meanwhile
   (``warm_rollback = "auto"``, the default, keeps it when MemAvailable ≥ 256 MB; ``--warm-rollback off``: cold)
@@ -221,18 +223,15 @@ def relabelled(bundle: Path, out: Path, version: str, golden_shift: float = 0.0)
     return out
 
 
-def sign(key: Any, address: str, digest: str, version: str) -> None:
-    from registry.signing import build_payload, open_signature_store, push_signature, sign_payload
+def approve(site: Path, approvers: list[Any], digest: str, length: int, version: str, base_digest: str) -> None:
+    """Publish the approval of ``version`` with two approver keys, as `otaml promote` + `otaml trust approve` do."""
+    from edge_runtime.trust.approval import Approval
+    from registry.tuf.site import TrustSite
 
-    payload = build_payload(
-        digest=digest,
-        reference=f"{address}/{REPO}",
-        model=MODEL,
-        version=version,
-        channel=CHANNEL,
-        approver="bench",
-    )
-    push_signature(open_signature_store(f"{address}/{REPO}"), digest, sign_payload(key, payload))
+    approval = Approval(CHANNEL, MODEL, int(version), digest, length, base_digest)
+    with TrustSite(site).locked() as repo:
+        repo.propose(approval, approvers[0])
+        repo.approve_pending(approvers[1])
 
 
 # ── the bench ──────────────────────────────────────────────────────────────────────────────────────
@@ -256,9 +255,11 @@ def main() -> int:
     say: Callable[[str], None] = (lambda m: print(m, file=sys.stderr, flush=True)) if args.json else print
 
     from edge_runtime.agent.handover import IptablesRedirect
-    from otaml.localstack import LocalContainerd, LocalRegistry, build_runtime_image
-    from registry.bake import bake, tag
-    from registry.signing import generate_keys, load_private_key
+    from otaml.localstack import LocalBroker, LocalContainerd, LocalRegistry, build_runtime_image
+    from otaml.static_http import StaticServer
+    from registry.bake import bake
+    from registry.tuf import keys as tuf_keys
+    from registry.tuf.site import init
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-agent-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -269,7 +270,12 @@ def main() -> int:
     namespace = "agent-bench"
     registry = LocalRegistry(work / "registry")
     containerd = LocalContainerd(tempfile.mkdtemp(prefix="ctrd-"), namespace)  # short: socket path limit
+    broker = LocalBroker(work / "mqtt", devices=("bench-device",))
+    trust = init(work / "trust", work / "approver-keys", approvers=3, threshold=2)
+    approvers = [tuf_keys.load_signer(p) for p in trust.approver_keys]
+    metadata = StaticServer(trust.site.metadata_dir).start()
     try:
+        mqtt_host, mqtt_port = broker.start()
         address = registry.start()
         socket = containerd.start().socket
         base = f"{address}/otaml/runtime:base"
@@ -285,16 +291,24 @@ def main() -> int:
         say("training the default model with the pipeline …")
         bundle, detector = train_default_bundle(work)
         readings = json.loads((bundle / "model.json").read_text())["golden"]["readings"]
-        keys = generate_keys(work / "keys")
-        key = load_private_key(keys.private_key)
         n = args.updates
-        say(f"baking and signing {n + 3} images of the {detector} model …")
-        for v in range(1, n + 3):
-            result = bake(base, relabelled(bundle, work / "bundles" / f"v{v}", str(v)), f"{address}/{REPO}")
-            sign(key, address, result.index_digest, str(v))
-        bad_version = str(n + 10)
-        bad = relabelled(bundle, work / "bundles" / "bad", bad_version, golden_shift=0.5)
-        sign(key, address, bake(base, bad, f"{address}/{REPO}").index_digest, bad_version)
+        say(f"baking {n + 3} images of the {detector} model …")
+        # Versions 1..n+1 update in turn; n+2 fails its canary (golden mismatch); n+3 dies in probation.
+        baked: dict[str, Any] = {}
+        for v in range(1, n + 4):
+            shift = 0.5 if v == n + 2 else 0.0
+            result = bake(
+                base, relabelled(bundle, work / "bundles" / f"v{v}", str(v), golden_shift=shift), f"{address}/{REPO}"
+            )
+            baked[str(v)] = result
+
+        def approve_version(version: str) -> str:
+            result = baked[version]
+            base_digest = result.manifests[0].base_manifest_digest
+            approve(trust.site.path, approvers, result.index_digest, result.index_size, version, base_digest)
+            return str(result.index_digest)
+
+        bad_version = str(n + 2)
 
         public, a, b = free_port(), free_port(), free_port()
         state_dir = work / "state"
@@ -306,9 +320,12 @@ def main() -> int:
             f'[service]\npublic_port = {public}\nprivate_ports = [{a}, {b}]\nhost = "127.0.0.1"\n'
             f'[update]\nprobation_s = {args.probation}\nwarm_rollback = "{args.warm_rollback}"\n'
             f'[agent]\nstate_dir = "{state_dir}"\n'
-            f'[verification]\npublic_key = "{keys.public_key}"\nmodel = "{MODEL}"\n'
+            f'[trust]\nmetadata_url = "{metadata.url}"\ntrusted_root = "{trust.trusted_root}"\nmodel = "{MODEL}"\n'
+            '[device]\nid = "bench-device"\n'
+            f'[fleet]\nbroker_host = "{mqtt_host}"\nbroker_port = {mqtt_port}\n'
+            f'password_file = "{broker.password_file("bench-device")}"\n'
         )
-        tag(f"{address}/{REPO}:model-v1", CHANNEL, force=True)
+        approve_version("1")
         with open(work / "agent.log", "wb") as log:
             agent_proc = subprocess.Popen(
                 [sys.executable, "-m", "edge_runtime", "agent", "run", "--config", str(config)],
@@ -332,7 +349,7 @@ def main() -> int:
         for v in range(2, n + 2):
             load.mark(f"update-v{v}")
             moved = time.monotonic()
-            tag(f"{address}/{REPO}:model-v{v}", CHANNEL, force=True)
+            approve_version(str(v))
             wait_until(lambda v=v, t=moved: load.first_answer(str(v), t) is not None, 300, f"v{v} answering")
             delays.append((load.first_answer(str(v), moved) or moved) - moved)
             wait_until(lambda v=v: serving() == str(v), 300, f"v{v} out of probation")
@@ -343,11 +360,11 @@ def main() -> int:
         load.mark("between")
         time.sleep(1)
 
-        # A failed canary: the channel moves to a signed image whose golden replay fails.
+        # A failed canary: an approved image whose golden replay fails.
         previous = str(n + 1)
         load.mark("failed-canary")
         moved = time.monotonic()
-        bad_digest = tag(f"{address}/{REPO}:model-v{bad_version}", CHANNEL, force=True)
+        bad_digest = approve_version(bad_version)
         wait_until(lambda: bad_digest in read_state(state_dir).get("blocked", {}), 300, "bad digest blocked")
         canary_blocked_s = time.monotonic() - moved
         wait_until(lambda: serving() == previous, 60, "agent idle again")
@@ -355,9 +372,9 @@ def main() -> int:
         time.sleep(1)
 
         # A probation failure: a good image whose container is SIGKILLed once it serves, in probation.
-        good = str(n + 2)
+        good = str(n + 3)
         load.mark(f"update-v{good}")
-        tag(f"{address}/{REPO}:model-v{good}", CHANNEL, force=True)
+        approve_version(good)
 
         def in_probation() -> bool:
             state = read_state(state_dir)
@@ -408,7 +425,8 @@ def main() -> int:
                 "probation_s": args.probation,
                 "warm_rollback": args.warm_rollback,
                 "keep_alive": args.keep_alive,
-                "signatures": True,
+                "approvals": "TUF, 2 of 3 keys",
+                "fleet_reporting": "MQTT (Mosquitto)",
             },
             "update": {
                 "move_to_answering_s": {
@@ -460,16 +478,17 @@ def main() -> int:
             print()
             print(
                 f"agent bench: {detector} model (pipeline defaults), {n} updates at {args.rate:g} req/s, poll "
-                f"{args.poll:g} s, probation {args.probation:g} s, warm_rollback {args.warm_rollback}, signatures on"
+                f"{args.poll:g} s, probation {args.probation:g} s, warm_rollback {args.warm_rollback}, TUF approvals, "
+                "MQTT reporting"
             )
             d = u["move_to_answering_s"]
             print(
-                f"  channel move → new version answering: median {d['median']:.2f} s "
+                f"  approval published → new version answering: median {d['median']:.2f} s "
                 f"(min {d['min']:.2f}, max {d['max']:.2f})"
             )
             print(f"  failed requests during the {n} updates: {u['failed']} of {u['requests']} ({u['missed']} missed)")
             print(
-                f"  failed canary: digest blocked {c['blocked_after_s']:.2f} s after the move, "
+                f"  failed canary: digest blocked {c['blocked_after_s']:.2f} s after its approval, "
                 f"{c['failed']} of {c['requests']} failed"
             )
             print(
@@ -498,6 +517,8 @@ def main() -> int:
             IptablesRedirect(public).remove()
         containerd.stop()  # removes every container left in the namespace first
         registry.stop()
+        broker.stop()
+        metadata.stop()
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
 

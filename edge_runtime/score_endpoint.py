@@ -113,6 +113,8 @@ class ScoreEndpoint:
                 max_stream_id_length=settings.max_stream_id_length,
             )
         except RequestError as exc:
+            if self.metrics.field is not None:
+                self.metrics.field.observe_error(exc.status)
             return exc.status, error_body(exc.code, exc.message)
         streams = self.scorer.streams
         evicted = streams.evicted
@@ -127,6 +129,8 @@ class ScoreEndpoint:
         # `>=` like the pipeline's evaluation and parity checks: a score at the threshold is anomalous.
         flags = [value >= threshold for value in values]
         self.metrics.observe_scores(len(flags), sum(flags))
+        if self.metrics.field is not None:
+            self.metrics.field.observe(parsed.readings, scores)
         # Encoded by hand around the constant part: what json.dumps gives (floats by repr, all finite here).
         return 200, b"".join(
             (

@@ -19,7 +19,15 @@ from registry.field.report import (
     render_text,
     retrain_advice,
 )
-from registry.field.simulate import SimulatedDevice, drift_timeline, run_device, simulate_fleet
+from registry.field.simulate import (
+    SimulatedDevice,
+    drift_timeline,
+    fleet,
+    run_device,
+    sigma_shift,
+    simulate_fleet,
+    stream_readings,
+)
 from registry.field.sources import read_jsonl, write_jsonl
 
 __all__ = [
@@ -34,12 +42,15 @@ __all__ = [
     "aggregate",
     "drift_timeline",
     "field_metrics",
+    "fleet",
     "log_to_mlflow",
     "parse_summary",
     "read_jsonl",
     "render_text",
     "retrain_advice",
     "run_device",
+    "sigma_shift",
     "simulate_fleet",
+    "stream_readings",
     "write_jsonl",
 ]

@@ -84,3 +84,40 @@ def drift_timeline(entries: Sequence[tuple[str, Sequence[str], Mapping[str, Any]
                 }
             )
     return rows
+
+
+def stream_readings(telemetry: Any, start: float = 0.0, stop: float = 1.0) -> dict[str, npt.NDArray[np.float64]]:
+    """Each stream's raw readings (sensor order) from ``start`` to ``stop`` of its length (fractions, time order).
+
+    ``telemetry`` is a :class:`pipeline.telemetry.Telemetry`. ``0.0 .. 0.6`` is the pipeline's training split.
+    """
+    if not 0.0 <= start < stop <= 1.0:
+        raise ValueError(f"start {start} and stop {stop} must satisfy 0 <= start < stop <= 1.")
+    out = {}
+    for name, frame in telemetry.streams():
+        values = frame[list(telemetry.sensors)].to_numpy(dtype=np.float64)
+        out[name] = values[int(start * len(values)) : int(stop * len(values))]
+    return out
+
+
+def sigma_shift(
+    streams: Mapping[str, npt.NDArray[np.float64]], sensors: Sequence[str], sensor: str, sigmas: float
+) -> dict[str, float]:
+    """``{sensor: sigmas x its standard deviation over all streams}``: a shift for :class:`SimulatedDevice`."""
+    if sensor not in sensors:
+        raise ValueError(f"{sensor!r} is not one of the sensors {list(sensors)}.")
+    column = np.concatenate([x[:, list(sensors).index(sensor)] for x in streams.values()])
+    return {sensor: float(sigmas * np.std(column))}
+
+
+def fleet(
+    bundle: str | os.PathLike[str],
+    streams: Mapping[str, npt.NDArray[np.float64]],
+    *,
+    devices: int,
+    prefix: str,
+    group: str,
+    shift: Mapping[str, float] | None = None,
+) -> list[SimulatedDevice]:
+    """``devices`` gateways serving ``bundle``, each scoring all of ``streams``, ids ``<prefix>-<n>``, one group."""
+    return [SimulatedDevice(f"{prefix}-{i + 1}", (group,), bundle, streams, dict(shift or {})) for i in range(devices)]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -45,15 +46,19 @@ SUMMARY_SCHEMA = 1
 Array = npt.NDArray[np.float64]
 
 
-def _padded_edges(reference: FieldReference) -> tuple[Array, npt.NDArray[np.float64], int]:
-    """Sensor edges as one (S, E) matrix padded with +inf, training shares (S, E + 1), and E + 1."""
-    width = max(len(hist.edges) for _, hist in reference.sensors)
-    edges = np.full((len(reference.sensors), width), np.inf)
-    shares = np.zeros((len(reference.sensors), width + 1))
-    for i, (_, hist) in enumerate(reference.sensors):
-        edges[i, : len(hist.edges)] = hist.edges
-        shares[i, : len(hist.fractions)] = hist.fractions
-    return edges, shares, width + 1
+def _padded_edges(reference: FieldReference | None) -> tuple[Array, Array]:
+    """Edges as one matrix, a row per sensor then one for the score, padded with +inf; training shares per sensor."""
+    rows = [hist.edges for _, hist in reference.sensors] if reference is not None else []
+    rows.append(reference.score.edges if reference is not None else ())
+    width = max(len(r) for r in rows)
+    edges = np.full((len(rows), width), np.inf)
+    for i, row in enumerate(rows):
+        edges[i, : len(row)] = row
+    shares = np.zeros((len(rows) - 1, width + 1))
+    if reference is not None:
+        for i, (_, hist) in enumerate(reference.sensors):
+            shares[i, : len(hist.fractions)] = hist.fractions
+    return edges, shares
 
 
 def histogram_quantile(q: float, edges: Sequence[float], counts: Sequence[int] | npt.NDArray[np.int64]) -> float | None:
@@ -111,29 +116,26 @@ class FieldMetrics:
         self.window_size = window
         self.since = clock()
         self._sub = math.ceil(window / sub_windows)
-        if reference is not None:
-            self.features: tuple[str, ...] = tuple(name for name, _ in reference.sensors)
-            self._edges, self._shares, self._buckets = _padded_edges(reference)
-            self.score_edges: tuple[float, ...] = reference.score.edges
-        else:
-            self.features = ()
-            self._edges = np.zeros((0, 0))
-            self._shares = np.zeros((0, 1))
-            self._buckets = 1
-            self.score_edges = ()
-        self._score_edges = np.asarray(self.score_edges, dtype=np.float64)
-        n_sensor_cells = len(self.features) * self._buckets
-        self._sensor_offsets = np.arange(len(self.features), dtype=np.intp) * self._buckets
-        self._score_at = n_sensor_cells
-        self._score_cells = len(self.score_edges) + 1
-        # Layout of one row: sensor buckets (S x B), score buckets, readings, anomalies.
-        self._readings_at = n_sensor_cells + self._score_cells
-        self._width = self._readings_at + 2
-        self._slots = np.zeros((sub_windows, self._width), dtype=np.int64)
-        self._totals = np.zeros(self._width, dtype=np.int64)
+        self.features: tuple[str, ...] = tuple(n for n, _ in reference.sensors) if reference is not None else ()
+        self.score_edges: tuple[float, ...] = reference.score.edges if reference is not None else ()
+        # One comparison against this matrix buckets every sensor and the score of a batch at once.
+        self._edges, self._shares = _padded_edges(reference)
+        self._buckets = self._edges.shape[1] + 1
+        self._offsets = np.arange(self._edges.shape[0], dtype=np.intp) * self._buckets
+        self._cells = self._edges.shape[0] * self._buckets
+        self._edge_lists = [[e for e in row if e != math.inf] for row in self._edges.tolist()]
+        self._offset_list = self._offsets.tolist()
+        self._score_at = len(self.features) * self._buckets
+        self._score_stop = self._score_at + len(self.score_edges) + 1
+        # The ring of sub-windows: bucket counts (numpy), readings and anomalies (ints) per sub-window.
+        self._slots = np.zeros((sub_windows, self._cells), dtype=np.int64)
+        self._slot_readings = [0] * sub_windows
+        self._slot_anomalies = [0] * sub_windows
+        self._retired = np.zeros(self._score_stop - self._score_at, dtype=np.int64)  # scores of dropped slots
+        self._pending = [0] * self._cells
+        self._pending_count = 0
         self._slot = 0
         self._fill = 0
-        self.score_counts = np.zeros(self._score_cells, dtype=np.int64)  # cumulative, for otaml_score
         self.score_sum = 0.0
         self.readings = 0
         self.anomalies = 0
@@ -142,14 +144,22 @@ class FieldMetrics:
 
     # ----------------------------------------------------------------- updates (the scoring path)
 
-    def observe(self, readings: Array, scores: Array) -> None:
-        """Count one scored request: ``readings`` (n, n_sensors) and their ``scores`` (n,)."""
+    def observe(self, readings: Array, scores: Array, anomalies: int | None = None) -> None:
+        """Count one scored request: ``readings`` (n, n_sensors), their ``scores`` (n,), and how many of them
+        reached the threshold when the caller already knows (else counted here)."""
         self.requests += 1
         n = scores.shape[0]
+        if self._fill + n < self._sub:  # the usual case: the batch fits in the current sub-window
+            if anomalies is None:
+                anomalies = int(np.count_nonzero(scores >= self.threshold))
+            self._add(readings, scores, n, anomalies)
+            self._fill += n
+            return
         start = 0
         while start < n:
             take = min(n - start, self._sub - self._fill)
-            self._add(readings[start : start + take], scores[start : start + take])
+            part = scores[start : start + take]
+            self._add(readings[start : start + take], part, take, int(np.count_nonzero(part >= self.threshold)))
             start += take
             self._fill += take
             if self._fill >= self._sub:
@@ -160,42 +170,61 @@ class FieldMetrics:
         if status in INPUT_ERROR_STATUSES:
             self.input_errors += 1
 
-    def _add(self, readings: Array, scores: Array) -> None:
-        score_cells = np.searchsorted(self._score_edges, scores, side="left") + self._score_at
-        if self.features:
-            # Bucket of each value = how many of its sensor's edges lie strictly below it ("le" buckets).
-            buckets = (readings[:, :, None] > self._edges).sum(axis=2) + self._sensor_offsets
-            cells = np.concatenate((buckets.ravel(), score_cells))
-        else:
-            cells = score_cells
-        row = np.bincount(cells, minlength=self._width)
-        anomalies = int(np.count_nonzero(scores >= self.threshold))
-        n = scores.shape[0]
-        row[self._readings_at] = n
-        row[self._readings_at + 1] = anomalies
-        self._slots[self._slot] += row
-        self._totals += row
-        self.score_counts += row[self._score_at : self._readings_at]
+    def _add(self, readings: Array, scores: Array, n: int, anomalies: int) -> None:
+        if n == 1:  # one reading a request is the common case: plain Python is cheaper than numpy dispatch
+            self._add_one(readings, scores, anomalies)
+            return
+        column = scores.reshape(-1, 1)
+        values = np.concatenate((readings, column), axis=1) if self.features else column
+        # Bucket of each value = how many of its row's edges lie strictly below it ("le" buckets).
+        cells = ((values[:, :, None] > self._edges).sum(axis=2) + self._offsets).ravel()
+        self._slots[self._slot] += np.bincount(cells, minlength=self._cells)
+        self._slot_readings[self._slot] += n
+        self._slot_anomalies[self._slot] += anomalies
         self.score_sum += float(scores.sum())
         self.readings += n
         self.anomalies += anomalies
 
+    def _add_one(self, readings: Array, scores: Array, anomalies: int) -> None:
+        score = float(scores[0])
+        values = [*readings[0].tolist(), score] if self.features else [score]
+        pending = self._pending
+        # The same buckets as the batch path: bisect_left counts the edges strictly below the value.
+        for offset, edges, value in zip(self._offset_list, self._edge_lists, values, strict=True):
+            pending[offset + bisect_left(edges, value)] += 1
+        self._pending_count += 1
+        self._slot_readings[self._slot] += 1
+        self._slot_anomalies[self._slot] += anomalies
+        self.score_sum += score
+        self.readings += 1
+        self.anomalies += anomalies
+
+    def _flush(self) -> None:
+        """Move the single-reading counts (kept in a Python list: cheaper per reading) into the current slot."""
+        if self._pending_count:
+            self._slots[self._slot] += np.asarray(self._pending, dtype=np.int64)
+            self._pending = [0] * self._cells
+            self._pending_count = 0
+
     def _rotate(self) -> None:
+        self._flush()
         self._slot = (self._slot + 1) % self._slots.shape[0]
-        self._totals -= self._slots[self._slot]
+        self._retired += self._slots[self._slot, self._score_at : self._score_stop]
         self._slots[self._slot] = 0
+        self._slot_readings[self._slot] = 0
+        self._slot_anomalies[self._slot] = 0
         self._fill = 0
 
     # ----------------------------------------------------------------- reads
 
     @property
     def window_readings(self) -> int:
-        return int(self._totals[self._readings_at])
+        return sum(self._slot_readings)
 
     @property
     def anomaly_ratio(self) -> float | None:
         n = self.window_readings
-        return None if n == 0 else int(self._totals[self._readings_at + 1]) / n
+        return None if n == 0 else sum(self._slot_anomalies) / n
 
     @property
     def input_error_ratio(self) -> float:
@@ -204,7 +233,14 @@ class FieldMetrics:
 
     @property
     def window_score_counts(self) -> npt.NDArray[np.int64]:
-        return self._totals[self._score_at : self._readings_at].copy()
+        self._flush()
+        counts: npt.NDArray[np.int64] = self._slots[:, self._score_at : self._score_stop].sum(axis=0)
+        return counts
+
+    @property
+    def score_counts(self) -> npt.NDArray[np.int64]:
+        """Score bucket counts since start (``otaml_score``)."""
+        return self._retired + self.window_score_counts
 
     def drift_state(self) -> str:
         """``ok``, ``no_reference`` (the bundle has none) or ``warming_up`` (less than a sub-window seen)."""
@@ -218,7 +254,8 @@ class FieldMetrics:
         """PSI per raw sensor over the window (spec order); empty unless :meth:`drift_state` is ``ok``."""
         if self.drift_state() != "ok":
             return {}
-        counts = self._totals[: self._score_at].reshape(len(self.features), self._buckets)
+        self._flush()
+        counts = self._slots[:, : self._score_at].sum(axis=0).reshape(len(self.features), self._buckets)
         return dict(zip(self.features, population_stability(counts, self._shares).tolist(), strict=True))
 
     def score_quantiles(self, window: bool = True) -> dict[str, float | None]:
@@ -227,7 +264,7 @@ class FieldMetrics:
 
     def state_bytes(self) -> int:
         """Bytes of the numpy state: fixed at construction, whatever the number of readings."""
-        arrays = (self._slots, self._totals, self.score_counts, self._edges, self._shares, self._score_edges)
+        arrays = (self._slots, self._retired, self._edges, self._shares)
         return sum(a.nbytes for a in arrays)
 
 

@@ -204,3 +204,19 @@ def test_a_3_sigma_shift_on_one_sensor_alerts_on_that_sensor_only(trained_field:
     assert all(value < PSI_ALERT for other, value in psi.items() if other != name), psi
     assert summary(field)["psi"]
     assert next(iter(summary(field)["psi"])) == name
+
+
+def test_one_reading_at_a_time_counts_exactly_like_batches() -> None:
+    reference = uniform_reference(["a", "b", "c"])
+    rng = np.random.default_rng(3)
+    readings, scores = rng.random((300, 3)), rng.random(300)
+    readings[::7] = 0.5  # values on an edge
+    one, batched = (FieldMetrics("m", "1", 0.9, reference, window=256) for _ in range(2))
+    for i in range(300):
+        one.observe(readings[i : i + 1], scores[i : i + 1])
+    for i in range(0, 300, 37):
+        batched.observe(readings[i : i + 37], scores[i : i + 37])
+    assert one.score_counts.tolist() == batched.score_counts.tolist()
+    assert one.psi() == batched.psi()
+    assert one.anomaly_ratio == batched.anomaly_ratio
+    assert one.score_sum == pytest.approx(batched.score_sum)

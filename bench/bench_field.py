@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_field.py --json                  # pca, 3 rounds of on/off, ~6 min
     .venv/bin/python bench/bench_field.py --detector iforest_raw --rounds 5
+    .venv/bin/python bench/bench_field.py --bundle DIR --fixed-only --rounds 6   # a bundle at hand, 100 req/s only
 
 Models: ``otaml data synth`` + ``otaml train`` with default settings (bench/pipeline_models.py); the shipped
 bundle of ``--detector`` (which carries its field reference). Each round serves it twice, field metrics on
@@ -86,6 +87,8 @@ def serve_once(bundle: Path, field_on: bool, data: dict[str, Any], args: argpars
             "single": (json.dumps({"stream": "@STREAM@", "readings": single}), 1),
             "batch": (json.dumps({"stream": "@STREAM@", "readings": data["readings"]}), 100),
         }
+        if args.fixed_only:
+            bodies = {}
         fixed = ("/v1/score", {"stream": "fixed", "readings": single})
         result = measure(monitor, f"http://127.0.0.1:{port}/v1/score", port, bodies, fixed, args, work)
         import httpx
@@ -106,15 +109,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fixed-rps", type=float, default=100)
     parser.add_argument("--fixed-seconds", type=float, default=10)
     parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    parser.add_argument("--bundle", type=Path, help="measure this bundle (its golden readings as bodies), no training")
+    parser.add_argument("--fixed-only", action="store_true", help="only the 100 req/s load")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="otaml-bench-field-") as tmp:
         work = Path(tmp)
-        log("training the default models (otaml data synth + otaml train) ...")
-        models = train_default_models(work / "models")
-        bundle = models.bundles[args.detector]
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        data = request_bodies(bundle, work / "models" / "telemetry.csv", env)
+        if args.bundle is not None:
+            bundle = args.bundle
+            golden = json.loads((bundle / "model.json").read_text())["golden"]["readings"]
+            data = {"readings": (golden * (100 // len(golden) + 1))[:100]}
+        else:
+            log("training the default models (otaml data synth + otaml train) ...")
+            models = train_default_models(work / "models")
+            bundle = models.bundles[args.detector]
+            data = request_bodies(bundle, work / "models" / "telemetry.csv", env)
         done = subprocess.run([sys.executable, "-c", _OBSERVE, str(bundle), json.dumps(data["readings"])],
                               env=env, capture_output=True, text=True, check=True)  # fmt: skip
         observe = json.loads(done.stdout)
@@ -136,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         return statistics.median(values)
 
     summary: dict[str, Any] = {"detector": args.detector, "rounds": args.rounds, "in_process_us": observe}
-    for kind in ("single", "batch"):
+    for kind in () if args.fixed_only else ("single", "batch"):
         on, off = med("on", kind, "cpu_s_per_1k_readings"), med("off", kind, "cpu_s_per_1k_readings")
         summary[kind] = {
             "cpu_ms_per_reading_on": on,
@@ -153,11 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     summary["peak_hwm_mb"] = {"on": med("on", "peak_hwm_mb"), "off": med("off", "peak_hwm_mb")}
     summary["v1_field_bytes"] = med("on", "v1_field_bytes")
-    summary["failed_requests"] = sum(r[k]["failed"] for m in runs.values() for r in m for k in ("single", "batch"))
+    loads = () if args.fixed_only else ("single", "batch")
+    summary["failed_requests"] = sum(r[k]["failed"] for m in runs.values() for r in m for k in loads) + sum(
+        r["fixed"]["failed"] for m in runs.values() for r in m
+    )
     if args.json:
         print(json.dumps({"summary": summary, "runs": runs}, indent=2, default=str))
     else:
-        for kind in ("single", "batch"):
+        for kind in loads:
             s = summary[kind]
             print(f"{kind}: CPU per reading on {s['cpu_ms_per_reading_on']:.4f} ms, off "
                   f"{s['cpu_ms_per_reading_off']:.4f} ms ({s['cpu_increase_percent']:+.1f} %)")  # fmt: skip

@@ -142,6 +142,11 @@ def api_app(service: ScoringService) -> FastAPI:
         """The model card without golden data."""
         return respond(handlers.model())
 
+    @app.get("/v1/field", responses=_responses({"type": "object"}, 404))
+    async def field() -> Response:
+        """The compact field summary of the served version (docs/field.md)."""
+        return respond(handlers.field())
+
     @app.get("/metrics", responses={200: {"description": "Prometheus text", "content": {"text/plain": {}}}})
     async def prometheus() -> Response:
         """Prometheus text exposition."""

@@ -17,8 +17,18 @@ everything and raises :class:`BundleError` with a message that names the field a
       "onnx": {"file": "model.onnx", "sha256": "...", "opset": 17, "input_name": "features",
                "output_name": "score", "quantization": "none" | "int8-dynamic", "quantization_note": "..."},
       "metrics": {"f1": 0.9, ...},
-      "golden": {"readings": [[...], ...], "scores": [...], "tolerance": 1e-4}
+      "golden": {"readings": [[...], ...], "scores": [...], "tolerance": 1e-4},
+      "field_reference": {                                    # optional: the device's drift reference
+        "rows": 12000, "source": "training split",
+        "sensors": [{"name": "temperature", "edges": [...], "fractions": [...]}, ...],   # spec order
+        "score": {"edges": [...], "fractions": [...]}
+      }
     }
+
+``field_reference`` holds fixed-bucket histograms of the training data: ``edges`` are the inner bucket
+bounds (strictly increasing, finite), so ``len(edges) + 1`` buckets with open outer ones, bucket ``i``
+holding values ``edges[i-1] < x <= edges[i]`` (Prometheus ``le`` semantics); ``fractions`` are the share of
+training rows in each bucket. A bundle without it still loads; the device then reports no drift.
 
 Golden vectors are raw readings of one stream, scored from an empty history; the runtime replays
 them at start-up and refuses to become ready unless every score matches within ``tolerance``.
@@ -27,6 +37,7 @@ them at start-up and refuses to become ready unless every score matches within `
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -60,6 +71,35 @@ class GoldenVectors:
 
 
 @dataclass(frozen=True)
+class ReferenceHistogram:
+    """A fixed-bucket histogram: ``len(edges) + 1`` buckets (open outer ones), training share per bucket."""
+
+    edges: tuple[float, ...]
+    fractions: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"edges": list(self.edges), "fractions": list(self.fractions)}
+
+
+@dataclass(frozen=True)
+class FieldReference:
+    """What the device compares its field data with: per raw sensor (spec order) and for the score."""
+
+    sensors: tuple[tuple[str, ReferenceHistogram], ...]
+    score: ReferenceHistogram
+    rows: int
+    source: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "source": self.source,
+            "sensors": [{"name": name, **hist.to_dict()} for name, hist in self.sensors],
+            "score": self.score.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
 class OnnxInfo:
     sha256: str
     opset: int
@@ -86,9 +126,10 @@ class ModelCard:
     metrics: dict[str, float] = field(default_factory=dict)
     created_at: str = ""
     schema_version: int = SCHEMA_VERSION
+    field_reference: FieldReference | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "schema_version": self.schema_version,
             "name": self.name,
             "version": self.version,
@@ -117,6 +158,10 @@ class ModelCard:
                 "tolerance": self.golden.tolerance,
             },
         }
+        # Absent, not null, when missing: bundles written before field metrics keep their exact bytes.
+        if self.field_reference is not None:
+            data["field_reference"] = self.field_reference.to_dict()
+        return data
 
     def public_dict(self) -> dict[str, Any]:
         """What a device shows about its model (``GET /v1/model``): everything but the golden data."""
@@ -190,6 +235,51 @@ def _finite(value: object, where: str) -> float:
     if not math.isfinite(number):
         raise BundleError(f"{where} is {value!r}; expected a finite number. Re-export the bundle.")
     return number
+
+
+def _histogram(data: Any, where: str) -> ReferenceHistogram:
+    if not isinstance(data, dict):
+        raise BundleError(f"{where} must be an object with 'edges' and 'fractions', got {data!r}.")
+    edges = [_finite(v, f"{where} edge {i}") for i, v in enumerate(_require(data, "edges", list, where))]
+    fractions = [_finite(v, f"{where} fraction {i}") for i, v in enumerate(_require(data, "fractions", list, where))]
+    if any(b <= a for a, b in itertools.pairwise(edges)):
+        raise BundleError(f"{where}: edges {edges!r} must be strictly increasing. Re-export the bundle.")
+    if len(fractions) != len(edges) + 1:
+        raise BundleError(
+            f"{where}: {len(edges)} edges make {len(edges) + 1} buckets, but {len(fractions)} fractions are given. "
+            "Re-export the bundle."
+        )
+    if any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-3:
+        raise BundleError(
+            f"{where}: fractions {fractions!r} must be >= 0 and sum to 1 (they sum to {sum(fractions):.6g}). "
+            "Re-export the bundle."
+        )
+    return ReferenceHistogram(tuple(edges), tuple(fractions))
+
+
+def parse_field_reference(data: Any, features: FeatureSpec, where: str = MODEL_JSON) -> FieldReference:
+    """Validate a decoded ``field_reference`` section against the card's feature spec."""
+    where = f"{where} field_reference"
+    if not isinstance(data, dict):
+        raise BundleError(f"{where} must be an object, got {type(data).__name__}.")
+    rows = _require(data, "rows", int, where)
+    if rows < 1:
+        raise BundleError(f"{where}: rows {rows!r} must be >= 1 (the training rows the histograms count).")
+    sensors = _require(data, "sensors", list, where)
+    names = [entry.get("name") if isinstance(entry, dict) else None for entry in sensors]
+    if names != list(features.sensors):
+        raise BundleError(
+            f"{where}: sensors {names!r} must list the feature spec's sensors in order, {list(features.sensors)!r}. "
+            "Re-export the bundle."
+        )
+    return FieldReference(
+        sensors=tuple(
+            (name, _histogram(entry, f"{where} sensor {name!r}")) for name, entry in zip(names, sensors, strict=True)
+        ),
+        score=_histogram(_require(data, "score", dict, where), f"{where} score"),
+        rows=rows,
+        source=str(data.get("source", "")),
+    )
 
 
 def parse_card(data: Any, where: str = MODEL_JSON) -> ModelCard:
@@ -271,6 +361,8 @@ def parse_card(data: Any, where: str = MODEL_JSON) -> ModelCard:
     mlflow_info = data.get("mlflow", {})
     if not isinstance(mlflow_info, dict):
         raise BundleError(f"{where}: 'mlflow' must be an object, got {mlflow_info!r}.")
+    reference = data.get("field_reference")
+    field_reference = None if reference is None else parse_field_reference(reference, features, where)
     return ModelCard(
         name=_require(data, "name", str, where),
         version=str(_require(data, "version", (str, int), where)),
@@ -284,6 +376,7 @@ def parse_card(data: Any, where: str = MODEL_JSON) -> ModelCard:
         metrics={str(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
         created_at=str(data.get("created_at", "")),
         schema_version=schema,
+        field_reference=field_reference,
     )
 
 

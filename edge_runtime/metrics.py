@@ -6,7 +6,11 @@ One event loop serves every request, so plain counters suffice (no locks).
 from __future__ import annotations
 
 import bisect
+import math
 import os
+from collections.abc import Callable
+
+from edge_runtime.field_metrics import FieldMetrics
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -43,10 +47,13 @@ def process_memory() -> dict[str, int]:
 
 
 class Metrics:
-    """The service's counters, one latency histogram per route, and static model info."""
+    """The service's counters, one latency histogram per route, static model info, and the field metrics."""
 
-    def __init__(self, model_name: str, model_version: str, bundle_digest: str) -> None:
-        self.info = (("name", model_name), ("version", model_version), ("digest", bundle_digest))
+    def __init__(
+        self, model_name: str, model_version: str, bundle_digest: str, field: FieldMetrics | None = None
+    ) -> None:
+        self.info = (("model", model_name), ("version", model_version), ("digest", bundle_digest))
+        self.field = field
         self.requests: dict[tuple[str, str, int], int] = {}
         self.latency: dict[str, list[int]] = {}
         self.latency_sum: dict[str, float] = {}
@@ -99,8 +106,15 @@ class Metrics:
         out.append(f"otaml_streams_active {streams_active}")
         family("otaml_streams_evicted_total", "counter", "Streams dropped by the LRU bound (their history restarts).")
         out.append(f"otaml_streams_evicted_total {self.streams_evicted}")
-        family("otaml_model_info", "gauge", "The model being served (always 1).")
+        family(
+            "otaml_model_info",
+            "gauge",
+            "The model being served (always 1); the otaml_score family and the "
+            "field gauges below describe this version.",
+        )
         out.append(f"otaml_model_info{_labels(self.info)} 1")
+        if self.field is not None:
+            render_field(self.field, family, out)
         memory = process_memory()
         family("process_resident_memory_bytes", "gauge", "Resident set size of the serving process.")
         out.append(f"process_resident_memory_bytes {memory['rss']}")
@@ -108,3 +122,32 @@ class Metrics:
         out.append(f'otaml_process_resident_memory_split_bytes{{kind="anon"}} {memory["anon"]}')
         out.append(f'otaml_process_resident_memory_split_bytes{{kind="file"}} {memory["file"]}')
         return "\n".join(out) + "\n"
+
+
+def _number(value: float) -> str:
+    return repr(float(value)) if math.isfinite(value) else ("+Inf" if value > 0 else "NaN")
+
+
+def render_field(field: FieldMetrics, family: Callable[[str, str, str], None], out: list[str]) -> None:
+    """The field metrics of the served version, labelled with it (docs/field.md)."""
+    version = (("version", field.version),)
+    family("otaml_score", "histogram", "Model scores since start, in the bundle's training-score buckets.")
+    cumulative = 0
+    for bound, count in zip((*field.score_edges, math.inf), field.score_counts.tolist(), strict=True):
+        cumulative += count
+        out.append(f"otaml_score_bucket{_labels((*version, ('le', _number(bound))))} {cumulative}")
+    out.append(f"otaml_score_sum{_labels(version)} {_number(field.score_sum)}")
+    out.append(f"otaml_score_count{_labels(version)} {cumulative}")
+    family("otaml_anomaly_ratio", "gauge", "Share of the sliding window's readings at or above the threshold.")
+    ratio = field.anomaly_ratio
+    if ratio is not None:
+        out.append(f"otaml_anomaly_ratio{_labels(version)} {_number(ratio)}")
+    family("otaml_field_window_readings", "gauge", "Readings in the sliding window the field gauges describe.")
+    out.append(f"otaml_field_window_readings{_labels(version)} {field.window_readings}")
+    family(
+        "otaml_feature_drift_psi", "gauge", "Population stability index of each raw sensor: window vs training data."
+    )
+    for name, value in field.psi().items():
+        out.append(f"otaml_feature_drift_psi{_labels((('feature', name), *version))} {_number(value)}")
+    family("otaml_input_error_ratio", "gauge", "Score requests refused as bad input (4xx) over all score requests.")
+    out.append(f"otaml_input_error_ratio{_labels(version)} {_number(field.input_error_ratio)}")

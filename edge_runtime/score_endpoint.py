@@ -113,6 +113,8 @@ class ScoreEndpoint:
                 max_stream_id_length=settings.max_stream_id_length,
             )
         except RequestError as exc:
+            if self.metrics.field is not None:
+                self.metrics.field.observe_error(exc.status)
             return exc.status, error_body(exc.code, exc.message)
         streams = self.scorer.streams
         evicted = streams.evicted
@@ -126,7 +128,10 @@ class ScoreEndpoint:
         values = scores.tolist()
         # `>=` like the pipeline's evaluation and parity checks: a score at the threshold is anomalous.
         flags = [value >= threshold for value in values]
-        self.metrics.observe_scores(len(flags), sum(flags))
+        anomalies = sum(flags)
+        self.metrics.observe_scores(len(flags), anomalies)
+        if self.metrics.field is not None:
+            self.metrics.field.observe(parsed.readings, scores, anomalies)
         # Encoded by hand around the constant part: what json.dumps gives (floats by repr, all finite here).
         return 200, b"".join(
             (

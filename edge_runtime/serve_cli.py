@@ -62,6 +62,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="page out start-up-only library pages after loading (env OTAML_RELEASE_STARTUP_PAGES, default true)",
     )
     add("--http", choices=HTTP_PARSERS, help="HTTP parser (env OTAML_HTTP, default auto: httptools if installed)")
+    add(
+        "--field-metrics",
+        choices=("true", "false"),
+        help="field metrics and GET /v1/field, docs/field.md (env OTAML_FIELD_METRICS, default true)",
+    )
+    add("--field-window", help="readings in the field metrics' sliding window (env OTAML_FIELD_WINDOW, default 4096)")
     add("--drain-seconds", help="longest wait for in-flight requests on SIGTERM (env OTAML_DRAIN_SECONDS, default 30)")
 
 

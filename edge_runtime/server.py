@@ -1,6 +1,7 @@
 """The scoring service: a lean ASGI router in front, a FastAPI application that declares the API.
 
-Routes: ``POST /v1/score``, ``GET /healthz``, ``GET /readyz``, ``GET /v1/model``, ``GET /metrics``, and
+Routes: ``POST /v1/score``, ``GET /healthz``, ``GET /readyz``, ``GET /v1/model``, ``GET /metrics``,
+``GET /v1/field`` (the compact field summary, :mod:`edge_runtime.field_metrics`), and
 ``GET /openapi.json`` (the OpenAPI 3 description).
 
 :class:`ScoringService` is what uvicorn runs. It answers the five operational routes itself, through the
@@ -23,6 +24,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from edge_runtime.bundle import Bundle, load_bundle
+from edge_runtime.field_metrics import FieldMetrics, summary, to_json
 from edge_runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from edge_runtime.metrics import Metrics
 from edge_runtime.score_endpoint import ClientGone, ScoreEndpoint, error_body, json_bytes
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-GET_ROUTES = ("/healthz", "/readyz", "/v1/model", "/metrics", "/openapi.json")
+GET_ROUTES = ("/healthz", "/readyz", "/v1/model", "/metrics", "/v1/field", "/openapi.json")
 ROUTES = ("/v1/score", *GET_ROUTES)
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -75,6 +77,13 @@ class Handlers:
     def prometheus(self) -> Answer:
         return 200, self.metrics.render(len(self.scorer.streams)).encode(), METRICS_CONTENT_TYPE.encode()
 
+    def field(self) -> Answer:
+        field = self.metrics.field
+        if field is None:
+            message = "Field metrics are off on this device (OTAML_FIELD_METRICS=false); set it to true to get them."
+            return 404, error_body("field_metrics_off", message), JSON_TYPE
+        return 200, to_json(summary(field)).encode(), JSON_TYPE
+
 
 async def _answer(send: Send, status: int, body: bytes, content_type: bytes, extra: list[tuple[bytes, bytes]]) -> None:
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *extra]
@@ -98,7 +107,12 @@ class ScoringService:
 
     def __init__(self, scorer: Scorer, settings: ServeSettings, golden: GoldenResult) -> None:
         card = scorer.card
-        self.metrics = Metrics(card.name, card.version, scorer.bundle.digest)
+        field = (
+            FieldMetrics(card.name, card.version, card.threshold, card.field_reference, window=settings.field_window)
+            if settings.field_metrics
+            else None
+        )
+        self.metrics = Metrics(card.name, card.version, scorer.bundle.digest, field)
         self.endpoint = ScoreEndpoint(scorer, settings, self.metrics, golden)
         self.handlers = Handlers(scorer, self.metrics, golden)
         self.settings = settings
@@ -108,6 +122,7 @@ class ScoringService:
             "/readyz": self.handlers.readyz,
             "/v1/model": self.handlers.model,
             "/metrics": self.handlers.prometheus,
+            "/v1/field": self.handlers.field,
         }
         self._api: FastAPI | None = None
         self._api_building: asyncio.Lock | None = None

@@ -56,6 +56,10 @@ class ServeSettings:
     # Optional bearer token on POST /v1/score, read from a file (mode 0600 or a ro mount): a token in the
     # environment would show in `ps` and in the container spec. Probes and /metrics stay open.
     api_token_file: Path | None = None
+    # Field metrics (edge_runtime.field_metrics, docs/field.md): score histogram, anomaly ratio, drift, input
+    # errors over a sliding window of this many readings. false turns them off (and GET /v1/field).
+    field_metrics: bool = True
+    field_window: int = 4096
 
     def api_token(self) -> str | None:
         """The token from ``api_token_file`` (stripped), or None when no file is set; SettingsError if unusable."""
@@ -158,4 +162,6 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "release_startup_pages": _bool,
     "http": _choice(HTTP_PARSERS),
     "api_token_file": _path,
+    "field_metrics": _bool,
+    "field_window": _int(16, 10_000_000),
 }

@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "otaml.cmd_fleet",
     "otaml.cmd_demo",
     "otaml.cmd_rollout",
+    "otaml.cmd_field",
 )
 
 

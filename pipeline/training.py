@@ -397,6 +397,8 @@ def _run_detector(
                 metrics=fitted.metrics,
                 golden_readings=readings,
                 score_scale=scale,
+                reference_readings=fit_rows.raw,
+                reference_features=fit_rows.features,
             )
             for variant, path in bundle_paths.items():
                 mlflow.log_artifacts(str(path), f"bundle/{variant}")

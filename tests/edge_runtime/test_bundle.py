@@ -10,9 +10,11 @@ from edge_runtime.bundle import (
     MODEL_JSON,
     MODEL_ONNX,
     BundleError,
+    FieldReference,
     GoldenVectors,
     ModelCard,
     OnnxInfo,
+    ReferenceHistogram,
     bundle_digest,
     load_bundle,
     write_bundle,
@@ -70,6 +72,49 @@ def _edit_card(path: Path, edit: object) -> None:
     data = json.loads((path / MODEL_JSON).read_text())
     edit(data)  # type: ignore[operator]
     (path / MODEL_JSON).write_text(json.dumps(data))
+
+
+def with_reference(d: dict) -> dict:
+    hist = {"edges": [1.0, 2.0], "fractions": [0.25, 0.5, 0.25]}
+    d["field_reference"] = {
+        "rows": 100,
+        "sensors": [{"name": "temperature", **hist}, {"name": "pressure", **hist}],
+        "score": dict(hist),
+    }
+    return d["field_reference"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: with_reference(d)["sensors"].reverse(), "must list the feature spec's sensors in order"),
+        (lambda d: with_reference(d)["score"].update(edges=[2.0, 1.0]), "strictly increasing"),
+        (lambda d: with_reference(d)["score"].update(edges=[1.0, 1.0]), "strictly increasing"),
+        (lambda d: with_reference(d)["score"].update(fractions=[0.5, 0.5]), "2 edges make 3 buckets"),
+        (lambda d: with_reference(d)["score"].update(fractions=[0.5, 0.5, 0.5]), "sum to 1"),
+        (lambda d: with_reference(d)["score"].update(fractions=[-0.5, 1.0, 0.5]), "must be >= 0"),
+        (lambda d: with_reference(d)["score"].update(edges=[1.0, float("inf")]), "edge 1 is inf"),
+        (lambda d: with_reference(d).update(rows=0), "rows 0 must be >= 1"),
+        (lambda d: with_reference(d).update(rows="many"), "field 'rows'"),
+        (lambda d: with_reference(d).pop("score"), "missing field 'score'"),
+        (lambda d: d.update(field_reference=[]), "field_reference must be an object"),
+    ],
+)
+def test_invalid_field_references_name_the_field(tmp_path: Path, edit: object, message: str) -> None:
+    write_bundle(tmp_path / "b", make_card(), ONNX_BYTES)
+    _edit_card(tmp_path / "b", edit)
+    with pytest.raises(BundleError, match=message):
+        load_bundle(tmp_path / "b")
+
+
+def test_field_reference_round_trips_and_is_optional(tmp_path: Path) -> None:
+    hist = ReferenceHistogram((1.0, 2.0), (0.25, 0.5, 0.25))
+    reference = FieldReference((("temperature", hist), ("pressure", hist)), hist, rows=100, source="test")
+    card = make_card(field_reference=reference)
+    assert write_bundle(tmp_path / "with", card, ONNX_BYTES).card == card
+    without = write_bundle(tmp_path / "without", make_card(), ONNX_BYTES)
+    assert without.card.field_reference is None
+    assert "field_reference" not in json.loads((tmp_path / "without" / MODEL_JSON).read_text())
 
 
 @pytest.mark.parametrize(

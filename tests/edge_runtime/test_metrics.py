@@ -18,7 +18,7 @@ def test_histogram_is_cumulative_and_labels_are_escaped() -> None:
     assert "otaml_readings_scored_total 5" in text
     assert "otaml_anomalies_flagged_total 2" in text
     assert "otaml_streams_active 3" in text
-    assert 'otaml_model_info{name="pump \\"x\\"",version="3",digest="sha256:ab"} 1' in text
+    assert 'otaml_model_info{model="pump \\"x\\"",version="3",digest="sha256:ab"} 1' in text
     assert text.endswith("\n")
 
 

@@ -265,7 +265,7 @@ def test_metrics_count_requests_readings_anomalies_and_memory(client: ASGIClient
     assert 'otaml_http_request_duration_seconds_bucket{route="/v1/score",le="+Inf"} 2' in text
     assert "otaml_readings_scored_total 2" in text
     assert "otaml_anomalies_flagged_total 1" in text
-    assert f'otaml_model_info{{name="pump-anomaly",version="1",digest="{model_bundle.digest}"}} 1' in text
+    assert f'otaml_model_info{{model="pump-anomaly",version="1",digest="{model_bundle.digest}"}} 1' in text
     rss = next(line for line in text.splitlines() if line.startswith("process_resident_memory_bytes "))
     assert int(rss.split()[1]) > 10_000_000
 

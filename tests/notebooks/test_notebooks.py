@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
 EXPLORE = NOTEBOOKS / "01_explore_and_train.ipynb"
 PROMOTE = NOTEBOOKS / "02_promote_and_ship.ipynb"
+FIELD = NOTEBOOKS / "03_field_feedback.ipynb"
 MODEL = "nb-anomaly"
 KERNEL_CHECK = "import sys\nprint('KERNEL_PREFIX=' + sys.prefix)"
 CELL_TIMEOUT_S = 300
@@ -172,7 +173,7 @@ def client(uri: str) -> Any:
 # -- the committed files ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", [EXPLORE, PROMOTE], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [EXPLORE, PROMOTE, FIELD], ids=lambda p: p.name)
 def test_committed_notebook_is_valid_without_outputs_and_has_one_parameters_cell(path: Path) -> None:
     nb = load(path)
     nbformat.validate(nb)
@@ -385,3 +386,39 @@ def test_promote_with_an_image_registry_bakes_signs_pushes_and_shows_the_labels(
     assert "No image registry configured" not in shown
     assert digest in shown
     assert labels[LABEL_BUNDLE_DIGEST] in shown  # the labels, read back from the registry, were displayed
+
+
+@pytest.mark.integration
+def test_field_feedback_compares_versions_logs_to_mlflow_and_decides_to_retrain(tmp_path: Path) -> None:
+    """Notebook 03 on its own store: two trained versions served in-process, one with a shifted sensor."""
+    from otaml.cmd_field import report
+
+    require_kernel()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "out"
+    nb = with_parameters(
+        load(FIELD), devices=2, days=5.0, model_name="nb-field", tracking_uri=uri, out_dir=str(out), gateways=1
+    )
+    execute(nb, tmp_path)
+    assert_ran_in_this_python(nb)
+    printed = text(nb)
+    assert "version 1: keep" in printed
+    assert "version 2: RETRAIN" in printed
+    assert "temperature: PSI >= 0.2 on 1 of 1 devices" in printed
+    assert png_outputs(nb) == 2  # drift over time, one plot per version
+    mlflow = client(uri)
+    for version in ("1", "2"):
+        tags = mlflow.get_model_version("nb-field", version).tags
+        run = mlflow.get_run(tags["field_report_run"])
+        assert run.data.tags["otaml.kind"] == "field"
+        assert "field_anomaly_ratio" in run.data.metrics
+    # The summaries file it wrote is what `otaml field report --from-file` reads.
+    lines: list[str] = []
+    assert report("nb-field", read_summaries(out / "summaries.jsonl"), log=False, out=lines.append) == 0
+    assert "plant-b" in lines[0]
+
+
+def read_summaries(path: Path) -> list[Any]:
+    from registry.field import read_jsonl
+
+    return list(read_jsonl(path))

@@ -66,3 +66,43 @@ def test_shipped_variant_rules(trained: tuple) -> None:
     (only,) = bundling.variants(fp32, trees, replace(parity, int8=None))
     assert only.name == "fp32"
     assert only.note == "quantization changes nothing"
+
+
+def test_bundles_carry_a_field_reference_from_the_fitted_rows(trained: tuple, tmp_path: Path) -> None:
+    spec, raw, fp32, int8, parity, threshold = trained
+    features = batch_features(spec, raw[:1000])
+    paths = bundling.write_bundles(
+        tmp_path / "b",
+        bundling.variants(fp32, int8, parity),
+        provenance=bundling.Provenance("m", "7", "run123", "sqlite:///x.db"),
+        detector="autoencoder",
+        spec=spec,
+        threshold=threshold,
+        metrics={},
+        golden_readings=raw[1200:1232],
+        score_scale=1.0,
+        reference_readings=raw[:1000],
+        reference_features=features,
+    )
+    fp32_ref, int8_ref = (load_bundle(paths[v]).card.field_reference for v in ("fp32", "int8"))
+    assert fp32_ref is not None
+    assert int8_ref is not None
+    assert fp32_ref.rows == 1000
+    assert [name for name, _ in fp32_ref.sensors] == list(spec.sensors)
+    for j, (_, hist) in enumerate(fp32_ref.sensors):
+        assert len(hist.edges) == bundling.SENSOR_BUCKETS - 1
+        assert np.allclose(hist.fractions, 0.1, atol=0.002)  # quantile edges: equal shares
+        assert np.allclose(hist.edges, np.quantile(raw[:1000, j], np.arange(1, 10) / 10))
+    # Score buckets: training-score quantiles and the threshold, each variant from its own ONNX scores.
+    assert threshold.value in fp32_ref.score.edges
+    assert threshold.value in int8_ref.score.edges
+    assert fp32_ref.score.edges != int8_ref.score.edges
+    assert sum(fp32_ref.score.fractions) == pytest.approx(1.0)
+
+
+def test_reference_histogram_dedupes_edges_of_a_stuck_sensor() -> None:
+    values = np.r_[np.zeros(900), np.arange(1, 101)]
+    hist = bundling.reference_histogram(values, np.quantile(values, np.arange(1, 10) / 10))
+    assert list(hist.edges) == sorted(set(hist.edges))
+    assert hist.fractions[0] == pytest.approx(0.9)
+    assert sum(hist.fractions) == pytest.approx(1.0)

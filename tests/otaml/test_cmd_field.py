@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from otaml.cli import main
+from otaml.cmd_field import report
+from registry.field import write_jsonl
+from tests.registry.test_field import _register_version, summary
+
+
+def test_field_report_from_file_prints_json_and_logs_each_version(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    version = _register_version(uri, "pump")
+    path = tmp_path / "summaries.jsonl"
+    write_jsonl(path, [("d1", ["a"], summary(version)), ("d2", ["b"], summary(version)), ("d3", [], "junk")])
+    code = main(["field", "report", "pump", "--from-file", str(path), "--json", "--tracking-uri", uri])
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["malformed"] == {"not_an_object": 1}
+    assert {g["group"] for g in data["groups"]} == {"*", "a", "b"}
+    assert set(data["mlflow_runs"]) == {version}
+    assert data["mlflow_errors"] == {}
+
+
+def test_field_report_text_for_one_version_and_an_unregistered_one(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    version = _register_version(uri, "pump")
+    lines: list[str] = []
+    source = [("d1", ["a"], summary(version)), ("d2", ["a"], summary("77"))]
+    assert report("pump", source, version=version, tracking_uri=uri, out=lines.append) == 0
+    assert "77" not in lines[0]
+    assert any(line.startswith(f"logged to MLflow: pump v{version}") for line in lines)
+    # A version the registry does not know is reported, and the failure to log it is said (exit 1).
+    lines.clear()
+    assert report("pump", source, tracking_uri=uri, out=lines.append) == 1
+    assert any("not logged" in line and "77" in line for line in lines)
+
+
+def test_field_report_needs_a_source(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["field", "report", "pump", "--no-log"]) == 1
+    assert "--from-file" in capsys.readouterr().err
+    assert main(["field", "report", "pump", "--no-log", "--from-file", "/nonexistent/x.jsonl"]) == 1
+    assert "cannot read" in capsys.readouterr().err

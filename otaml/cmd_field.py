@@ -1,8 +1,8 @@
 """``otaml field report NAME``: what a model's versions do on the devices, per version and device group.
 
-Summaries come from ``--from-file`` (JSONL: ``{"device_id", "groups", "summary"}`` per line, what the fleet
-agent publishes); :func:`report` takes any iterable of ``(device_id, groups, summary)``, so another source
-(the fleet's MQTT topics) plugs in without touching the rest. Each reported version is logged to MLflow
+Summaries come from the fleet's broker (``--broker``: every device's retained ``field`` message, with its groups
+from its retained ``state``) or from ``--from-file`` (JSONL: ``{"device_id", "groups", "summary"}`` per line);
+:func:`report` takes any iterable of ``(device_id, groups, summary)``. Each reported version is logged to MLflow
 against its registered model version unless ``--no-log``.
 """
 
@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from edge_runtime.errors import InputError
@@ -25,6 +27,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rep.add_argument("name", help="registered model name")
     rep.add_argument("--version", help="only this version (default: every version reported)")
     rep.add_argument("--from-file", metavar="JSONL", help="device summaries, one JSON object per line")
+    rep.add_argument("--broker", default=os.environ.get("OTAML_BROKER", ""), help="MQTT broker host:port")
+    rep.add_argument("--fleet", default=os.environ.get("OTAML_FLEET", "default"), help="fleet name")
+    rep.add_argument("--username", default=os.environ.get("OTAML_BROKER_USER", "controller"))
+    rep.add_argument(
+        "--password-file",
+        default=os.environ.get("OTAML_BROKER_PASSWORD_FILE", ""),
+        help="file whose first line is the controller's broker password",
+    )
+    rep.add_argument("--tls-ca", default=os.environ.get("OTAML_BROKER_TLS_CA", ""), help="CA file: TLS to the broker")
     rep.add_argument("--json", action="store_true", help="print JSON instead of text")
     rep.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
     rep.add_argument("--tracking-uri", help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI)")
@@ -76,18 +87,47 @@ def report(
     return 1 if failures else 0
 
 
-def run_report(args: argparse.Namespace) -> int:
-    if not args.from_file:
-        raise InputError(
-            'no summaries to report on: pass --from-file FILE.jsonl (lines of {"device_id", "groups", '
-            '"summary"}, as the fleet agent publishes them).'
-        )
-    from registry.field import read_jsonl
+def broker_summaries(args: argparse.Namespace) -> list[tuple[str, list[str], Any]]:
+    """Every device's retained field summary from the broker, with the groups of its retained state
+    (``hw=pi4``, ``site=plant-3``: one report group per key and value)."""
+    from otaml.cmd_fleet import parse_broker, read_password
+    from registry.fleet.collect import collect
 
-    try:
-        source = list(read_jsonl(args.from_file))
-    except OSError as exc:
-        raise InputError(f"cannot read --from-file {args.from_file}: {exc.strerror or exc}.") from exc
+    host, port = parse_broker(args.broker)
+    snapshot = collect(
+        host,
+        port,
+        args.fleet,
+        username=args.username,
+        password=read_password(args.password_file),
+        tls_ca=Path(args.tls_ca) if args.tls_ca else None,
+    )
+    return [
+        (
+            device_id,
+            [f"{k}={v}" for k, v in sorted(view.state.groups.items())] if view.state is not None else [],
+            view.field_summary,
+        )
+        for device_id, view in sorted(snapshot.devices.items())
+        if view.field_summary is not None
+    ]
+
+
+def run_report(args: argparse.Namespace) -> int:
+    if args.from_file:
+        from registry.field import read_jsonl
+
+        try:
+            source = list(read_jsonl(args.from_file))
+        except OSError as exc:
+            raise InputError(f"cannot read --from-file {args.from_file}: {exc.strerror or exc}.") from exc
+    elif args.broker:
+        source = broker_summaries(args)
+    else:
+        raise InputError(
+            "no summaries to report on: pass --broker HOST:PORT (the fleet's MQTT broker; OTAML_BROKER) or "
+            '--from-file FILE.jsonl (lines of {"device_id", "groups", "summary"}).'
+        )
     return report(
         args.name,
         source,

@@ -46,3 +46,36 @@ def test_field_report_needs_a_source(capsys: pytest.CaptureFixture[str]) -> None
     assert "--from-file" in capsys.readouterr().err
     assert main(["field", "report", "pump", "--no-log", "--from-file", "/nonexistent/x.jsonl"]) == 1
     assert "cannot read" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_field_report_reads_the_devices_summaries_from_the_broker(
+    mqtt_broker: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import time
+
+    from edge_runtime.fleet.messages import DeviceState
+    from edge_runtime.fleet.reporter import Reporter
+    from edge_runtime.fleet.settings import FleetSettings
+
+    broker = mqtt_broker
+    host, port = broker.instance  # type: ignore[attr-defined]
+    for device_id, hw in (("pi-a", "pi4"), ("pi-b", "x86")):
+        settings = FleetSettings(
+            device_id=device_id,
+            broker_host=host,
+            broker_port=port,
+            password_file=broker.password_file(device_id),  # type: ignore[attr-defined]
+        )
+        with Reporter(settings).start() as reporter:
+            reporter.publish_state(DeviceState(device_id, groups={"hw": hw}, model="pump", version=3))
+            reporter.publish_field(json.dumps(summary("3")).encode())
+            deadline = time.monotonic() + 10
+            while (reporter.stats().state_pending or reporter.stats().published < 3) and time.monotonic() < deadline:
+                time.sleep(0.05)
+    password = str(broker.password_file("controller"))  # type: ignore[attr-defined]
+    argv = ["field", "report", "pump", "--broker", f"{host}:{port}", "--password-file", password, "--json", "--no-log"]
+    assert main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    groups = {g["group"]: g["devices"] for g in data["groups"]}
+    assert groups == {"*": 2, "hw=pi4": 1, "hw=x86": 1}

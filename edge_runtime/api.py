@@ -147,6 +147,11 @@ def api_app(service: ScoringService) -> FastAPI:
         """The compact field summary of the served version (docs/field.md)."""
         return respond(handlers.field())
 
+    @app.get("/v1/anomalies", responses=_responses({"type": "object"}))
+    async def anomalies() -> Response:
+        """The latest anomalous readings (stream, time, score, threshold), with a sequence number."""
+        return respond(handlers.anomalies())
+
     @app.get("/metrics", responses={200: {"description": "Prometheus text", "content": {"text/plain": {}}}})
     async def prometheus() -> Response:
         """Prometheus text exposition."""

@@ -10,6 +10,7 @@ import math
 import os
 from collections.abc import Callable
 
+from edge_runtime.anomaly_log import AnomalyLog
 from edge_runtime.field_metrics import FieldMetrics
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -54,6 +55,7 @@ class Metrics:
     ) -> None:
         self.info = (("model", model_name), ("version", model_version), ("digest", bundle_digest))
         self.field = field
+        self.anomalies = AnomalyLog()  # the latest anomalous readings, for the fleet agent (GET /v1/anomalies)
         self.requests: dict[tuple[str, str, int], int] = {}
         self.latency: dict[str, list[int]] = {}
         self.latency_sum: dict[str, float] = {}

@@ -132,6 +132,8 @@ class ScoreEndpoint:
         self.metrics.observe_scores(len(flags), anomalies)
         if self.metrics.field is not None:
             self.metrics.field.observe(parsed.readings, scores, anomalies)
+        if anomalies:
+            self.metrics.anomalies.record(parsed.stream, values, threshold)
         # Encoded by hand around the constant part: what json.dumps gives (floats by repr, all finite here).
         return 200, b"".join(
             (

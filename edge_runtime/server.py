@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-GET_ROUTES = ("/healthz", "/readyz", "/v1/model", "/metrics", "/v1/field", "/openapi.json")
+GET_ROUTES = ("/healthz", "/readyz", "/v1/model", "/metrics", "/v1/field", "/v1/anomalies", "/openapi.json")
 ROUTES = ("/v1/score", *GET_ROUTES)
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -76,6 +76,9 @@ class Handlers:
 
     def prometheus(self) -> Answer:
         return 200, self.metrics.render(len(self.scorer.streams)).encode(), METRICS_CONTENT_TYPE.encode()
+
+    def anomalies(self) -> Answer:
+        return 200, self.metrics.anomalies.to_json(), JSON_TYPE
 
     def field(self) -> Answer:
         field = self.metrics.field
@@ -123,6 +126,7 @@ class ScoringService:
             "/v1/model": self.handlers.model,
             "/metrics": self.handlers.prometheus,
             "/v1/field": self.handlers.field,
+            "/v1/anomalies": self.handlers.anomalies,
         }
         self._api: FastAPI | None = None
         self._api_building: asyncio.Lock | None = None

@@ -1,5 +1,7 @@
 """The agent's link to the fleet channel: after every step, the device shadow and (for a step that did something)
-an event; every ``field_interval_s``, the serving model's field summary from the service's ``GET /v1/field``.
+an event; every ``field_interval_s``, the serving model's field summary from the service's ``GET /v1/field``;
+and the service's new anomaly decisions (``GET /v1/anomalies``) as anomaly events, rate-limited (at most
+``anomaly_burst`` per step and ``anomaly_per_hour`` an hour; what is held back is counted in the next event).
 
 The reporter (:class:`edge_runtime.fleet.reporter.Reporter`) never blocks and never raises for the broker, so
 nothing here can stop the agent from serving or updating; a failing field fetch is logged once and skipped.
@@ -8,6 +10,7 @@ nothing here can stop the agent from serving or updating; a failing field fetch 
 from __future__ import annotations
 
 import http.client
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -29,18 +32,28 @@ class Publisher(Protocol):
     def publish_field(self, summary: bytes) -> bool: ...
 
 
-def fetch_field(port: int, timeout_s: float = 2.0) -> bytes | None:
-    """The service's compact field summary (``GET /v1/field`` on 127.0.0.1), or None when it has none."""
+def _get(port: int, path: str, cap: int, timeout_s: float) -> bytes | None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
     try:
-        conn.request("GET", "/v1/field")
+        conn.request("GET", path)
         response = conn.getresponse()
-        body = response.read(MAX_MESSAGE_BYTES + 1)
+        body = response.read(cap + 1)
     finally:
         conn.close()
-    if response.status != 200 or len(body) > MAX_MESSAGE_BYTES:
+    if response.status != 200 or len(body) > cap:
         return None
     return body
+
+
+def fetch_field(port: int, timeout_s: float = 2.0) -> bytes | None:
+    """The service's compact field summary (``GET /v1/field`` on 127.0.0.1), or None when it has none."""
+    return _get(port, "/v1/field", MAX_MESSAGE_BYTES, timeout_s)
+
+
+def fetch_anomalies(port: int, timeout_s: float = 2.0) -> Any:
+    """The service's anomaly log (``GET /v1/anomalies``): ``{"seq": N, "events": [...]}``, or None."""
+    body = _get(port, "/v1/anomalies", 64 * 1024, timeout_s)
+    return json.loads(body) if body is not None else None
 
 
 class FleetLink:
@@ -55,8 +68,11 @@ class FleetLink:
         groups: dict[str, str],
         model: str,
         field_interval_s: float = 300.0,
+        anomaly_burst: int = 5,
+        anomaly_per_hour: int = 60,
         clock: Callable[[], float] = time.time,
         field_fetch: Callable[[int], bytes | None] = fetch_field,
+        anomaly_fetch: Callable[[int], Any] = fetch_anomalies,
     ) -> None:
         self.reconciler = reconciler
         self.publisher = publisher
@@ -68,6 +84,13 @@ class FleetLink:
         self._field_fetch = field_fetch
         self._field_at = float("-inf")
         self._field_failed = False
+        self.anomaly_burst = anomaly_burst
+        self.anomaly_per_hour = anomaly_per_hour
+        self._anomaly_fetch = anomaly_fetch
+        self._anomaly_seen: tuple[str, int] = ("", 0)  # (container, last sequence number published or skipped)
+        self._tokens = float(anomaly_per_hour)
+        self._tokens_at = clock()
+        self.anomalies_suppressed = 0
 
     def __call__(self, report: Any) -> None:
         state = self.reconciler.state
@@ -88,6 +111,44 @@ class FleetLink:
         if state.current is not None and now - self._field_at >= self.field_interval_s:
             self._field_at = now
             self._publish_field(state.current.port)
+        if state.current is not None:
+            self._publish_anomalies(state.current.container, state.current.port, now)
+
+    def _publish_anomalies(self, container: str, port: int, now: float) -> None:
+        try:
+            log_doc = self._anomaly_fetch(port)
+        except (OSError, http.client.HTTPException, ValueError):
+            return  # the field fetch logs unavailability; anomalies are best effort
+        if not isinstance(log_doc, dict) or not isinstance(log_doc.get("events"), list):
+            return
+        seen_container, seen = self._anomaly_seen
+        if container != seen_container:
+            seen = 0  # a new service: its sequence starts again
+        self._tokens = min(
+            float(self.anomaly_per_hour), self._tokens + (now - self._tokens_at) * self.anomaly_per_hour / 3600
+        )
+        self._tokens_at = now
+        fresh = [
+            e for e in log_doc["events"] if isinstance(e, dict) and isinstance(e.get("seq"), int) and e["seq"] > seen
+        ]
+        sent = 0
+        for event in fresh:
+            if sent >= self.anomaly_burst or self._tokens < 1:
+                self.anomalies_suppressed += 1
+                continue
+            self._tokens -= 1
+            sent += 1
+            detail = {k: event.get(k) for k in ("stream", "at", "score", "threshold", "seq")}
+            if self.anomalies_suppressed:
+                detail["suppressed_before"] = self.anomalies_suppressed
+                self.anomalies_suppressed = 0
+            self.publisher.publish_event(
+                DeviceEvent(
+                    device_id=self.device_id, kind="anomaly", at=now, version=_int(self.reconciler), detail=detail
+                )
+            )
+        latest = log_doc.get("seq")
+        self._anomaly_seen = (container, latest if isinstance(latest, int) else seen)
 
     def _publish_field(self, port: int) -> None:
         try:
@@ -100,3 +161,11 @@ class FleetLink:
         self._field_failed = False
         if summary is not None:
             self.publisher.publish_field(summary)
+
+
+def _int(reconciler: Any) -> int:
+    cur = reconciler.state.current
+    try:
+        return int(cur.version) if cur is not None else 0
+    except (TypeError, ValueError):
+        return 0

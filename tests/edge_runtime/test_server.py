@@ -547,3 +547,19 @@ def test_a_short_or_missing_token_file_is_a_clear_settings_error(model_bundle: B
         make_client(model_bundle, api_token_file=short)
     with pytest.raises(SettingsError, match="cannot read"):
         make_client(model_bundle, api_token_file=tmp_path / "absent")
+
+
+def test_anomalous_readings_are_logged_for_the_fleet_agent_and_normal_ones_are_not(model_bundle: Bundle) -> None:
+    client = make_client(model_bundle)
+    threshold = client.app.state.scorer.threshold
+    assert client.get("/v1/anomalies").json() == {"seq": 0, "events": []}
+    post(client, {"stream": "calm", "readings": synthetic_readings(20).tolist()})
+    calm = client.get("/v1/anomalies").json()
+    spike = [[500.0, 50.0, 90.0]] * 3
+    answer = post(client, {"stream": "hot", "readings": spike}).json()
+    log = client.get("/v1/anomalies").json()
+    new = [e for e in log["events"] if e["seq"] > calm["seq"]]
+    assert len(new) == sum(answer["anomalies"]) > 0
+    assert {e["stream"] for e in new} == {"hot"}
+    assert all(e["score"] >= threshold == e["threshold"] for e in new)
+    assert log["seq"] == calm["seq"] + len(new)

@@ -46,6 +46,7 @@ def test_each_step_publishes_the_shadow_and_changes_publish_events(tmp_path: Pat
     link = FleetLink(
         agent,
         out,
+        anomaly_fetch=lambda port: {"seq": 0, "events": []},
         device_id="pump-7",
         groups={"hw": "pi4"},
         model="pump",
@@ -84,8 +85,53 @@ def test_a_failing_field_fetch_never_stops_the_link(tmp_path: Path) -> None:
     def broken(port: int) -> bytes:
         raise ConnectionRefusedError("nothing listens")
 
-    link = FleetLink(agent, out, device_id="d", groups={}, model="pump", field_fetch=broken)
+    link = FleetLink(agent, out, device_id="d", groups={}, model="pump", field_fetch=broken, anomaly_fetch=broken)
     agent.recover()
     link(agent.reconcile())
     assert out.states[-1].version == 1
     assert out.fields == []
+
+
+def test_new_anomalies_become_events_once_and_rate_limited(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    world.publish("1")
+    agent = world.agent()
+    out = Published()
+    log: dict[str, Any] = {"seq": 0, "events": []}
+    now = [5000.0]
+
+    def add(n: int) -> None:
+        for _ in range(n):
+            log["seq"] += 1
+            log["events"].append({"seq": log["seq"], "stream": "pump-3", "at": now[0], "score": 0.9, "threshold": 0.5})
+        del log["events"][:-64]
+
+    link = FleetLink(
+        agent, out, device_id="d", groups={}, model="pump", field_fetch=lambda port: None,
+        anomaly_fetch=lambda port: log, anomaly_burst=5, anomaly_per_hour=8, clock=lambda: now[0],
+    )  # fmt: skip
+    agent.recover()
+    link(agent.reconcile())
+    add(3)
+    link(agent.reconcile())
+    anomalies = [e for e in out.events if e.kind == "anomaly"]
+    assert [e.detail["seq"] for e in anomalies] == [1, 2, 3]
+    assert anomalies[0].detail["stream"] == "pump-3"
+    assert anomalies[0].version == 1
+    link(agent.reconcile())  # nothing new: nothing published again
+    assert len([e for e in out.events if e.kind == "anomaly"]) == 3
+    add(10)  # a burst: 5 per step at most, and 8 an hour in all
+    link(agent.reconcile())
+    anomalies = [e for e in out.events if e.kind == "anomaly"]
+    assert len(anomalies) == 8
+    assert link.anomalies_suppressed == 5  # over the step's burst
+    add(2)  # the hour's budget (8) is spent: held back too
+    link(agent.reconcile())
+    assert len([e for e in out.events if e.kind == "anomaly"]) == 8
+    assert link.anomalies_suppressed == 7
+    now[0] += 3600  # the budget refills; the next event says how many were held back
+    add(1)
+    link(agent.reconcile())
+    last = [e for e in out.events if e.kind == "anomaly"][-1]
+    assert last.detail["seq"] == 16
+    assert last.detail["suppressed_before"] == 7

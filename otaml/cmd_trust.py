@@ -3,6 +3,7 @@
     otaml trust init --dir /srv/otaml-trust --keys-out ~/otaml-keys [--approvers 3 --threshold 2]
     otaml trust status --dir DIR [--json]              approvals, the pending one, expiry of each role
     otaml trust approve --dir DIR --key approver-2.key complete a pending approval (the second pair of eyes)
+    otaml trust retry NAME VERSION --key K             a signed "try again": devices lift their block on it
     otaml trust discard --dir DIR                      drop a pending approval
     otaml trust refresh --dir DIR                      re-sign the timestamp (run it on a timer, e.g. hourly)
 
@@ -39,6 +40,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _dir(approve)
     approve.add_argument("--key", required=True, help="your approver key (approver-N.key)")
     approve.set_defaults(func=run_approve)
+
+    retry = tsub.add_parser("retry", help="a signed 'try again': devices lift their block on this version's digest")
+    _dir(retry)
+    retry.add_argument("name", help="registered model name")
+    retry.add_argument("version", type=int)
+    retry.add_argument("--channel", default="production")
+    retry.add_argument("--key", required=True, help="your approver key (approver-N.key)")
+    retry.set_defaults(func=run_retry)
 
     discard = tsub.add_parser("discard", help="drop the pending approval")
     _dir(discard)
@@ -148,6 +157,21 @@ def run_approve(args: argparse.Namespace) -> int:
         print(f"approved {status.approval.target_path} ({status.approval.digest}): devices will run it")
     else:
         print(f"signed {status.approval.target_path}: {status.missing} more signature(s) needed")
+    return 0
+
+
+def run_retry(args: argparse.Namespace) -> int:
+    from registry.tuf import keys
+    from registry.tuf.site import TrustSite
+
+    signer = keys.load_signer(args.key)
+    with TrustSite(site_dir(args)).locked() as repo:
+        status = repo.retry(args.channel, args.name, args.version, signer=signer)
+    what = f"{status.approval.target_path} retry {status.approval.retry}"
+    if status.state == "approved":
+        print(f"published {what}: devices that blocked {status.approval.digest} will try it again")
+    else:
+        print(f"signed {what}: {status.missing} more signature(s) needed (`otaml trust approve`)")
     return 0
 
 

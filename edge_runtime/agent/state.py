@@ -71,6 +71,7 @@ class AgentState:
     # outcome of the last metadata refresh ("ok", a reason code such as "stale-metadata", or "insecure"),
     # and why the device wants what it wants (highest approved, or a rollout's wave decision).
     trust_floor: int = 0
+    block_retry: dict[str, int] = field(default_factory=dict)  # blocked digest -> the approval's retry then
     trust_status: str = ""
     rollout_id: str = ""
     desired: str = ""
@@ -110,6 +111,7 @@ class AgentState:
             counters={str(k): int(v) for k, v in dict(data.get("counters", {})).items()},
             history=list(data.get("history", [])),
             trust_floor=int(data.get("trust_floor", 0)),
+            block_retry={str(k): int(v) for k, v in dict(data.get("block_retry", {})).items()},
             trust_status=str(data.get("trust_status", "")),
             rollout_id=str(data.get("rollout_id", "")),
             desired=str(data.get("desired", "")),

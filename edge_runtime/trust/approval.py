@@ -44,6 +44,8 @@ class Approval:
     digest: str
     length: int
     base_digest: str
+    # Raised by `otaml trust retry`: a signed "try this digest again" that lifts a device's block on it.
+    retry: int = 0
 
     def __post_init__(self) -> None:
         check_name("channel", self.channel)
@@ -54,6 +56,8 @@ class Approval:
             raise InputError(f"model version {self.version!r} is not a positive integer (an MLflow version number)")
         if isinstance(self.length, bool) or not isinstance(self.length, int) or self.length < 1:
             raise InputError(f"image index length {self.length!r} is not a positive number of bytes")
+        if isinstance(self.retry, bool) or not isinstance(self.retry, int) or self.retry < 0:
+            raise InputError(f"retry {self.retry!r} is not a count (an integer >= 0)")
 
     @property
     def target_path(self) -> str:
@@ -65,12 +69,15 @@ class Approval:
 
     def custom(self) -> dict[str, Any]:
         """The target's ``custom`` fields."""
-        return {
+        fields: dict[str, Any] = {
             "channel": self.channel,
             "model": self.model,
             "version": self.version,
             "base_digest": self.base_digest,
         }
+        if self.retry:
+            fields["retry"] = self.retry
+        return fields
 
     @classmethod
     def from_target(cls, path: str, length: int, hashes: Mapping[str, str], custom: Any) -> Approval:
@@ -86,6 +93,7 @@ class Approval:
                 digest=f"sha256:{sha}",
                 length=length,
                 base_digest=custom.get("base_digest"),  # type: ignore[arg-type]
+                retry=custom.get("retry", 0),
             )
         except InputError as exc:
             raise MalformedMetadata(f"target {path!r} is not a valid otaml approval: {exc}") from exc

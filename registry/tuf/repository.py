@@ -20,6 +20,7 @@ signs is the next one.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import hashlib
 import re
@@ -431,7 +432,7 @@ class FleetRepository:
         existing = current.signed.targets.get(approval.target_path)
         if existing is not None:
             published = Approval.from_target(existing.path, existing.length, existing.hashes, existing.custom)
-            if published != approval:
+            if dataclasses.replace(published, retry=0) != dataclasses.replace(approval, retry=0):
                 raise ApprovalError(
                     f"{approval.target_path} is already approved as {published.digest} (base {published.base_digest}); "
                     f"approved versions are immutable, so {approval.digest} needs a new model version"
@@ -507,6 +508,35 @@ class FleetRepository:
             del md.signed.targets[path]
         md.sign(signer)
         return self._settle(md, kept[-1])
+
+    def retry(self, channel: str, model: str, version: int, *, signer: Signer) -> ApprovalStatus:
+        """Re-issue the approval of ``channel/model/version`` with ``retry`` raised by one: a signed act that
+        lifts the block devices put on its digest (after a failed canary or probation), so they try it once
+        more. Like :meth:`propose`, published at once when one key meets the threshold, else pending."""
+        current = self.targets()
+        path = f"{channel}/{model}/{version}"
+        existing = current.signed.targets.get(path)
+        if existing is None:
+            raise ApprovalError(f"{path} is not approved: nothing to retry; approve it first")
+        if (pending := self.pending()) is not None:
+            raise ApprovalError(
+                f"{pending.approval.target_path} is waiting for {pending.missing} more signature(s); complete it "
+                "with approve_pending or remove it with discard_pending first"
+            )
+        self._check_approver(signer)
+        published = Approval.from_target(existing.path, existing.length, existing.hashes, existing.custom)
+        again = dataclasses.replace(published, retry=published.retry + 1)
+        md = Metadata(copy.deepcopy(current.signed))
+        md.signed.version += 1
+        md.signed.expires = self._now() + self.expiry.targets
+        md.signed.targets[path] = TargetFile(
+            length=again.length,
+            hashes={"sha256": again.sha256},
+            path=path,
+            unrecognized_fields={"custom": again.custom()},
+        )
+        md.sign(signer)
+        return self._settle(md, again)
 
     def discard_pending(self) -> None:
         with self._exclusive():
@@ -756,6 +786,10 @@ def _added_target(published: Targets, proposed: Targets) -> Approval:
     left of the model whose newer versions it removes."""
     new = [t for path, t in proposed.targets.items() if path not in published.targets]
     gone = [path for path in published.targets if path not in proposed.targets]
+    changed = [t for path, t in proposed.targets.items() if path in published.targets and t != published.targets[path]]
+    if len(changed) == 1 and not new and not gone:  # a retry
+        t = changed[0]
+        return Approval.from_target(t.path, t.length, t.hashes, t.custom)
     if len(new) == 1 and not gone:
         t = new[0]
         return Approval.from_target(t.path, t.length, t.hashes, t.custom)

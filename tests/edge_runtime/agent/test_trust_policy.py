@@ -181,6 +181,27 @@ def test_a_failed_approved_version_stays_blocked(setup: Setup) -> None:
     assert serving(setup) == digest_of("1")
 
 
+def test_only_a_signed_retry_lifts_a_block(setup: Setup) -> None:
+    from .fakes import Behaviour
+
+    setup.approve("1")
+    agent = setup.agent()
+    agent.recover()
+    agent.reconcile()
+    setup.world.publish("2", Behaviour(score_offset=0.5), move=False)
+    setup.fleet.approve(approval("2"))
+    assert agent.reconcile().outcome == "rolled_back"
+    # The image is fixed at the registry's side (say the runtime it needed was deployed); MLOps sign a retry.
+    setup.world.behaviours.pop(digest_of("2"))
+    assert setup.fleet.repo.retry(CHANNEL, MODEL, 2, signer=setup.fleet.targets_keys[0]).state == "pending"
+    assert agent.reconcile().outcome == "skipped", "one approver is not enough to lift a block"
+    status = setup.fleet.repo.approve_pending(setup.fleet.targets_keys[1])
+    assert (status.state, status.approval.retry) == ("approved", 1)
+    assert agent.reconcile().outcome == "updated"
+    assert serving(setup) == digest_of("2")
+    assert not agent.state.blocked
+
+
 def test_old_metadata_is_refused_even_after_the_metadata_directory_is_wiped(setup: Setup, tmp_path: Path) -> None:
     setup.approve("1")
     old_copy = tmp_path / "old-repo"

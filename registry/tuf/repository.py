@@ -782,29 +782,40 @@ class FleetRepository:
 
 
 def _added_target(published: Targets, proposed: Targets) -> Approval:
-    """The approval a pending change is about: the one target it adds, or (a withdrawal) the highest version
-    left of the model whose newer versions it removes."""
+    """The approval a pending change is about — and a check that it is *only* that change, since the second
+    approver signs the whole file: one target added; or (a withdrawal) versions of one model removed, naming the
+    highest version left; or (a retry) one target whose ``retry`` alone went up. Anything else in the file
+    (another target changed, delegations, expiry beyond the usual) is refused, so one stolen key cannot slip a
+    second change past the approver who is shown the first."""
     new = [t for path, t in proposed.targets.items() if path not in published.targets]
     gone = [path for path in published.targets if path not in proposed.targets]
     changed = [t for path, t in proposed.targets.items() if path in published.targets and t != published.targets[path]]
-    if len(changed) == 1 and not new and not gone:  # a retry
+    if proposed.delegations != published.delegations or proposed.unrecognized_fields != published.unrecognized_fields:
+        raise ApprovalError("the pending change also changes the delegations or other fields of targets: discard it")
+    if len(changed) == 1 and not new and not gone:  # a retry: same image, retry raised by one
         t = changed[0]
-        return Approval.from_target(t.path, t.length, t.hashes, t.custom)
-    if len(new) == 1 and not gone:
+        before, after = published.targets[t.path], t
+        old = Approval.from_target(before.path, before.length, before.hashes, before.custom)
+        again = Approval.from_target(after.path, after.length, after.hashes, after.custom)
+        if dataclasses.replace(old, retry=again.retry) != again or again.retry != old.retry + 1:
+            raise ApprovalError(f"the pending change rewrites the approval of {t.path}, not only its retry: discard it")
+        return again
+    if len(new) == 1 and not gone and not changed:
         t = new[0]
         return Approval.from_target(t.path, t.length, t.hashes, t.custom)
-    if gone and not new:
+    if gone and not new and not changed:
         prefix = gone[0].rsplit("/", 1)[0] + "/"
-        left = [
-            Approval.from_target(t.path, t.length, t.hashes, t.custom)
-            for path, t in proposed.targets.items()
-            if path.startswith(prefix)
-        ]
-        if left:
-            return max(left, key=lambda a: a.version)
+        if all(path.startswith(prefix) for path in gone):
+            left = [
+                Approval.from_target(t.path, t.length, t.hashes, t.custom)
+                for path, t in proposed.targets.items()
+                if path.startswith(prefix)
+            ]
+            if left:
+                return max(left, key=lambda a: a.version)
     raise ApprovalError(
-        f"the pending change adds {len(new)} and removes {len(gone)} targets; expected one approval or one "
-        "withdrawal: discard it"
+        f"the pending change adds {len(new)}, removes {len(gone)} and changes {len(changed)} targets; expected one "
+        "approval, one withdrawal or one retry: discard it"
     )
 
 

@@ -286,3 +286,29 @@ def test_proposing_an_approved_version_again_reports_that_approval(fleet: Fleet)
     status = fleet.repo.propose(image(7), fleet.targets_keys[2])
     assert status.state == "approved"
     assert status.approval == image(7)
+
+
+def test_a_pending_approval_that_also_changes_another_target_is_refused(tmp_path: Path) -> None:
+    """The second approver signs the whole file: one stolen key must not slip a second change past them."""
+    import copy
+
+    from tuf.api.metadata import Metadata, TargetFile
+
+    from registry.tuf.errors import ApprovalError
+    from registry.tuf.repository import PENDING
+
+    fleet = make_fleet(tmp_path / "repo")
+    fleet.approve(image(8))
+    evil = image(8, tag="attacker")
+    fleet.repo.propose(image(9), fleet.targets_keys[0])
+    pending: Metadata = Metadata.from_bytes(fleet.store.read(PENDING))
+    forged = Metadata(copy.deepcopy(pending.signed))
+    forged.signed.targets[evil.target_path] = TargetFile(
+        length=evil.length, hashes={"sha256": evil.sha256}, path=evil.target_path,
+        unrecognized_fields={"custom": evil.custom()},
+    )  # fmt: skip
+    forged.sign(fleet.targets_keys[0])
+    fleet.store.write(PENDING, forged.to_bytes())
+    with pytest.raises(ApprovalError, match="changes 1 targets"):
+        fleet.repo.approve_pending(fleet.targets_keys[1])
+    assert [a.digest for a in fleet.repo.approvals()] == [image(8).digest]

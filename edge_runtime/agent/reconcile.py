@@ -121,7 +121,7 @@ class Reconciler:
         self.sleep = sleep
         self.available_memory = available_memory or mem_available_bytes
         self.state: AgentState = store.load()
-        self._retry = 0  # the desired approval's retry count (TUF)
+        self._retry: int | None = None  # the desired approval's retry count (TUF); None before the first poll
         self._unready_checks = 0
 
     # ── persistence ────────────────────────────────────────────────────────────────────────────────
@@ -229,7 +229,7 @@ class Reconciler:
     def _block(self, digest: str, reason: str) -> None:
         self.state.blocked[digest] = reason
         self.state.attempts.pop(digest, None)
-        if self._retry:  # the approval's retry count when it was blocked: a higher one (signed) lifts the block
+        if self._retry is not None:  # the approval's retry count then: only a higher one (signed) lifts the block
             self.state.block_retry[digest] = self._retry
 
     def _interrupted(self, digest: str) -> None:
@@ -365,7 +365,8 @@ class Reconciler:
         s.trust_floor = max(s.trust_floor, desired.targets_version)
         s.trust_status, s.rollout_id, s.desired = "ok", desired.rollout_id, desired.why
         self._retry = desired.approval.retry
-        if desired.digest in s.blocked and desired.approval.retry > s.block_retry.get(desired.digest, 0):
+        blocked_at = s.block_retry.get(desired.digest)  # a block made without a known count is never lifted
+        if desired.digest in s.blocked and blocked_at is not None and desired.approval.retry > blocked_at:
             # `otaml trust retry`: MLOps signed "try this digest again".
             log.info("block on %s lifted by a signed retry (%d)", desired.digest, desired.approval.retry)
             del s.blocked[desired.digest]

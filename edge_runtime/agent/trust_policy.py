@@ -24,7 +24,7 @@ from typing import Protocol
 from edge_runtime.agent.policy import CandidateImage
 from edge_runtime.fleet.rollout import RolloutRecord
 from edge_runtime.trust.approval import Approval, ApprovalSet
-from edge_runtime.trust.errors import MalformedMetadata, NotApproved, RollbackRefused
+from edge_runtime.trust.errors import NotApproved, RollbackRefused
 
 
 class ApprovalSource(Protocol):
@@ -94,9 +94,20 @@ class TrustPolicy:
             )
         chosen = next((a for a in found if a.version == version), None)
         if chosen is None:
-            raise MalformedMetadata(
-                f"rollout {record.rollout_id} ({record.state}, wave {record.wave + 1}/{len(record.waves)}) sends this "
-                f"device to v{version}, which is not approved for {self.channel}/{self.model}: ignoring it"
+            # The record names a version no longer approved (withdrawn by `otaml rollback`, a signed act of the
+            # approvers): the highest approved version below it, never anything above.
+            below = [a for a in found if a.version < version]
+            if not below:
+                raise NotApproved(
+                    f"rollout {record.rollout_id} sends this device to v{version}, which is not approved for "
+                    f"{self.channel}/{self.model}, and no lower version is: the device keeps what it runs"
+                )
+            chosen = below[-1]
+            return Desired(
+                chosen,
+                approvals.targets_version,
+                rollout_id=record.rollout_id,
+                why=f"v{chosen.version}: rollout {record.rollout_id} names v{version}, withdrawn since",
             )
         where = "in" if version == record.version else "outside"
         return Desired(

@@ -13,6 +13,20 @@ from edge_runtime.fleet.messages import DeviceEvent, DeviceState
 
 # Step outcomes worth an event (the others — unchanged, skipped — are the quiet steady state).
 EVENT_OUTCOMES = ("updated", "rolled_back", "refused", "error", "recovered")
+QUIET_OUTCOMES = ("unchanged", "skipped")
+
+
+def _last_real(state: Any, report: Any | None) -> tuple[str, str]:
+    """The last step that did something: a rollback stays the device's last outcome through the quiet steps
+    after it (``skipped``: blocked), so the rollout controller still sees it on its next look."""
+    if report is not None and report.outcome not in QUIET_OUTCOMES:
+        return str(report.outcome), str(report.reason)
+    for entry in reversed(state.history):
+        if entry.get("outcome") not in QUIET_OUTCOMES:
+            return str(entry.get("outcome", "")), str(entry.get("reason", ""))
+    if report is not None:
+        return str(report.outcome), str(report.reason)
+    return "", ""
 
 
 def _version(text: str) -> int:
@@ -36,7 +50,7 @@ def device_state(
     cur = state.current
     idle = "serving" if cur is not None else "waiting"
     phase = state.phase if state.phase != "idle" else idle
-    last = state.history[-1] if state.history else {}
+    last_outcome, last_reason = _last_real(state, report)
     return DeviceState(
         device_id=device_id,
         groups=dict(groups),
@@ -45,8 +59,8 @@ def device_state(
         digest=cur.digest if cur is not None else "",
         phase=phase,
         trust=state.trust_status,
-        last_outcome=str(report.outcome if report is not None else last.get("outcome", "")),
-        last_reason=str(report.reason if report is not None else last.get("reason", "")),
+        last_outcome=last_outcome,
+        last_reason=last_reason,
         rollout_id=state.rollout_id,
         blocked=tuple(sorted(state.blocked))[:8],
         health=health,

@@ -194,7 +194,7 @@ class FieldReport:
 
 
 def _version_key(version: str) -> tuple[int, str]:
-    return (int(version), "") if version.isdigit() else (1 << 62, version)
+    return (int(version), "") if version.isascii() and version.isdigit() else (1 << 62, version)
 
 
 def _weighted(values: list[tuple[float, int]]) -> float | None:

@@ -97,7 +97,7 @@ def field_view(device_id: str, summary: Any) -> FieldView | None:
             anomaly_ratio=float(ratio),  # type: ignore[arg-type]
             psi={str(k): float(v) for k, v in psi.items()} if isinstance(psi, Mapping) else {},
         )
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     if not (0.0 <= view.anomaly_ratio <= 1.0 and view.readings >= 0 and view.version >= 0):
         return None

@@ -65,6 +65,9 @@ class FleetStateError(RolloutError):
     reason = "fleet-state"
 
 
+UPDATE_PHASES = ("pulling", "canary", "handover", "probation")
+
+
 # --- the pure core -------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ObservedDevice:
@@ -166,6 +169,8 @@ def judge(
             failures.append(Failure(state.device_id, f"{state.last_outcome}:{_code(state.last_reason)}"))
         elif on_candidate and not device.online:
             failures.append(Failure(state.device_id, "offline-after-switch"))
+        elif not device.online and state.rollout_id == record.rollout_id and state.phase in UPDATE_PHASES:
+            failures.append(Failure(state.device_id, f"offline-during-{state.phase}"))
         elif on_candidate and state.health == "unhealthy":
             failures.append(Failure(state.device_id, "unhealthy"))
         elif not device.online:
@@ -202,6 +207,8 @@ def judge(
             ", ".join(waiting[:MAX_NAMED]) + (" ..." if len(waiting) > MAX_NAMED else "")
         )
         return decide("wait", record, reason)
+    if in_wave and not healthy:
+        return decide("wait", record, f"{position}: no device of the wave is healthy on v{record.version} yet")
     if not (isinstance(now, int | float) and math.isfinite(now) and now >= 0):
         return decide("wait", record, f"{position}: the controller's clock reads {now!r}, not a time; not advancing")
     soaked = now - record.wave_started_at

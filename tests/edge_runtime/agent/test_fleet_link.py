@@ -135,3 +135,22 @@ def test_new_anomalies_become_events_once_and_rate_limited(tmp_path: Path) -> No
     last = [e for e in out.events if e.kind == "anomaly"][-1]
     assert last.detail["seq"] == 16
     assert last.detail["suppressed_before"] == 7
+
+
+def test_a_rollback_stays_the_last_outcome_through_the_quiet_steps_after_it(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    world.publish("1")
+    agent = world.agent()
+    out = Published()
+    link = FleetLink(
+        agent, out, device_id="d", groups={}, model="pump", field_fetch=lambda p: None,
+        anomaly_fetch=lambda p: None,
+    )  # fmt: skip
+    agent.recover()
+    link(agent.reconcile())
+    world.publish("2", Behaviour(score_offset=0.5))
+    link(agent.reconcile())
+    skipped = agent.reconcile()
+    link(skipped)
+    assert skipped.outcome == "skipped"
+    assert (out.states[-1].last_outcome, out.states[-1].last_reason) == ("rolled_back", "unhealthy")

@@ -258,9 +258,23 @@ def test_a_rollout_to_an_unapproved_version_is_ignored(setup: Setup) -> None:
     setup.record = _record((100,), 0)  # candidate v2 is not approved
     agent = setup.agent()
     agent.recover()
-    report = agent.reconcile()
-    assert (report.outcome, report.reason) == ("error", "malformed-metadata")
-    assert serving(setup) is None
+    assert agent.reconcile().outcome == "updated"
+    assert serving(setup) == digest_of("1"), "the highest approved version below what the record names"
+
+
+def test_a_rollback_withdraws_a_completed_rollouts_version(setup: Setup) -> None:
+    setup.approve("1")
+    setup.approve("2")
+    setup.record = _record((10, 100), 1, state="completed")
+    agent = setup.agent()
+    agent.recover()
+    assert agent.reconcile().outcome == "updated"
+    assert serving(setup) == digest_of("2")
+    setup.fleet.repo.withdraw(CHANNEL, MODEL, above=1, signer=setup.fleet.targets_keys[0])
+    setup.fleet.repo.approve_pending(setup.fleet.targets_keys[1])
+    assert agent.reconcile().outcome == "updated"
+    assert serving(setup) == digest_of("1")
+    assert "withdrawn" in agent.state.desired
 
 
 # --- configuration: secure by default -------------------------------------------------------------------

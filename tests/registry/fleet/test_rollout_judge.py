@@ -313,3 +313,21 @@ def test_a_device_chosen_reason_code_enters_the_signed_halt_reason_short_and_pla
     assert len(decision.record.reason) < 1000
     fleet = [o for o in fleet if o.state.device_id not in wave[:3]] + [device(wave[0], outcome="error", reason="")]
     assert f"{wave[0]} (error:unknown)" in judge(replace(RECORD, max_failure_rate=0.0), fleet, NOW).reason
+
+
+def test_devices_that_go_offline_mid_update_fail_the_wave_and_an_all_offline_wave_never_advances() -> None:
+    from dataclasses import replace as _replace
+
+    wave = set(in_wave())
+    mid_update = [
+        ObservedDevice(_replace(device(d, version=7).state, phase="canary"), False)
+        if d in wave
+        else device(d, version=7)
+        for d in FLEET
+    ]
+    decision = judge(RECORD, mid_update, NOW)
+    assert decision.action == "halt"
+    assert {f.code for f in decision.failures} == {"offline-during-canary"}
+    # Offline while still serving the stable version (never started): no failure, but nothing to advance on.
+    gone = [device(d, version=7, online=False) if d in wave else device(d, version=7) for d in FLEET]
+    assert judge(RECORD, gone, NOW).action == "wait"

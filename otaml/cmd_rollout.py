@@ -144,6 +144,16 @@ def broker_options(p: argparse.ArgumentParser) -> None:
         help="file of the fleet's device ids: messages from any other device are counted, not judged",
     )
     p.add_argument("--broker-timeout", type=float, default=10.0, help="seconds to wait for the broker (default 10)")
+    p.add_argument(
+        "--gates",
+        default=env("OTAML_GATES", ""),
+        help="gates file: its [rollout] section limits the candidate model in the field (registry/gates.toml)",
+    )
+    p.add_argument(
+        "--no-model-health",
+        action="store_true",
+        help="judge waves on the containers only, not on the model's field summaries (anomaly ratio, drift)",
+    )
 
 
 def broker_states(args: argparse.Namespace) -> StateSource:
@@ -197,11 +207,24 @@ def _service(args: argparse.Namespace, *, write: bool) -> RolloutService:
     states: StateSource | None = FileStateSource(states_file) if states_file else None
     if broker:
         states = broker_states(args)
+    health = _model_health(args)
     if not write:
         return RolloutService(
-            TufRecordStore(FleetRepository.read_only(DirectoryStore(site.metadata_dir)), None), states
+            TufRecordStore(FleetRepository.read_only(DirectoryStore(site.metadata_dir)), None),
+            states,
+            model_health=health,
         )
-    return RolloutService(TufRecordStore(site.open(), site.rollouts_signer()), states)
+    return RolloutService(TufRecordStore(site.open(), site.rollouts_signer()), states, model_health=health)
+
+
+def _model_health(args: argparse.Namespace) -> Any:
+    """The [rollout] limits of the gates file (the model's behaviour in the field), unless turned off."""
+    if getattr(args, "no_model_health", False):
+        return None
+    from registry.fleet.model_health import ModelHealthLimits
+    from registry.gates import DEFAULT_GATES_FILE
+
+    return ModelHealthLimits.from_gates(getattr(args, "gates", "") or DEFAULT_GATES_FILE)
 
 
 def _when(ts: float) -> str:

@@ -446,7 +446,7 @@ def _entry(entry: Any) -> ObservedDevice:
         raise MalformedMessage(f"state is not JSON: {exc}") from exc
     if len(payload) > MAX_MESSAGE_BYTES:
         raise MalformedMessage(f"state of {len(payload)} bytes is larger than the {MAX_MESSAGE_BYTES}-byte cap")
-    return ObservedDevice(parse_state(payload), availability == "online")
+    return ObservedDevice(parse_state(payload), availability == "online", entry.get("field"))
 
 
 # --- the I/O shell ---------------------------------------------------------------------------------------------

@@ -72,8 +72,11 @@ def where(tmp_path: Path) -> list[str]:
     return ["--dir", str(tmp_path / "site")]
 
 
-def write_states(path: Path, record: RolloutRecord, *, failing: str = "") -> None:
-    """Every device reports what the record tells it to run; with ``failing``, wave devices roll back with it."""
+def write_states(
+    path: Path, record: RolloutRecord, *, failing: str = "", ratios: dict[int, float] | None = None
+) -> None:
+    """Every device reports what the record tells it to run; with ``failing``, wave devices roll back with it;
+    with ``ratios`` (version -> anomaly ratio), each device's field summary says its model alarms that often."""
     entries = []
     for d in DEVICES:
         version = record.version_for(d, {})
@@ -89,7 +92,11 @@ def write_states(path: Path, record: RolloutRecord, *, failing: str = "") -> Non
             health="ok",
             last_seen=1.0,
         )
-        entries.append({"state": json.loads(state.to_json()), "availability": "online"})
+        entry: dict[str, object] = {"state": json.loads(state.to_json()), "availability": "online"}
+        if ratios is not None:
+            v = state.version
+            entry["field"] = {"version": v, "window": 1000, "readings": 1000, "anomaly_ratio": ratios[v], "psi": {}}
+        entries.append(entry)
     entries.append({"state": {"device_id": "garbage", "version": "x"}, "availability": "online"})
     path.write_text(json.dumps({"devices": entries}))
 
@@ -139,6 +146,26 @@ def test_a_good_rollout_completes_and_a_bad_one_halts_with_its_reasons(
     halted = device.client.rollout("production", MODEL)
     assert halted is not None
     assert {halted.version_for(d, {}) for d in DEVICES} == {7}
+
+
+def test_a_candidate_whose_model_alarms_on_everything_is_halted_with_healthy_containers(
+    tmp_path: Path, fleet: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    states = tmp_path / "states.json"
+    args = where(tmp_path)
+    assert main(["rollout", "start", MODEL, "7", "--waves", "50,100", "--soak", "0s", *args]) == 0
+    record = published(fleet)
+    write_states(states, record, ratios={6: 0.01, 7: 0.97})
+    # Containers only: the wave looks healthy and would advance.
+    assert main(["rollout", "status", MODEL, "--states", str(states), "--no-model-health", *args]) == 0
+    assert "advance" in capsys.readouterr().out
+    assert main(["rollout", "step", "--states", str(states), *args]) == 0
+    assert "halt (published)" in capsys.readouterr().out
+    assert main(["rollout", "status", MODEL, *args]) == 0
+    out = capsys.readouterr().out
+    assert "HALTED" in out
+    assert "v7 flags 97.0% of readings" in out
+    assert published(fleet).state == "halted"
 
 
 def test_status_with_states_shows_the_live_judgement_and_json(

@@ -6,6 +6,10 @@ Where things are (flags, or the environment for a timer unit):
     --dir    / OTAML_TRUST_DIR       the trust site (``otaml trust init``): ``metadata/`` is what devices read,
                                      ``online/`` holds the controller's keys (rollouts, snapshot, timestamp)
     --states / OTAML_FLEET_STATES    the fleet's reported states as JSON (registry.fleet.rollout.FileStateSource)
+    --broker / OTAML_BROKER          or the states read live from the MQTT broker's retained messages (host:port;
+                                     with --fleet / OTAML_FLEET, --username / OTAML_BROKER_USER,
+                                     --password-file / OTAML_BROKER_PASSWORD_FILE, --tls-ca / OTAML_BROKER_TLS_CA,
+                                     --known-devices / OTAML_FLEET_DEVICES, as ``otaml fleet status``)
 
 ``otaml rollout enable`` adds the rollouts role to a site created without it (a threshold of approver keys).
 """
@@ -19,13 +23,15 @@ import re
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_runtime.errors import InputError, OtamlError
+from edge_runtime.fleet.messages import check_id
 
 if TYPE_CHECKING:
     from edge_runtime.fleet.rollout import RolloutRecord
-    from registry.fleet.rollout import Decision, RolloutService, StepResult
+    from registry.fleet.rollout import Decision, RolloutService, StateSource, StepResult
 
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -66,6 +72,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p.add_argument("--dir", help="the trust site (default: $OTAML_TRUST_DIR)")
         if states:
             p.add_argument("--states", help=states + " (default: $OTAML_FLEET_STATES)")
+            broker_options(p)
 
     def named(p: argparse.ArgumentParser) -> None:
         p.add_argument("name", metavar="NAME", help="model name")
@@ -117,6 +124,56 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     enable.set_defaults(func=run_enable)
 
 
+def broker_options(p: argparse.ArgumentParser) -> None:
+    """Where the fleet's states come from when they are read live from the broker (instead of ``--states``)."""
+    env = os.environ.get
+    p.add_argument(
+        "--broker", default=env("OTAML_BROKER", ""), help="read the states from this MQTT broker (host:port)"
+    )
+    p.add_argument("--fleet", default=env("OTAML_FLEET", "default"), help="fleet name (default: default)")
+    p.add_argument("--username", default=env("OTAML_BROKER_USER", "controller"), help="broker user (controller)")
+    p.add_argument(
+        "--password-file",
+        default=env("OTAML_BROKER_PASSWORD_FILE", ""),
+        help="file whose first line is the controller's broker password",
+    )
+    p.add_argument("--tls-ca", default=env("OTAML_BROKER_TLS_CA", ""), help="CA file: TLS to the broker")
+    p.add_argument(
+        "--known-devices",
+        default=env("OTAML_FLEET_DEVICES", ""),
+        help="file of the fleet's device ids: messages from any other device are counted, not judged",
+    )
+    p.add_argument("--broker-timeout", type=float, default=10.0, help="seconds to wait for the broker (default 10)")
+
+
+def broker_states(args: argparse.Namespace) -> StateSource:
+    """The fleet's states as the broker holds them, read again at every step (``registry.fleet.collect``)."""
+    from otaml.cmd_fleet import parse_broker, read_known_devices, read_password
+    from registry.fleet.collect import collect
+    from registry.fleet.rollout import SnapshotStateSource
+
+    host, port = parse_broker(args.broker)
+    try:
+        check_id("fleet", args.fleet)
+    except InputError as exc:
+        raise InputError(f"--fleet: {exc}") from None
+    password = read_password(args.password_file)
+    known = read_known_devices(args.known_devices)
+    tls_ca = Path(args.tls_ca) if args.tls_ca else None
+    return SnapshotStateSource(
+        lambda: collect(
+            host,
+            port,
+            args.fleet,
+            username=args.username,
+            password=password,
+            tls_ca=tls_ca,
+            known_devices=known,
+            timeout_s=args.broker_timeout,
+        )
+    )
+
+
 # --- wiring ------------------------------------------------------------------------------------------------------
 def _service(args: argparse.Namespace, *, write: bool) -> RolloutService:
     from otaml.cmd_trust import site_dir
@@ -131,7 +188,15 @@ def _service(args: argparse.Namespace, *, write: bool) -> RolloutService:
             f"{site.path} is not a trust site (no metadata/1.root.json); create one with `otaml trust init`"
         )
     states_file = getattr(args, "states", None) or os.environ.get("OTAML_FLEET_STATES", "")
-    states = FileStateSource(states_file) if states_file else None
+    broker = getattr(args, "broker", "")
+    if states_file and broker:
+        raise InputError(
+            f"the fleet's states come from {states_file!r} (--states / OTAML_FLEET_STATES) and from the broker "
+            f"{broker!r} (--broker / OTAML_BROKER); give only one"
+        )
+    states: StateSource | None = FileStateSource(states_file) if states_file else None
+    if broker:
+        states = broker_states(args)
     if not write:
         return RolloutService(
             TufRecordStore(FleetRepository.read_only(DirectoryStore(site.metadata_dir)), None), states
@@ -267,7 +332,8 @@ def _controller(args: argparse.Namespace) -> RolloutService:
     service = _service(args, write=True)
     if service.states is None:
         raise InputError(
-            "the controller judges waves from the fleet's states: pass --states FILE or set OTAML_FLEET_STATES"
+            "the controller judges waves from the fleet's states: pass --broker HOST:PORT (or set OTAML_BROKER) "
+            "to read them from the MQTT broker, or --states FILE (OTAML_FLEET_STATES)"
         )
     return service
 

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -112,6 +113,23 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+# A read-through cache shared by the devices of one machine: (digest, fetch) -> (its file, bytes fetched now).
+# The file must hold exactly the blob ``fetch`` returned (verified against its digest by the client).
+BlobCache = Callable[[str, Callable[[str], bytes]], tuple[Path, int]]
+
+
+def _link_or_copy(source: Path, dest: Path) -> None:
+    """Hardlink ``source`` to ``dest`` (a copy across file systems); the content store's files are never written
+    in place, so sharing the inode is safe."""
+    partial = dest.with_suffix(".partial")
+    partial.unlink(missing_ok=True)
+    try:
+        os.link(source, partial)
+    except OSError:
+        shutil.copyfile(source, partial)
+    partial.rename(dest)
+
+
 @dataclass
 class _Process:
     spec: ContainerSpec
@@ -122,10 +140,13 @@ class _Process:
 class ProcessRuntime:
     """Images unpacked under ``root``, services as child processes; ``client`` reads the layout (get_manifest/blob)."""
 
-    def __init__(self, client: Any, root: Path, python: str = sys.executable) -> None:
+    def __init__(
+        self, client: Any, root: Path, python: str = sys.executable, *, blob_cache: BlobCache | None = None
+    ) -> None:
         self.client = client
         self.root = root
         self.python = python
+        self.blob_cache = blob_cache
         self._containers: dict[str, _Process] = {}
         (root / "blobs").mkdir(parents=True, exist_ok=True)
         (root / "images").mkdir(parents=True, exist_ok=True)
@@ -145,7 +166,11 @@ class ProcessRuntime:
         path = self._blob_path(digest)
         if path.is_file():
             return path.read_bytes(), 0
-        data: bytes = self.client.get_blob(digest)  # the layout verifies the digest
+        if self.blob_cache is not None:
+            cached, fetched = self.blob_cache(digest, self.client.get_blob)
+            _link_or_copy(cached, path)
+            return path.read_bytes(), fetched
+        data: bytes = self.client.get_blob(digest)  # the client verifies the digest
         path.write_bytes(data)
         return data, len(data)
 

@@ -17,18 +17,21 @@ from types import SimpleNamespace
 
 import pytest
 
-from edge_runtime.fleet.messages import DeviceState
+from edge_runtime.fleet.messages import DeviceState, device_topic
 from edge_runtime.fleet.rollout import RolloutRecord
 from otaml.cli import main
+from otaml.localstack import LocalBroker
 from registry.tuf import keys
 from registry.tuf.repository import FleetRepository, RoleKeys, create
 from registry.tuf.site import TrustSite, init
 from registry.tuf.store import DirectoryStore
 from tests.edge_runtime.trust.fakes import Device, provision
+from tests.otaml.test_cmd_fleet import publish_as
 from tests.registry.tuf.fleet import image
 
 MODEL = "pump-anomaly"
 DEVICES = [f"dev-{i:02d}" for i in range(30)]
+DEVICES_ON_BROKER = ("pi-a", "pi-b", "pi-c")  # the users of tests/fixtures/mqtt_broker.py
 
 
 @dataclass
@@ -180,7 +183,10 @@ def test_pause_resume_abort(tmp_path: Path, fleet: Site, capsys: pytest.CaptureF
         (["start", MODEL, "9"], "v9 is not approved for channel 'production'"),
         (["start", MODEL, "8", "--waves", "10,50"], "must be increasing percentages in 1..100 that end at 100"),
         (["status", MODEL, "--channel", "staging"], "no rollout of 'pump-anomaly' on channel 'staging'"),
-        (["step"], "pass --states FILE or set OTAML_FLEET_STATES"),
+        (["step"], "pass --broker HOST:PORT (or set OTAML_BROKER)"),
+        (["step", "--states", "s.json", "--broker", "127.0.0.1:1"], "give only one"),
+        (["step", "--broker", "nowhere"], "--broker has value 'nowhere'. Use host:port"),
+        (["step", "--broker", "127.0.0.1:1", "--fleet", "a/b"], "--fleet:"),
     ],
 )
 def test_refusals_name_the_problem(
@@ -193,6 +199,7 @@ def test_refusals_name_the_problem(
 ) -> None:
     extra = where(tmp_path)
     monkeypatch.delenv("OTAML_FLEET_STATES", raising=False)
+    monkeypatch.delenv("OTAML_BROKER", raising=False)
     assert main(["rollout", *argv, *extra]) == 1
     assert message in capsys.readouterr().err
 
@@ -209,6 +216,7 @@ def test_the_site_and_states_come_from_the_environment_or_a_clear_error(
 ) -> None:
     monkeypatch.delenv("OTAML_TRUST_DIR", raising=False)
     monkeypatch.delenv("OTAML_FLEET_STATES", raising=False)
+    monkeypatch.delenv("OTAML_BROKER", raising=False)
     assert main(["rollout", "status", MODEL]) == 1
     assert "pass --dir DIR or set OTAML_TRUST_DIR" in capsys.readouterr().err
     monkeypatch.setenv("OTAML_TRUST_DIR", str(tmp_path / "site"))
@@ -297,3 +305,67 @@ def test_run_steps_until_complete_and_two_controller_processes_at_once_do_not_co
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("no rollout is running or paused") == 2
+
+
+def report_states(broker: LocalBroker, record: RolloutRecord, *, failing: str = "") -> None:
+    """Each device of the broker publishes, as itself, the retained state the record tells it to reach."""
+    for d in DEVICES_ON_BROKER:
+        version = record.version_for(d, {})
+        failed = bool(failing) and version == record.version
+        state = DeviceState(
+            device_id=d,
+            model=MODEL,
+            version=record.stable_version if failed else version,
+            phase="serving",
+            last_outcome="rolled_back" if failed else "updated",
+            last_reason=failing if failed else "",
+            rollout_id=record.rollout_id,
+            health="ok",
+            last_seen=1.0,
+        )
+        publish_as(
+            broker,
+            d,
+            [(device_topic("f", d, "state"), state.to_json()), (device_topic("f", d, "availability"), b"online")],
+        )
+
+
+@pytest.mark.integration
+def test_the_controller_reads_the_states_from_the_broker(
+    tmp_path: Path,
+    fleet: Site,
+    mqtt_broker: LocalBroker,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert mqtt_broker.instance is not None
+    monkeypatch.delenv("OTAML_FLEET_STATES", raising=False)
+    monkeypatch.setenv("OTAML_BROKER_PASSWORD_FILE", str(mqtt_broker.password_file("controller")))
+    monkeypatch.setenv("OTAML_FLEET", "f")
+    broker = ["--broker", mqtt_broker.instance.address]
+    args = where(tmp_path)
+    assert main(["rollout", "start", MODEL, "7", "--waves", "100", "--soak", "0s", *args]) == 0
+    report_states(mqtt_broker, published(fleet))
+    assert main(["rollout", "step", *broker, *args]) == 0
+    assert "advance (published)" in capsys.readouterr().out
+    assert published(fleet).state == "completed"
+
+    assert main(["rollout", "start", MODEL, "8", "--waves", "100", "--max-failure-rate", "0.1", *args]) == 0
+    report_states(mqtt_broker, published(fleet), failing="no-platform")
+    capsys.readouterr()
+    monkeypatch.setenv("OTAML_BROKER", mqtt_broker.instance.address)  # the environment, as a timer unit sets it
+    assert main(["rollout", "run", "--count", "1", "--json", *args]) == 0
+    step = json.loads(capsys.readouterr().out)
+    assert step["results"][0]["decision"]["action"] == "halt"
+    assert published(fleet).state == "halted"
+    assert main(["rollout", "status", MODEL, *args]) == 0
+    out = capsys.readouterr().out
+    assert "HALTED" in out
+    assert "now: " in out  # the live judgement: the states were read from the broker
+    for d in DEVICES_ON_BROKER:
+        assert f"{d} (rolled_back:no-platform)" in out
+
+    wrong = tmp_path / "wrong.password"
+    wrong.write_text("not-the-password\n")
+    assert main(["rollout", "status", MODEL, *args, "--password-file", str(wrong)]) == 1
+    assert "refused" in capsys.readouterr().err

@@ -54,3 +54,52 @@ def test_pull_start_stop_from_a_layout(tmp_path: Path, model_bundle: Bundle) -> 
     runtime.stop("svc", timeout_s=5)  # idempotent
     runtime.remove_image(ref)
     assert runtime.list_images() == []
+
+
+class CountingClient(LayoutClient):
+    """The layout, counting the blobs fetched from it (the registry side of the cache)."""
+
+    def __init__(self, layout: Layout) -> None:
+        super().__init__(layout)
+        self.blobs: list[str] = []
+
+    def get_blob(self, digest: str, max_bytes: int | None = None) -> bytes:
+        self.blobs.append(digest)
+        return super().get_blob(digest, max_bytes)
+
+
+def test_devices_sharing_a_blob_cache_fetch_each_blob_once(tmp_path: Path, model_bundle: Bundle) -> None:
+    from otaml.local_fleet import BlobCache
+
+    base = minimal_base_image(tmp_path / "base", "linux/amd64")
+    baked = bake(base, model_bundle.path, f"oci:{tmp_path / 'images'}", tag="model-v1")
+    client = CountingClient(Layout(tmp_path / "images"))
+    cache = BlobCache(tmp_path / "cache")
+    ref = f"embedded.invalid/demo@{baked.digest}"
+    devices = [ProcessRuntime(client, tmp_path / f"device-{i}", blob_cache=cache.path) for i in range(3)]
+    fetched = [d.pull(ref, "linux/amd64").bytes_fetched for d in devices]
+
+    assert fetched[0] >= baked.layer_size
+    assert fetched[1:] == [0, 0]  # from the cache, not the registry
+    assert len(client.blobs) == len(set(client.blobs)) == cache.fetched
+    for device in devices:
+        bundle = tmp_path / device.root.name / "images" / baked.digest.removeprefix("sha256:") / "opt/model"
+        assert (bundle / "model.json").read_bytes() == (model_bundle.path / "model.json").read_bytes()
+        assert device.read_blob(baked.layer_digest) == client.layout.read_blob(baked.layer_digest)
+
+
+def test_a_failed_fetch_leaves_nothing_in_the_cache(tmp_path: Path) -> None:
+    from otaml.local_fleet import BlobCache
+
+    cache = BlobCache(tmp_path / "cache")
+    digest = "sha256:" + "a" * 64
+
+    def broken(_digest: str) -> bytes:
+        raise NotFound("the registry has no such blob")
+
+    with pytest.raises(NotFound):
+        cache.path(digest, broken)
+    assert list((tmp_path / "cache").iterdir()) == []
+    path, fetched = cache.path(digest, lambda _d: b"blob")
+    assert (path.read_bytes(), fetched) == (b"blob", 4)
+    assert cache.path(digest, broken) == (path, 0)  # a hit: the registry is not asked again

@@ -1,0 +1,439 @@
+"""A fleet on one machine: N device agents, a good rollout in waves and a bad one that halts itself.
+
+Everything is real except the devices' hardware: the model is trained by the pipeline with its defaults
+(bench/pipeline_models.py) and baked as v1, v2 and v3; a real OCI registry (docker-registry) behind a counting
+proxy; a real Mosquitto broker with one user per device and the fleet ACL; a real TUF trust site (approvals need
+2 of 3 approver keys), its metadata served over HTTP. The N devices are the real agent (otaml/local_fleet.py:
+threads of this process, each with its own state, id, groups, platform, broker user, TUF client and registry
+client) on the light process runtime: each serves its model as a real ``python -m edge_runtime serve`` process
+behind a TCP forwarder. Half of them are ``hw=pi4`` (platform linux/arm64), half ``hw=x86`` (linux/amd64).
+
+1. v1 is approved; every device installs it.
+2. The good rollout: v2 approved and started with ``--waves`` and ``--soak``; the controller
+   (``RolloutService.step`` over the broker's retained states, every ``--step`` s) advances it; load runs against
+   ``--load-devices`` devices' public ports throughout, counting failed requests.
+3. The bad rollout: v3 is baked onto a base with no linux/arm64 image, so pi4 devices refuse it
+   (``refused:no-platform``) while x86 ones take it. It must halt after its first wave, and the wave's devices must
+   return to v2.
+4. Idle: ``--idle`` s with nothing to do, to measure what an idle device costs (MQTT bytes, registry requests).
+
+The TUF metadata is published to the served directory the way a CDN upload is done: changed files first,
+``timestamp.json`` last, so a device never sees half a publication (an approval and the rollout that holds it
+back are one publication).
+
+Usage: ``.venv/bin/python bench/bench_fleet.py --devices 200 [--json]``. JSON keys: devices, waves,
+good_rollout_seconds, good_rollout_reached, bad_rollout_halted, bad_rollout_devices_affected, failed_requests,
+broker_bytes_per_device_hour, registry_requests_per_device_hour. Details (CPU, memory, per-phase counts) go to
+stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline_models import train_default_models
+from proctree import TreeMonitor
+
+MODEL = "bench"
+REPO = "otaml/bench"
+CHANNEL = "production"
+FLEET = "bench"
+
+
+# ── counting servers ────────────────────────────────────────────────────────────────────────────────────────
+class Counts:
+    """Requests seen by a counting server, by method and kind; thread-safe."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.by_kind: Counter[str] = Counter()
+        self.bytes_out = 0
+
+    def add(self, kind: str, size: int) -> None:
+        with self.lock:
+            self.by_kind[kind] += 1
+            self.bytes_out += size
+
+    def total(self) -> int:
+        with self.lock:
+            return sum(self.by_kind.values())
+
+    def snapshot(self) -> tuple[Counter[str], int]:
+        with self.lock:
+            return Counter(self.by_kind), self.bytes_out
+
+
+def _kind(method: str, path: str) -> str:
+    for part in ("manifests", "blobs", "tags"):
+        if f"/{part}/" in path:
+            return f"{method} {part}"
+    return f"{method} other"
+
+
+class RegistryProxy:
+    """An HTTP proxy in front of the registry that counts every request the devices make."""
+
+    def __init__(self, upstream: str) -> None:
+        self.counts = Counts()
+        host, port = upstream.rsplit(":", 1)
+        counts = self.counts
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+            def _forward(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                conn = http.client.HTTPConnection(host, int(port), timeout=60)
+                try:
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                    conn.request(self.command, self.path, body=body, headers=headers)
+                    response = conn.getresponse()
+                    data = response.read()
+                finally:
+                    conn.close()
+                counts.add(_kind(self.command, self.path), len(data))
+                self.send_response(response.status)
+                for key, value in response.getheaders():
+                    if key.lower() not in ("connection", "transfer-encoding", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", response.getheader("Content-Length") or str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _forward
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class MetadataServer:
+    """Serves the published TUF metadata directory, counting requests and bytes (the metadata traffic)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.counts = Counts()
+        counts = self.counts
+
+        class Handler(SimpleHTTPRequestHandler):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, directory=str(directory), **kwargs)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+            def send_head(self) -> Any:
+                f = super().send_head()
+                name = self.path.rsplit("/", 1)[-1]
+                size = os.fstat(f.fileno()).st_size if f is not None and hasattr(f, "fileno") else 0
+                counts.add(name.split(".")[-2] if name.count(".") >= 1 else name, size)
+                return f
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def publish_metadata(source: Path, served: Path) -> None:
+    """Copy changed metadata files to ``served`` atomically each, ``timestamp.json`` last (a CDN upload)."""
+    served.mkdir(parents=True, exist_ok=True)
+    names = sorted(p.name for p in source.iterdir() if p.is_file() and p.suffix == ".json")
+    for name in [n for n in names if n != "timestamp.json"] + (["timestamp.json"] if "timestamp.json" in names else []):
+        data = (source / name).read_bytes()
+        target = served / name
+        if target.is_file() and target.read_bytes() == data:
+            continue
+        partial = served / f".{name}.partial"
+        partial.write_bytes(data)
+        partial.rename(target)
+
+
+# ── the bench ──────────────────────────────────────────────────────────────────────────────────────────────
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, fleet: Any, step: float = 1.0) -> float:
+    t0 = time.monotonic()
+    while not predicate():
+        if problems := fleet.problems():
+            raise RuntimeError(f"while waiting for {what}: {problems[:3]}")
+        if time.monotonic() - t0 > timeout_s:
+            raise TimeoutError(f"{what}: not within {timeout_s:.0f} s")
+        time.sleep(step)
+    return time.monotonic() - t0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, default=20, help="device agents (default 20)")
+    parser.add_argument("--waves", default="1,10,50,100", help="rollout waves, cumulative %% (default 1,10,50,100)")
+    parser.add_argument("--soak", type=float, default=10.0, help="soak of each wave, s (default 10)")
+    parser.add_argument("--poll", type=float, default=15.0, help="device poll interval, s (±20%% jitter; default 15)")
+    parser.add_argument("--probation", type=float, default=3.0, help="device probation, s (default 3)")
+    parser.add_argument("--step", type=float, default=3.0, help="controller interval, s (default 3)")
+    parser.add_argument("--load-devices", type=int, default=3, help="devices under load (default 3)")
+    parser.add_argument("--rate", type=float, default=10.0, help="load per device under load, req/s (default 10)")
+    parser.add_argument("--idle", type=float, default=120.0, help="idle window measured at the end, s (default 120)")
+    parser.add_argument("--start-rate", type=float, default=4.0, help="devices started per second (default 4)")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep files here (default: a temp dir)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
+    args = parser.parse_args()
+    waves = tuple(int(w) for w in args.waves.split(","))
+    say: Callable[[str], None] = lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", file=sys.stderr, flush=True)  # noqa: E731
+
+    from edge_runtime.trust.approval import Approval
+    from otaml.loadgen import LoadGenerator
+    from otaml.local_fleet import PI4, X86, DeviceOptions, LocalFleet, fleet_specs, minimal_base, quiet_agent_logs
+    from otaml.localstack import LocalBroker, LocalRegistry
+    from registry.bake import bake
+    from registry.fleet.collect import collect
+    from registry.fleet.rollout import RolloutService, SnapshotStateSource, TufRecordStore
+    from registry.oci.refs import parse_ref, pinned
+    from registry.tuf import keys
+    from registry.tuf.site import TrustSite, init
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-fleet-", dir="/tmp"))
+    work.mkdir(parents=True, exist_ok=True)
+    monitor = TreeMonitor(os.getpid(), interval=0.5).__enter__()
+    specs = fleet_specs(args.devices)
+    registry = LocalRegistry(work / "registry")
+    broker = LocalBroker(work / "mqtt", devices=[s.device_id for s in specs])
+    undo_logs = quiet_agent_logs(work / "agents.log")
+    proxy: RegistryProxy | None = None
+    meta: MetadataServer | None = None
+    fleet: LocalFleet | None = None
+    loads: list[Any] = []
+    try:
+        upstream = registry.start()
+        proxy = RegistryProxy(upstream)
+        instance = broker.start()
+        say(
+            f"registry {upstream} (devices use the counting proxy {proxy.address}), "
+            f"broker {instance.host}:{instance.port}"
+        )
+        say("training the default models with the pipeline …")
+        models = train_default_models(work / "trained", model_name=MODEL)
+        bundle = models.bundles[models.chosen]
+        readings = json.loads((bundle / "model.json").read_text())["golden"]["readings"]
+        base_all = pinned(minimal_base(work / "base-all", (X86, PI4)))
+        base_x86 = pinned(minimal_base(work / "base-x86", (X86,)))
+
+        trust = init(work / "trust", work / "keys")
+        site = TrustSite(trust.site.path)
+        served = work / "served-metadata"
+        publish_metadata(site.metadata_dir, served)
+        meta = MetadataServer(served)
+        first, second = (keys.load_signer(p) for p in trust.approver_keys[:2])
+
+        def bake_and_approve(version: int, base: str) -> str:
+            version_dir = work / "bundles" / f"v{version}"
+            shutil.copytree(bundle, version_dir)
+            card = json.loads((version_dir / "model.json").read_text())
+            card["version"] = str(version)
+            (version_dir / "model.json").write_text(json.dumps(card))
+            baked = bake(base, version_dir, f"{upstream}/{REPO}", tag=f"model-v{version}")
+            with site.locked() as repo:
+                repo.propose(
+                    Approval(
+                        channel=CHANNEL,
+                        model=MODEL,
+                        version=version,
+                        digest=baked.digest,
+                        length=baked.index_size,
+                        base_digest=parse_ref(base).digest or "",
+                    ),
+                    first,
+                )
+                repo.approve_pending(second)
+            return baked.digest
+
+        say("v1: baked, approved by 2 of 3 approvers, published")
+        bake_and_approve(1, base_all)
+        publish_metadata(site.metadata_dir, served)
+
+        options = DeviceOptions(
+            registry_url=f"http://{proxy.address}",
+            repository=REPO,
+            trust_url=meta.url,
+            trusted_root=trust.trusted_root,
+            model=MODEL,
+            broker_host=instance.host,
+            broker_port=instance.port,
+            password_file=broker.password_file,
+            fleet=FLEET,
+            channel=CHANNEL,
+            poll_interval_s=args.poll,
+            probation_s=args.probation,
+        )
+        fleet = LocalFleet(work / "fleet", options)
+        t0 = time.monotonic()
+        for spec in specs:
+            fleet.add(spec)
+            time.sleep(1.0 / args.start_rate)
+        say(f"{len(specs)} devices started in {time.monotonic() - t0:.0f} s; waiting for v1 everywhere …")
+        install_s = wait_until(
+            lambda: all(v == "1" for v in fleet.versions().values()), 60 + 3 * len(specs), "v1 everywhere", fleet
+        )
+        say(f"v1 serves on every device ({time.monotonic() - t0:.0f} s after the first start)")
+
+        password = broker.password("controller")
+
+        def snapshot() -> Any:
+            return collect(instance.host, instance.port, FLEET, password=password, timeout_s=30)
+
+        service = RolloutService(TufRecordStore(site.open(), site.rollouts_signer()), SnapshotStateSource(snapshot))
+
+        def drive(what: str, timeout_s: float) -> str:
+            """Step the controller until the rollout completes or halts; returns its final state."""
+            deadline = time.monotonic() + timeout_s
+            while True:
+                for result in service.step():
+                    if result.published:
+                        say(f"  {what}: {result.decision.action}: {result.decision.reason[:160]}")
+                publish_metadata(site.metadata_dir, served)
+                record = service.store.get(CHANNEL, MODEL)
+                if record is not None and record.state in ("completed", "halted", "aborted"):
+                    return record.state
+                if problems := fleet.problems():
+                    raise RuntimeError(f"{what}: {problems[:3]}")
+                if time.monotonic() > deadline:
+                    return record.state if record is not None else "none"
+                time.sleep(args.step)
+
+        for device in fleet.devices[: args.load_devices]:
+            load = LoadGenerator(device.public_port, readings, rate=args.rate, workers=2)
+            loads.append(load.start())
+        say(f"load: {args.rate:g} req/s on each of {len(loads)} devices")
+
+        # ── the good rollout ──
+        bake_and_approve(2, base_all)
+        service.start(MODEL, 2, channel=CHANNEL, waves=waves, max_failure_rate=0.05, soak_s=args.soak)
+        publish_metadata(site.metadata_dir, served)  # the approval and its rollout: one publication
+        good_t0 = time.monotonic()
+        say(f"good rollout of v2 started: waves {waves}, soak {args.soak:g} s")
+        good_state = drive("v2", timeout_s=len(waves) * (args.soak + 4 * args.poll) + 300)
+        budget = len(waves) * args.soak + 60
+        try:
+            wait_until(lambda: all(v == "2" for v in fleet.versions().values()), 120, "v2 everywhere", fleet)
+        except TimeoutError as exc:
+            say(f"  {exc}")
+        good_s = time.monotonic() - good_t0
+        versions = fleet.versions()
+        reached = sum(v == "2" for v in versions.values()) / len(versions)
+        say(
+            f"good rollout: {good_state}, {reached:.1%} on v2 after {good_s:.0f} s "
+            f"(goal: soak×waves + 60 = {budget:.0f} s)"
+        )
+
+        # ── the bad rollout ──
+        v3 = bake_and_approve(3, base_x86)
+        record = service.start(MODEL, 3, channel=CHANNEL, waves=waves, max_failure_rate=0.05, soak_s=args.soak)
+        publish_metadata(site.metadata_dir, served)
+        say(f"bad rollout of v3 (no linux/arm64 image) started: {record.rollout_id}")
+        bad_state = drive("v3", timeout_s=len(waves) * (args.soak + 4 * args.poll) + 300)
+        final = service.store.get(CHANNEL, MODEL)
+        halted_wave = final.wave if final is not None else -1
+        say(f"bad rollout: {bad_state} in wave {halted_wave + 1}: {final.reason if final else ''}"[:400])
+        in_first_wave = {s.device_id for s in specs if record.version_for(s.device_id, dict(s.groups)) == 3}
+        try:
+            wait_until(lambda: all(v == "2" for v in fleet.versions().values()), 120, "v2 back everywhere", fleet)
+        except TimeoutError as exc:
+            say(f"  {exc}")
+        affected = sorted(
+            d.spec.device_id for d in fleet.devices if any(h.get("digest") == v3 for h in d.state().history)
+        )
+        say(
+            f"  devices that tried v3: {len(affected)} ({', '.join(affected[:10])}); "
+            f"its first wave held {len(in_first_wave)}"
+        )
+        failed = 0
+        requests = 0
+        for load in loads:
+            load.stop()
+            outcomes = load.outcomes()
+            requests += len(outcomes)
+            failed += sum(not o.ok for o in outcomes)
+        say(f"load: {failed} failed of {requests} requests")
+
+        # ── idle ──
+        say(f"idle window: {args.idle:g} s")
+        reg0, meta0, mqtt0 = proxy.counts.snapshot(), meta.counts.snapshot(), fleet.broker_bytes()
+        time.sleep(args.idle)
+        reg1, meta1, mqtt1 = proxy.counts.snapshot(), meta.counts.snapshot(), fleet.broker_bytes()
+        hours = args.idle / 3600
+        n = len(specs)
+        reg_requests = sum((reg1[0] - reg0[0]).values())
+        say(
+            f"  registry requests: {dict(reg1[0] - reg0[0])}; TUF metadata requests: {dict(meta1[0] - meta0[0])}, "
+            f"{meta1[1] - meta0[1]} bytes; MQTT payload bytes {mqtt1 - mqtt0}"
+        )
+        say(
+            f"  whole run: registry {dict(reg1[0])}; metadata {dict(meta1[0])} ({meta1[1]} bytes); "
+            f"MQTT payload {mqtt1} bytes"
+        )
+        say(
+            f"  this process tree: peak RSS {monitor.peak_mb:.0f} MB, CPU {monitor.cpu_seconds():.0f} s; "
+            f"blob cache: {fleet.cache.fetched} fetched, {fleet.cache.hits} hits; v1 install took {install_s:.0f} s"
+        )
+        figures = {
+            "devices": n,
+            "waves": list(waves),
+            "good_rollout_seconds": round(good_s, 1),
+            "good_rollout_reached": round(reached, 4),
+            "bad_rollout_halted": bad_state == "halted" and halted_wave == 0,
+            "bad_rollout_devices_affected": len(affected),
+            "failed_requests": failed,
+            "broker_bytes_per_device_hour": round((mqtt1 - mqtt0) / n / hours),
+            "registry_requests_per_device_hour": round(reg_requests / n / hours, 1),
+        }
+        if args.json:
+            print(json.dumps(figures))
+        else:
+            for key, value in figures.items():
+                print(f"{key:36} {value}")
+        return 0
+    finally:
+        for load in loads:
+            load.stop()
+        if fleet is not None:
+            fleet.stop()
+        for server in (proxy, meta):
+            if server is not None:
+                server.stop()
+        broker.stop()
+        registry.stop()
+        monitor.__exit__(None, None, None)
+        undo_logs()
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

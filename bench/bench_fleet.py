@@ -12,9 +12,9 @@ behind a TCP forwarder. Half of them are ``hw=pi4`` (platform linux/arm64), half
 2. The good rollout: v2 approved and started with ``--waves`` and ``--soak``; the controller
    (``RolloutService.step`` over the broker's retained states, every ``--step`` s) advances it; load runs against
    ``--load-devices`` devices' public ports throughout, counting failed requests.
-3. The bad rollout: v3 is baked onto a base with no linux/arm64 image, so pi4 devices refuse it
-   (``refused:no-platform``) while x86 ones take it. It must halt after its first wave, and the wave's devices must
-   return to v2.
+3. The bad rollout: v3 is baked onto a base with no linux/arm64 image, so pi4 devices refuse it while x86 ones
+   take it. It must halt after its first wave, and the wave's devices must return to v2. The default first wave is
+   5 %: a 1 % wave of 200 devices holds about 2, often no pi4 at all (then the halt comes one wave later).
 4. Idle: ``--idle`` s with nothing to do, to measure what an idle device costs (MQTT bytes, registry requests).
 
 The TUF metadata is published to the served directory the way a CDN upload is done: changed files first,
@@ -34,6 +34,7 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -164,20 +165,6 @@ class MetadataServer:
         self.server.server_close()
 
 
-def publish_metadata(source: Path, served: Path) -> None:
-    """Copy changed metadata files to ``served`` atomically each, ``timestamp.json`` last (a CDN upload)."""
-    served.mkdir(parents=True, exist_ok=True)
-    names = sorted(p.name for p in source.iterdir() if p.is_file() and p.suffix == ".json")
-    for name in [n for n in names if n != "timestamp.json"] + (["timestamp.json"] if "timestamp.json" in names else []):
-        data = (source / name).read_bytes()
-        target = served / name
-        if target.is_file() and target.read_bytes() == data:
-            continue
-        partial = served / f".{name}.partial"
-        partial.write_bytes(data)
-        partial.rename(target)
-
-
 # ── the bench ──────────────────────────────────────────────────────────────────────────────────────────────
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, fleet: Any, step: float = 1.0) -> float:
     t0 = time.monotonic()
@@ -193,7 +180,7 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, fleet
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=20, help="device agents (default 20)")
-    parser.add_argument("--waves", default="1,10,50,100", help="rollout waves, cumulative %% (default 1,10,50,100)")
+    parser.add_argument("--waves", default="5,20,50,100", help="rollout waves, cumulative %% (default 5,20,50,100)")
     parser.add_argument("--soak", type=float, default=10.0, help="soak of each wave, s (default 10)")
     parser.add_argument("--poll", type=float, default=15.0, help="device poll interval, s (±20%% jitter; default 15)")
     parser.add_argument("--probation", type=float, default=3.0, help="device probation, s (default 3)")
@@ -205,12 +192,26 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="keep files here (default: a temp dir)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
     args = parser.parse_args()
+
+    def interrupted(_signum: int, _frame: object) -> None:  # SIGTERM cleans up like Ctrl-C: no orphan services
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
     waves = tuple(int(w) for w in args.waves.split(","))
     say: Callable[[str], None] = lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", file=sys.stderr, flush=True)  # noqa: E731
 
     from edge_runtime.trust.approval import Approval
     from otaml.loadgen import LoadGenerator
-    from otaml.local_fleet import PI4, X86, DeviceOptions, LocalFleet, fleet_specs, minimal_base, quiet_agent_logs
+    from otaml.local_fleet import (
+        PI4,
+        X86,
+        DeviceOptions,
+        LocalFleet,
+        fleet_specs,
+        minimal_base,
+        publish_metadata,
+        quiet_agent_logs,
+    )
     from otaml.localstack import LocalBroker, LocalRegistry
     from registry.bake import bake
     from registry.fleet.collect import collect
@@ -383,6 +384,7 @@ def main() -> int:
         say(f"load: {failed} failed of {requests} requests")
 
         # ── idle ──
+        time.sleep(min(30.0, args.idle / 4))  # the last steps' states and events reach the broker first
         say(f"idle window: {args.idle:g} s")
         reg0, meta0, mqtt0 = proxy.counts.snapshot(), meta.counts.snapshot(), fleet.broker_bytes()
         time.sleep(args.idle)

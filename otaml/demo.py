@@ -165,7 +165,13 @@ class _Loop:
         trust = init(self.workdir / "trust", self.workdir / "keys", approvers=3, threshold=2)
         self.approver_keys = trust.approver_keys
         self.trust_dir = trust.site.path
-        metadata = self.stack.enter_context(StaticServer(trust.site.metadata_dir))
+        from otaml.local_fleet import publish_metadata
+
+        self.served_metadata = self.workdir / "served-metadata"
+        self.publish = lambda: publish_metadata(trust.site.metadata_dir, self.served_metadata)
+        self.publish()
+        metadata = self.stack.enter_context(StaticServer(self.served_metadata))
+        self.trust_url, self.trusted_root = metadata.url, trust.trusted_root
         self.base = pinned(self.site.base_image)
         self.say(
             f"fleet trust site {trust.site.path} (TUF; production approvals need 2 of 3 approver keys), metadata "
@@ -222,6 +228,34 @@ class _Loop:
         time.sleep(2.0)
         self.load.stop()
         self.finish(agent)
+        with _stage(s, "fleet"):
+            self.fleet((v1, v2, v3), keys.private_key)
+
+    def fleet(self, versions: tuple[str, str, str], signing_key: Path) -> None:
+        from otaml.demo_fleet import FleetContext, run_fleet
+
+        client_factory = None
+        if self.site.repository.startswith("oci:"):  # embedded: the devices read the OCI layout
+            from otaml.demo_embedded import LayoutClient
+            from registry.oci.layout import Layout
+
+            images = Path(self.site.repository.removeprefix("oci:"))
+            client_factory = lambda: LayoutClient(Layout(images))  # noqa: E731
+        ctx = FleetContext(
+            workdir=self.workdir,
+            stack=self.stack,
+            say=self.say,
+            model=MODEL_NAME,
+            registry_url=self.site.registry_url,
+            repository=self.site.agent_repository,
+            trust_dir=self.trust_dir,
+            trust_url=self.trust_url,
+            trusted_root=self.trusted_root,
+            promote=lambda version, channel: self.approve(version, signing_key, channel)[0].image.digest,
+            publish=self.publish,
+            client_factory=client_factory,
+        )
+        self.summary.fleet = run_fleet(ctx, versions)
 
     # ── steps ──────────────────────────────────────────────────────────────────────────────────────
     def train(self) -> tuple[str, str, Path]:
@@ -275,13 +309,23 @@ class _Loop:
         return version
 
     def promote(self, version: str, signing_key: Path) -> Any:
+        row = self.summary.row(version)
+        if row is None:
+            raise DemoFailed(f"no version {version} in the demo's list")
+        report, row.promotion, moved = self.approve(version, signing_key, CHANNEL)
+        self.publish()
+        row.digest = report.image.digest
+        self.say(f"  {report.image.repository}:{report.image.version_tag} = {row.digest[:19]}… signed, {CHANNEL} moved")
+        self.moves[version] = moved
+        return row
+
+    def approve(self, version: str, signing_key: Path, channel: str) -> tuple[Any, str, _Move]:
+        """Promote ``version`` to ``channel`` (forced past the gates if they refuse) and complete its approval with
+        the second approver key; the trust site holds it, :meth:`publish` sends it to the devices."""
         from registry.promotion import ImageTarget, PromotionRefused, RegistryPublisher, TrustTarget, promote
         from registry.tuf import keys
         from registry.tuf.site import TrustSite
 
-        row = self.summary.row(version)
-        if row is None:
-            raise DemoFailed(f"no version {version} in the demo's list")
         publisher = _TimedPublisher(
             RegistryPublisher(
                 ImageTarget(
@@ -294,12 +338,12 @@ class _Loop:
             )
         )
         self.say(
-            f"promoting v{version} to {CHANNEL} (gates: metrics, parity, size, latency; then bake, sign, move tag)"
+            f"promoting v{version} to {channel} (gates: metrics, parity, size, latency; then bake, sign, move tag)"
         )
         kwargs: dict[str, Any] = {"approver": APPROVER, "publisher": publisher, "tracking_uri": self.tracking_uri}
         try:
-            report = promote(MODEL_NAME, version, CHANNEL, **kwargs)
-            row.promotion = "gates passed"
+            report = promote(MODEL_NAME, version, channel, **kwargs)
+            promotion = "gates passed"
         except PromotionRefused as exc:
             failed = [r.name for r in exc.report.failures]
             self.say(f"  refused by the gates: {', '.join(failed)}")
@@ -307,21 +351,18 @@ class _Loop:
                 self.say(f"    {r.name}: {r.detail}")
             self.say("  the operator forces it: --force --reason 'demo: ship it anyway'")
             report = promote(
-                MODEL_NAME, version, CHANNEL, force=True, reason="demo: ship it anyway (gates overridden)", **kwargs
+                MODEL_NAME, version, channel, force=True, reason="demo: ship it anyway (gates overridden)", **kwargs
             )
-            row.promotion = f"forced ({', '.join(failed)} failed)"
+            promotion = f"forced ({', '.join(failed)} failed)"
         if report.image is None:
             raise DemoFailed(f"promoting v{version} published no image")
-        row.digest = report.image.digest
         if report.image.approval == "pending":
             self.say(f"  approval pending ({report.image.approvals_missing} more key): a second approver signs")
             with TrustSite(self.trust_dir).locked() as repo:
                 status = repo.approve_pending(keys.load_signer(self.approver_keys[1]))
             if status.state != "approved":
                 raise DemoFailed(f"v{version} is still not approved after the second signature: {status}")
-        self.say(f"  {report.image.repository}:{report.image.version_tag} = {row.digest[:19]}… signed, {CHANNEL} moved")
-        self.moves[version] = _Move(publisher.moved_at, publisher.moved_epoch)
-        return row
+        return report, promotion, _Move(publisher.moved_at, publisher.moved_epoch)
 
     def follow(self, agent: Agent, row: VersionRow, what: str) -> None:
         move = self.moves[row.version]
@@ -392,4 +433,12 @@ def demo_ok(summary: DemoSummary) -> list[str]:
         problems.append(f"v3 was not refused or rolled back ({v3.agent_outcome if v3 else 'never promoted'})")
     elif v3.digest not in summary.blocked:
         problems.append("v3 is not blocked on the device")
+    fleet = summary.fleet
+    if fleet and not fleet.get("skipped"):
+        if fleet.get("good_rollout") != "completed":
+            problems.append(f"the fleet's rollout of v2 ended {fleet.get('good_rollout')!r}, not completed")
+        if fleet.get("bad_rollout") != "halted":
+            problems.append(f"the fleet's rollout of the broken v3 ended {fleet.get('bad_rollout')!r}, not halted")
+        if set(fleet.get("versions", {}).values()) != {"2"}:
+            problems.append(f"the fleet does not serve v2 at the end: {fleet.get('versions')}")
     return problems

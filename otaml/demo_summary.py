@@ -45,6 +45,8 @@ class DemoSummary:
     failed_total: int = 0
     duration_s: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+    # The fleet stage (otaml/demo_fleet.py): devices, the good and the bad rollout, the fleet status table.
+    fleet: dict[str, Any] = field(default_factory=dict)
 
     @property
     def handover_failures(self) -> int:
@@ -117,4 +119,13 @@ def format_table(summary: DemoSummary) -> str:
         f"({summary.handover_failures} during hand-overs)",
         f"took             {summary.duration_s:.0f} s; workdir {summary.workdir}",
     ]
+    fleet = summary.fleet
+    if fleet.get("skipped"):
+        lines.insert(-1, f"fleet            skipped: {fleet['skipped']}")
+    elif fleet:
+        lines[-1:-1] = [
+            f"fleet            {fleet.get('devices', 0)} devices: the good rollout {fleet.get('good_rollout', '?')} in "
+            f"{fleet.get('good_waves', '?')} waves; the broken one {fleet.get('bad_rollout', '?')} in wave "
+            f"{fleet.get('bad_halted_in_wave', '?')} (tried by {', '.join(fleet.get('bad_tried_by', [])) or 'none'})",
+        ]
     return "\n".join(lines)

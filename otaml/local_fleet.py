@@ -230,8 +230,8 @@ class LocalFleet:
             public_port=self._port(),
             private_ports=(self._port(), self._port()),
             service_host="127.0.0.1",
-            drain_s=0.5,
-            switch_grace_s=0.5,
+            drain_s=1,
+            switch_grace_s=1,
             stop_timeout_s=5,
             probation_s=o.probation_s,
             ready_timeout_s=120,
@@ -357,3 +357,20 @@ def quiet_agent_logs(path: Path) -> Callable[[], None]:
         handler.close()
 
     return undo
+
+
+def publish_metadata(source: Path, served: Path) -> None:
+    """Copy the trust site's changed metadata files to the directory devices read, each atomically and
+    ``timestamp.json`` last (how an upload to a web server or CDN is ordered): a device sees a whole publication or
+    the previous one, so an approval and the rollout that holds it back arrive together."""
+    served.mkdir(parents=True, exist_ok=True)
+    names = sorted(p.name for p in source.iterdir() if p.is_file() and p.suffix == ".json")
+    ordered = [n for n in names if n != "timestamp.json"] + [n for n in names if n == "timestamp.json"]
+    for name in ordered:
+        data = (source / name).read_bytes()
+        target = served / name
+        if target.is_file() and target.read_bytes() == data:
+            continue
+        partial = served / f".{name}.partial"
+        partial.write_bytes(data)
+        partial.rename(target)

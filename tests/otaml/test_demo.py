@@ -227,6 +227,15 @@ def test_demo_ok_names_each_broken_promise() -> None:
     assert any("serves v3" in p for p in problems)
     assert any("4 request(s) failed" in p for p in problems)
     assert any("not blocked" in p for p in problems)
+    fleet = summary_after_good_run()
+    fleet.fleet = {"good_rollout": "halted", "bad_rollout": "running", "versions": {"pi4-1": "3"}}
+    problems = demo_ok(fleet)
+    assert any("rollout of v2 ended 'halted'" in p for p in problems)
+    assert any("broken v3 ended 'running', not halted" in p for p in problems)
+    assert any("does not serve v2" in p for p in problems)
+    fleet.fleet = {"skipped": "mosquitto not installed"}
+    assert demo_ok(fleet) == []
+    assert "fleet            skipped: mosquitto not installed" in format_table(fleet)
 
 
 def test_probe_host_reports_this_machine() -> None:
@@ -254,6 +263,15 @@ def assert_story(summary: DemoSummary) -> None:
     assert v3.digest in summary.blocked
     assert summary.requests_total > 0
     assert summary.failed_total == 0
+    fleet = summary.fleet  # the fleet stage: mosquitto is there wherever the integration tier runs
+    assert fleet["good_rollout"] == "completed"
+    assert fleet["bad_rollout"] == "halted"
+    assert set(fleet["versions"].values()) == {"2"}
+    if fleet["bad_first_wave"]:  # a 50 % wave of 4 devices is empty 1 time in 16; then it halts in wave 2
+        assert fleet["bad_halted_in_wave"] == 1
+        assert set(fleet["bad_tried_by"]) <= set(fleet["bad_first_wave"])  # nobody outside the first wave
+    assert "halted in wave" in fleet["bad_reason"]
+    assert "versions: pump-anomaly v2: 4" in fleet["status"]
 
 
 @pytest.mark.containerd

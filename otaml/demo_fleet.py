@@ -1,0 +1,158 @@
+"""The demo's fleet: after the single device's story, four more devices on the ``staging`` channel report to a
+Mosquitto broker; v2 rolls out in two waves that complete, then the broken v3 rolls out and halts after its first
+wave; ``otaml fleet status`` ends it.
+
+The devices are the real agent in threads of the demo (:mod:`otaml.local_fleet`, the light process runtime), two
+``hw=pi4`` and two ``hw=x86`` (labels: they all run this machine's platform). The controller is
+:class:`registry.fleet.rollout.RolloutService` reading the broker's retained states, as ``otaml rollout run
+--broker`` does. An approval and the rollout that holds it back reach the devices in one publication of the
+served TUF metadata (``publish``), so no device sees the new version approved without its rollout.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from otaml.demo_device import DemoFailed
+
+FLEET = "demo"
+CHANNEL = "staging"
+DEVICES = (("pi4-1", "pi4"), ("pi4-2", "pi4"), ("x86-1", "x86"), ("x86-2", "x86"))
+WAVES = (50, 100)
+SOAK_S = 3.0
+STEP_S = 1.0
+TIMEOUT_S = 180.0
+
+
+@dataclass(frozen=True)
+class FleetContext:
+    """What the fleet stage needs from the demo: its promotion, publication and where the devices read."""
+
+    workdir: Path
+    stack: ExitStack
+    say: Callable[[str], None]
+    model: str
+    registry_url: str
+    repository: str
+    trust_dir: Path
+    trust_url: str
+    trusted_root: Path
+    promote: Callable[[str, str], str]  # (version, channel) -> digest, approved (not yet published)
+    publish: Callable[[], None]  # the site's metadata to the served directory, timestamp last
+    client_factory: Callable[[], Any] | None = None  # embedded: the OCI layout instead of a registry
+
+
+def run_fleet(ctx: FleetContext, versions: tuple[str, str, str]) -> dict[str, Any]:
+    """Play the fleet's story with ``versions`` (good v1, good v2, broken v3); returns what the summary shows.
+
+    With four devices a 50 % wave can by chance hold none of them (1 time in 16): the broken version then halts in
+    the second wave, and the summary says so."""
+    from otaml.local_fleet import DeviceOptions, DeviceSpec, LocalFleet, quiet_agent_logs
+    from otaml.localstack import LocalBroker, missing_tools
+    from registry.fleet.collect import collect
+    from registry.fleet.rollout import RolloutService, SnapshotStateSource, TufRecordStore
+    from registry.fleet.status import render
+    from registry.tuf.site import TrustSite
+
+    say = ctx.say
+    if missing := missing_tools(LocalBroker.TOOLS):
+        say(f"fleet: skipped ({', '.join(missing)} not installed: apt-get install -y mosquitto)")
+        return {"skipped": f"{', '.join(missing)} not installed"}
+    ids = [d for d, _ in DEVICES]
+    broker = LocalBroker(ctx.workdir / "mqtt", devices=ids)
+    instance = ctx.stack.enter_context(broker)
+    ctx.stack.callback(quiet_agent_logs(ctx.workdir / "fleet-agents.log"))
+    say(f"fleet: Mosquitto on {instance.host}:{instance.port}, one user per device, each writes only its own topics")
+    v1, v2, v3 = versions
+    ctx.promote(v1, CHANNEL)
+    ctx.publish()
+    options = DeviceOptions(
+        registry_url=ctx.registry_url,
+        repository=ctx.repository,
+        trust_url=ctx.trust_url,
+        trusted_root=ctx.trusted_root,
+        model=ctx.model,
+        broker_host=instance.host,
+        broker_port=instance.port,
+        password_file=broker.password_file,
+        fleet=FLEET,
+        channel=CHANNEL,
+        poll_interval_s=1.0,
+        probation_s=2.0,
+        heartbeat_s=60.0,
+    )
+    fleet = LocalFleet(ctx.workdir / "fleet", options, client_factory=ctx.client_factory)
+    ctx.stack.callback(fleet.stop)
+    for device_id, hw in DEVICES:
+        fleet.add(DeviceSpec(device_id, {"hw": hw}))
+    say(f"fleet: {len(DEVICES)} devices ({', '.join(ids)}) follow {CHANNEL}; waiting for v{v1} on each")
+    _wait(fleet, lambda v: all(x == v1 for x in v.values()), f"v{v1} on every fleet device")
+
+    password = broker.password(broker.controller)
+    site = TrustSite(ctx.trust_dir)
+    service = RolloutService(
+        TufRecordStore(site.open(), site.rollouts_signer()),
+        SnapshotStateSource(lambda: collect(instance.host, instance.port, FLEET, password=password)),
+    )
+
+    first_waves: dict[str, list[str]] = {}
+
+    def rollout(version: str, what: str) -> Any:
+        ctx.promote(version, CHANNEL)
+        record = service.start(ctx.model, int(version), channel=CHANNEL, waves=WAVES, soak_s=SOAK_S)
+        ctx.publish()
+        first_waves[version] = [d for d, hw in DEVICES if record.in_wave(d, {"hw": hw})]
+        say(f"fleet: rollout {record.rollout_id} of {what}: waves {','.join(map(str, WAVES))} %, soak {SOAK_S:g} s")
+        deadline = time.monotonic() + TIMEOUT_S
+        while True:
+            for result in service.step():
+                if result.published:
+                    say(f"  controller: {result.decision.action}: {result.decision.reason}")
+            ctx.publish()
+            current = service.store.get(CHANNEL, ctx.model)
+            if current is not None and current.state in ("completed", "halted", "aborted"):
+                return current
+            if problems := fleet.problems():
+                raise DemoFailed(f"a fleet device failed: {problems[0]}")
+            if time.monotonic() > deadline:
+                raise DemoFailed(f"the rollout of {what} did not finish within {TIMEOUT_S:.0f} s")
+            time.sleep(STEP_S)
+
+    good = rollout(v2, f"v{v2}")
+    _wait(fleet, lambda v: all(x == v2 for x in v.values()), f"v{v2} on every fleet device")
+    bad = rollout(v3, f"the broken v{v3}")
+    _wait(fleet, lambda v: all(x == v2 for x in v.values()), f"every fleet device back on v{v2}")
+    tried = sorted(d.spec.device_id for d in fleet.devices if any(h.get("version") == v3 for h in d.state().history))
+    time.sleep(1.5)  # the last step's state reaches the broker
+    snapshot = collect(instance.host, instance.port, FLEET, password=password)
+    table = render(snapshot, time.time())
+    say("$ otaml fleet status --fleet demo")
+    for line in table.splitlines():
+        say("  " + line)
+    return {
+        "devices": len(DEVICES),
+        "good_rollout": good.state,
+        "good_waves": len(good.waves),
+        "bad_rollout": bad.state,
+        "bad_halted_in_wave": bad.wave + 1,
+        "bad_reason": bad.reason,
+        "bad_tried_by": tried,
+        "bad_first_wave": first_waves[v3],
+        "versions": fleet.versions(),
+        "status": table,
+    }
+
+
+def _wait(fleet: Any, done: Callable[[dict[str, str]], bool], what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT_S
+    while not done(fleet.versions()):
+        if problems := fleet.problems():
+            raise DemoFailed(f"while waiting for {what}: {problems[0]}")
+        if time.monotonic() > deadline:
+            raise DemoFailed(f"{what}: not within {TIMEOUT_S:.0f} s (versions now: {fleet.versions()})")
+        time.sleep(0.5)

@@ -16,9 +16,10 @@ A served model costs a process (about 0.7 CPU-seconds to start and 60 MB residen
 from __future__ import annotations
 
 import logging
+import random
+import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,8 +174,8 @@ class LocalFleet:
         self.cache = BlobCache(workdir / "blob-cache")
         self._client_factory = client_factory
         self._free_port = free_port
-        self._stack = ExitStack()
         self._ports: set[int] = set()
+        self._next_port = 0
 
     def __enter__(self) -> LocalFleet:
         return self
@@ -183,14 +184,26 @@ class LocalFleet:
         self.stop()
 
     def _port(self) -> int:
-        from otaml.localstack import free_port
-
-        pick = self._free_port or free_port
+        pick = self._free_port or self._service_port
         while True:
             port = pick()
             if port not in self._ports:
                 self._ports.add(port)
                 return port
+
+    def _service_port(self) -> int:
+        """A free port below the kernel's ephemeral range: hundreds of devices' outgoing connections (probes, the
+        broker, the registry) take ephemeral ports, and one could take a port a device was given before its service
+        binds it."""
+        low = _ephemeral_low()
+        if not self._next_port:
+            self._next_port = random.randrange(10000, max(10001, low - 4000))
+        for _ in range(low):
+            port = self._next_port
+            self._next_port = port + 1 if port + 1 < low else 10000
+            if port not in self._ports and _bindable(port):
+                return port
+        raise FleetHarnessError(f"no free TCP port between 10000 and {low} on 127.0.0.1")
 
     def add(self, spec: DeviceSpec) -> Device:
         """Set up ``spec``'s agent, reporter and forwarder and start its poll loop."""
@@ -255,8 +268,6 @@ class LocalFleet:
             source = RegistrySource.connect(o.registry_url, o.repository, o.channel, config.registry_timeout_s)
         runtime = ProcessRuntime(source.client, root / "runtime", blob_cache=self.cache.path)
         switch = ProxySwitch(config.public_port).start()
-        self._stack.callback(switch.remove)
-        self._stack.callback(runtime.stop_all)
         reconciler = Reconciler(
             config,
             StateStore(config.state_dir),
@@ -268,7 +279,6 @@ class LocalFleet:
             trust=build_trust(config),
         )
         reporter = Reporter(fleet).start()
-        self._stack.callback(reporter.close)
         link = FleetLink(
             reconciler,
             reporter,
@@ -278,14 +288,9 @@ class LocalFleet:
             field_interval_s=o.field_interval_s,
         )
         device = Device(spec, reconciler, reporter, link, runtime, switch)
-        self._stack.callback(self._join, device)
         device.thread.start()
         self.devices.append(device)
         return device
-
-    @staticmethod
-    def _join(device: Device) -> None:
-        device.thread.join(timeout=120)
 
     def add_all(self, specs: Iterable[DeviceSpec]) -> list[Device]:
         return [self.add(spec) for spec in specs]
@@ -302,10 +307,39 @@ class LocalFleet:
         return sum(int(d.reporter.stats().payload_bytes) for d in self.devices)
 
     def stop(self) -> None:
-        """Stop every poll loop (each finishes its step), then the services, forwarders and reporters."""
+        """Stop every poll loop (each finishes its step), then the services, forwarders and reporters (several
+        devices at once: each service drains for a moment)."""
+        from concurrent.futures import ThreadPoolExecutor
+
         for device in self.devices:
             device.stop_event.set()
-        self._stack.close()
+        for device in self.devices:
+            device.thread.join(timeout=120)
+
+        def stop_device(device: Device) -> None:
+            device.runtime.stop_all()
+            device.switch.remove()
+            device.reporter.close()
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            list(pool.map(stop_device, self.devices))
+        self.devices = []
+
+
+def _ephemeral_low(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> int:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def minimal_base(path: Path, platforms: Iterable[str], tag: str = "base") -> str:

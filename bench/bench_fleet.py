@@ -35,6 +35,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -165,6 +166,132 @@ class MetadataServer:
         self.server.server_close()
 
 
+# ── shards: the devices run in worker processes of --shard-size devices each ───────────────────────────────
+# paho's network loop uses select(), which fails for file descriptors above 1023: a few hundred devices' sockets in
+# one process cross that line, so the devices are spread over worker processes and the controller runs here.
+class Shard:
+    """A worker process running some devices (``--worker``); it reports through a stats file every 2 s."""
+
+    def __init__(self, work: Path, index: int, config: dict[str, Any]) -> None:
+        self.dir = work / "fleet" / f"shard-{index}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "config.json").write_text(json.dumps(config))
+        self.stats_file = self.dir / "stats.json"
+        self.log = open(self.dir / "worker.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--worker", str(self.dir)], stdout=self.log, stderr=subprocess.STDOUT,
+            stdin=subprocess.PIPE,
+        )  # fmt: skip
+        self.ids = [s["device_id"] for s in config["specs"]]
+
+    def stats(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self.stats_file.read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=180)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+class ShardedFleet:
+    """The parent's view of the devices: versions and histories from their state files, the rest from the stats."""
+
+    def __init__(self, shards: list[Shard]) -> None:
+        self.shards = shards
+
+    def _state(self, shard: Shard, device_id: str) -> dict[str, Any]:
+        try:
+            path = shard.dir / "devices" / device_id / "state" / "state.json"
+            return dict(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def states(self) -> dict[str, dict[str, Any]]:
+        return {d: self._state(shard, d) for shard in self.shards for d in shard.ids}
+
+    def versions(self) -> dict[str, str]:
+        return {d: str((s.get("current") or {}).get("version") or "") for d, s in self.states().items()}
+
+    def problems(self) -> list[str]:
+        found = []
+        for shard in self.shards:
+            if shard.process.poll() is not None:
+                found.append(f"{shard.dir.name}: the worker exited with {shard.process.returncode}")
+            found += shard.stats().get("problems", [])
+        return found
+
+    def broker_bytes(self) -> int:
+        return sum(int(shard.stats().get("broker_bytes", 0)) for shard in self.shards)
+
+    def ports(self) -> list[int]:
+        return [int(p) for shard in self.shards for p in shard.stats().get("ports", {}).values()]
+
+    def cache(self) -> tuple[int, int]:
+        return (
+            sum(int(shard.stats().get("cache_fetched", 0)) for shard in self.shards),
+            sum(int(shard.stats().get("cache_hits", 0)) for shard in self.shards),
+        )
+
+    def stop(self) -> None:
+        for shard in self.shards:
+            if shard.process.poll() is None:
+                shard.process.send_signal(signal.SIGTERM)
+        for shard in self.shards:
+            shard.stop()
+
+
+def worker(directory: Path) -> int:
+    """Run the devices of ``directory/config.json`` until SIGTERM; write ``stats.json`` every 2 s."""
+    from otaml.local_fleet import DeviceOptions, DeviceSpec, LocalFleet, quiet_agent_logs
+
+    config = json.loads((directory / "config.json").read_text())
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
+    passwords = {k: Path(v) for k, v in config["passwords"].items()}
+    o = config["options"]
+    options = DeviceOptions(
+        registry_url=o["registry_url"], repository=o["repository"], trust_url=o["trust_url"],
+        trusted_root=Path(o["trusted_root"]), model=o["model"], broker_host=o["broker_host"],
+        broker_port=int(o["broker_port"]), password_file=passwords.__getitem__, fleet=o["fleet"],
+        channel=o["channel"], poll_interval_s=float(o["poll_interval_s"]), probation_s=float(o["probation_s"]),
+    )  # fmt: skip
+    quiet_agent_logs(directory / "agents.log")
+    fleet = LocalFleet(directory, options, cache_dir=Path(config["cache"]))
+
+    def write_stats() -> None:
+        stats = {
+            "broker_bytes": fleet.broker_bytes(),
+            "problems": fleet.problems(),
+            "ports": {d.spec.device_id: d.public_port for d in fleet.devices},
+            "cache_fetched": fleet.cache.fetched,
+            "cache_hits": fleet.cache.hits,
+        }
+        partial = directory / "stats.json.partial"
+        partial.write_text(json.dumps(stats))
+        partial.rename(directory / "stats.json")
+
+    try:
+        for spec in config["specs"]:
+            if stop.is_set():
+                break
+            fleet.add(DeviceSpec(spec["device_id"], spec["groups"], spec["platform"]))
+            write_stats()
+            stop.wait(float(config["start_interval_s"]))
+        while not stop.wait(2.0):
+            write_stats()
+    finally:
+        fleet.stop()
+    return 0
+
+
 # ── the bench ──────────────────────────────────────────────────────────────────────────────────────────────
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, fleet: Any, step: float = 1.0) -> float:
     t0 = time.monotonic()
@@ -190,8 +317,12 @@ def main() -> int:
     parser.add_argument("--idle", type=float, default=120.0, help="idle window measured at the end, s (default 120)")
     parser.add_argument("--start-rate", type=float, default=4.0, help="devices started per second (default 4)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep files here (default: a temp dir)")
+    parser.add_argument("--shard-size", type=int, default=50, help="devices per worker process (default 50)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
+    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        return worker(args.worker)
 
     def interrupted(_signum: int, _frame: object) -> None:  # SIGTERM cleans up like Ctrl-C: no orphan services
         raise KeyboardInterrupt
@@ -206,7 +337,6 @@ def main() -> int:
         PI4,
         X86,
         DeviceOptions,
-        LocalFleet,
         fleet_specs,
         minimal_base,
         publish_metadata,
@@ -229,7 +359,7 @@ def main() -> int:
     undo_logs = quiet_agent_logs(work / "agents.log")
     proxy: RegistryProxy | None = None
     meta: MetadataServer | None = None
-    fleet: LocalFleet | None = None
+    fleet: ShardedFleet | None = None
     loads: list[Any] = []
     try:
         upstream = registry.start()
@@ -293,12 +423,32 @@ def main() -> int:
             poll_interval_s=args.poll,
             probation_s=args.probation,
         )
-        fleet = LocalFleet(work / "fleet", options)
         t0 = time.monotonic()
-        for spec in specs:
-            fleet.add(spec)
-            time.sleep(1.0 / args.start_rate)
-        say(f"{len(specs)} devices started in {time.monotonic() - t0:.0f} s; waiting for v1 everywhere …")
+        shards = []
+        count = -(-len(specs) // args.shard_size)
+        for index in range(count):
+            part = specs[index::count]
+            shards.append(
+                Shard(
+                    work,
+                    index,
+                    {
+                        "options": {
+                            k: str(v) if isinstance(v, Path) else v
+                            for k, v in vars(options).items()
+                            if k != "password_file"
+                        },
+                        "passwords": {s.device_id: str(broker.password_file(s.device_id)) for s in part},
+                        "specs": [
+                            {"device_id": s.device_id, "groups": dict(s.groups), "platform": s.platform} for s in part
+                        ],
+                        "cache": str(work / "fleet" / "blob-cache"),
+                        "start_interval_s": count / args.start_rate,
+                    },
+                )
+            )
+        fleet = ShardedFleet(shards)
+        say(f"{len(specs)} devices starting in {count} worker processes; waiting for v1 everywhere …")
         install_s = wait_until(
             lambda: all(v == "1" for v in fleet.versions().values()), 60 + 3 * len(specs), "v1 everywhere", fleet
         )
@@ -328,8 +478,8 @@ def main() -> int:
                     return record.state if record is not None else "none"
                 time.sleep(args.step)
 
-        for device in fleet.devices[: args.load_devices]:
-            load = LoadGenerator(device.public_port, readings, rate=args.rate, workers=2)
+        for port in fleet.ports()[: args.load_devices]:
+            load = LoadGenerator(port, readings, rate=args.rate, workers=2)
             loads.append(load.start())
         say(f"load: {args.rate:g} req/s on each of {len(loads)} devices")
 
@@ -368,7 +518,7 @@ def main() -> int:
         except TimeoutError as exc:
             say(f"  {exc}")
         affected = sorted(
-            d.spec.device_id for d in fleet.devices if any(h.get("digest") == v3 for h in d.state().history)
+            d for d, state in fleet.states().items() if any(h.get("digest") == v3 for h in state.get("history", []))
         )
         say(
             f"  devices that tried v3: {len(affected)} ({', '.join(affected[:10])}); "
@@ -402,7 +552,7 @@ def main() -> int:
         )
         say(
             f"  this process tree: peak RSS {monitor.peak_mb:.0f} MB, CPU {monitor.cpu_seconds():.0f} s; "
-            f"blob cache: {fleet.cache.fetched} fetched, {fleet.cache.hits} hits; v1 install took {install_s:.0f} s"
+            f"blob cache (fetched, hits): {fleet.cache()}; v1 install took {install_s:.0f} s"
         )
         figures = {
             "devices": n,

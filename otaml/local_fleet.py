@@ -16,6 +16,7 @@ A served model costs a process (about 0.7 CPU-seconds to start and 60 MB residen
 from __future__ import annotations
 
 import logging
+import os
 import random
 import socket
 import threading
@@ -102,7 +103,7 @@ class BlobCache:
                 self.hits += 1
                 return target, 0
             data = fetch(digest)
-            partial = target.with_suffix(".partial")
+            partial = target.with_suffix(f".{os.getpid()}.partial")  # several processes may share the cache
             partial.write_bytes(data)
             partial.rename(target)
             self.fetched += 1
@@ -167,11 +168,12 @@ class LocalFleet:
         *,
         client_factory: Callable[[], Any] | None = None,
         free_port: Callable[[], int] | None = None,
+        cache_dir: Path | None = None,
     ) -> None:
         self.workdir = workdir
         self.options = options
         self.devices: list[Device] = []
-        self.cache = BlobCache(workdir / "blob-cache")
+        self.cache = BlobCache(cache_dir or workdir / "blob-cache")
         self._client_factory = client_factory
         self._free_port = free_port
         self._ports: set[int] = set()

@@ -8,12 +8,20 @@
     │   └── OversizedContent        oversized: a manifest, config, index, token or signature over its size cap
     ├── VerificationFailed          an image's signature or approval does not hold (never retried)
     ├── NotFound                    a thing that was asked for does not exist (image, tag, container)
-    ├── Unhealthy                   a container did not become ready, failed its golden replay or died
+    ├── Unhealthy                   unhealthy: a container did not become ready, failed its golden replay or died
+    │   ├── GoldenMismatch          golden-mismatch (agent.canary): the canary scored its golden vectors wrong
+    │   ├── CanaryExited            canary-exited (agent.canary): it exited before becoming ready
+    │   │   └── CanaryOOMKilled     canary-oom-killed: OOM-killed before becoming ready
+    │   ├── CanaryNotReady          canary-not-ready (agent.canary): no /readyz within the ready timeout
+    │   └── ContainerExited         container-exited (agent.reconcile): it died in probation
     └── TemporaryError              worth retrying later with back-off (registry down, timeouts, 5xx)
         └── RegistryUnavailable     registry-unavailable: connection errors, timeouts, deadlines, 429, 5xx
 
 The OCI client adds (:mod:`edge_runtime.oci`): ``RegistryAuthError`` (``registry-auth``: 401/403) and
-``ForbiddenHost`` (``forbidden-host``: a token realm on a host that is not the registry's nor allowed).
+``ForbiddenHost`` (``forbidden-host``: a token realm on a host that is not the registry's nor allowed). The agent
+adds ``NoMatchingPlatform`` (``no-platform``), ``RuntimeFailure`` (``runtime-failure``) and ``HandoverError``
+(``handover-failed``); the trust client its tree in :mod:`edge_runtime.trust.errors`; the fleet channel
+``MalformedMessage`` (an ``InputError``).
 
 Messages say what failed, the offending value and what to do. Every class carries a stable ``reason`` code
 (``reason_of(exc)``) that reports, ``otaml agent status``, metrics and fleet events use; subclasses name

@@ -135,17 +135,41 @@ def wait_ready(
         if not status.running:
             why = "was OOM-killed" if status.oom_killed else f"exited with code {status.exit_code}"
             tail = _last_lines(runtime.logs(name), 3)
-            raise Unhealthy(
+            raise (CanaryOOMKilled if status.oom_killed else CanaryExited)(
                 f"Container {name} {why} before becoming ready" + (f"; its last output: {tail}" if tail else ".")
             )
         if prober.ready(port):
             return clock() - start
         if clock() - start >= timeout_s:
-            raise Unhealthy(
+            raise CanaryNotReady(
                 f"Container {name} was not ready on port {port} within {timeout_s:g} s; raise "
                 "[update] ready_timeout_s if the model is slow to load, or check the service's logs."
             )
         sleep(poll_s)
+
+
+class GoldenMismatch(Unhealthy):
+    """The canary scored its bundle's golden vectors differently from training."""
+
+    reason = "golden-mismatch"
+
+
+class CanaryExited(Unhealthy):
+    """The canary's process exited before it became ready."""
+
+    reason = "canary-exited"
+
+
+class CanaryOOMKilled(CanaryExited):
+    """The canary was OOM-killed before it became ready (its model does not fit the memory limit)."""
+
+    reason = "canary-oom-killed"
+
+
+class CanaryNotReady(Unhealthy):
+    """The canary did not answer /readyz within the ready timeout."""
+
+    reason = "canary-not-ready"
 
 
 def _last_lines(text: str, n: int) -> str:
@@ -165,7 +189,7 @@ def replay_golden(prober: Prober, port: int, golden: Golden, name: str) -> float
         if error > worst:
             worst, worst_i = error, i
     if worst > golden.tolerance:
-        raise Unhealthy(
+        raise GoldenMismatch(
             f"Container {name} failed the golden replay: reading {worst_i} scored {float(actual[worst_i]):.6g}, "
             f"expected {float(golden.scores[worst_i]):.6g} (tolerance {golden.tolerance:g}). "
             "The image's model or runtime is wrong."

@@ -71,7 +71,7 @@ def test_each_step_publishes_the_shadow_and_changes_publish_events(tmp_path: Pat
     world.publish("2", Behaviour(score_offset=0.5))
     link(agent.reconcile())
     event: Any = out.events[-1]
-    assert (event.outcome, event.reason, event.version) == ("rolled_back", "unhealthy", 2)
+    assert (event.outcome, event.reason, event.version) == ("rolled_back", "golden-mismatch", 2)
     assert out.states[-1].version == 1
     assert out.states[-1].blocked
 
@@ -153,4 +153,4 @@ def test_a_rollback_stays_the_last_outcome_through_the_quiet_steps_after_it(tmp_
     skipped = agent.reconcile()
     link(skipped)
     assert skipped.outcome == "skipped"
-    assert (out.states[-1].last_outcome, out.states[-1].last_reason) == ("rolled_back", "unhealthy")
+    assert (out.states[-1].last_outcome, out.states[-1].last_reason) == ("rolled_back", "golden-mismatch")

@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 from edge_runtime.errors import InputError
@@ -90,18 +89,9 @@ def report(
 def broker_summaries(args: argparse.Namespace) -> list[tuple[str, list[str], Any]]:
     """Every device's retained field summary from the broker, with the groups of its retained state
     (``hw=pi4``, ``site=plant-3``: one report group per key and value)."""
-    from otaml.cmd_fleet import parse_broker, read_password
-    from registry.fleet.collect import collect
+    from otaml.cmd_fleet import snapshot_reader
 
-    host, port = parse_broker(args.broker)
-    snapshot = collect(
-        host,
-        port,
-        args.fleet,
-        username=args.username,
-        password=read_password(args.password_file),
-        tls_ca=Path(args.tls_ca) if args.tls_ca else None,
-    )
+    snapshot = snapshot_reader(args)()
     return [
         (
             device_id,

@@ -13,7 +13,9 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from edge_runtime.errors import InputError
 from edge_runtime.fleet.messages import check_id
@@ -91,26 +93,39 @@ def read_known_devices(path: str) -> list[str] | None:
     return ids
 
 
-def run_status(args: argparse.Namespace) -> int:
+def snapshot_reader(args: argparse.Namespace) -> Callable[[], Any]:
+    """A function that reads the fleet's retained messages from the broker the command's options name
+    (``--broker``, ``--fleet``, ``--username``, ``--password-file``, ``--tls-ca`` and, when the command has
+    them, ``--known-devices`` and its timeouts); options are checked now, the broker is read at each call."""
     from registry.fleet.collect import collect
-    from registry.fleet.status import render, summarize
 
     host, port = parse_broker(args.broker)
     try:
         check_id("fleet", args.fleet)
     except InputError as exc:
         raise InputError(f"--fleet: {exc}") from None
-    snapshot = collect(
+    password = read_password(args.password_file)
+    known = read_known_devices(getattr(args, "known_devices", ""))
+    tls_ca = Path(args.tls_ca) if args.tls_ca else None
+    timeout_s = float(getattr(args, "timeout", None) or getattr(args, "broker_timeout", None) or 10.0)
+    quiet_s = float(getattr(args, "quiet_s", 0.5))
+    return lambda: collect(
         host,
         port,
         args.fleet,
         username=args.username,
-        password=read_password(args.password_file),
-        tls_ca=Path(args.tls_ca) if args.tls_ca else None,
-        known_devices=read_known_devices(args.known_devices),
-        quiet_s=args.quiet_s,
-        timeout_s=args.timeout,
+        password=password,
+        tls_ca=tls_ca,
+        known_devices=known,
+        quiet_s=quiet_s,
+        timeout_s=timeout_s,
     )
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from registry.fleet.status import render, summarize
+
+    snapshot = snapshot_reader(args)()
     now = time.time()
     if args.json:
         print(json.dumps(summarize(snapshot, now), indent=2))

@@ -23,11 +23,9 @@ import re
 import sys
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_runtime.errors import InputError, OtamlError
-from edge_runtime.fleet.messages import check_id
 
 if TYPE_CHECKING:
     from edge_runtime.fleet.rollout import RolloutRecord
@@ -158,30 +156,10 @@ def broker_options(p: argparse.ArgumentParser) -> None:
 
 def broker_states(args: argparse.Namespace) -> StateSource:
     """The fleet's states as the broker holds them, read again at every step (``registry.fleet.collect``)."""
-    from otaml.cmd_fleet import parse_broker, read_known_devices, read_password
-    from registry.fleet.collect import collect
+    from otaml.cmd_fleet import snapshot_reader
     from registry.fleet.rollout import SnapshotStateSource
 
-    host, port = parse_broker(args.broker)
-    try:
-        check_id("fleet", args.fleet)
-    except InputError as exc:
-        raise InputError(f"--fleet: {exc}") from None
-    password = read_password(args.password_file)
-    known = read_known_devices(args.known_devices)
-    tls_ca = Path(args.tls_ca) if args.tls_ca else None
-    return SnapshotStateSource(
-        lambda: collect(
-            host,
-            port,
-            args.fleet,
-            username=args.username,
-            password=password,
-            tls_ca=tls_ca,
-            known_devices=known,
-            timeout_s=args.broker_timeout,
-        )
-    )
+    return SnapshotStateSource(snapshot_reader(args))
 
 
 # --- wiring ------------------------------------------------------------------------------------------------------

@@ -56,6 +56,19 @@ class ReporterStats:
     last_refusal: str
 
 
+def stop_network(client: Any, timeout_s: float = 5.0) -> bool:
+    """Disconnect ``client`` and stop its network thread, waiting at most ``timeout_s``; ``False`` when the thread
+    did not stop in time (it is a daemon: it never holds the process). paho's ``loop_stop`` waits without a bound."""
+    client.disconnect()
+    stopper = threading.Thread(target=client.loop_stop, name="mqtt-stop", daemon=True)
+    stopper.start()
+    stopper.join(timeout_s)
+    if stopper.is_alive():
+        log.warning("the MQTT network thread did not stop within %.0f s; left to end with the process", timeout_s)
+        return False
+    return True
+
+
 def paho_client(settings: FleetSettings) -> Any:
     """The paho client a :class:`Reporter` uses (MQTT 3.1.1, client id = username, clean session)."""
     return mqtt.Client(
@@ -109,6 +122,10 @@ class Reporter:
         Raises :class:`~edge_runtime.fleet.settings.FleetConfigError` only for a password or CA file that cannot
         be read (a configuration error); the broker's absence is never an error here.
         """
+        if self._client is not None:
+            # A second client would take over the first one's session (same client id) and each would keep
+            # pushing the other off the broker, both calling back into this reporter.
+            raise RuntimeError("this reporter is already started; use either start() or `with`, not both")
         settings = self.settings
         password = settings.password()
         client = self._client_factory(settings)
@@ -147,8 +164,7 @@ class Reporter:
         if info is not None:
             with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(timeout_s)
-        client.disconnect()
-        client.loop_stop()
+        stop_network(client, timeout_s)
         if self._heartbeat_thread is not None:
             self._heartbeat_thread.join(timeout_s)
         self._client = None

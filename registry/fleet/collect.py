@@ -44,6 +44,7 @@ from edge_runtime.fleet.messages import (
     parse_state,
     split_topic,
 )
+from edge_runtime.fleet.reporter import stop_network
 
 REASONS = ("oversized", "malformed", "unknown-topic", "device-mismatch", "unknown-device")
 MAX_SAMPLES = 20  # rejected messages kept to show (all are counted)
@@ -257,7 +258,6 @@ def collect(
                 break
             time.sleep(min(quiet_s - quiet, deadline - now) + 0.01)
     finally:
-        client.disconnect()
-        client.loop_stop()
+        stop_network(client)
     with lock:
         return collector.snapshot

@@ -327,7 +327,7 @@ def test_promote_with_an_image_registry_bakes_signs_pushes_and_shows_the_labels(
     device = FleetSettings(
         device_id="pi-a", broker_host=host, broker_port=port, password_file=mqtt_broker.password_file("pi-a")
     )
-    with Reporter(device).start() as reporter:
+    with Reporter(device) as reporter:
         reporter.publish_state(DeviceState("pi-a", groups={"hw": "pi4"}, model=MODEL, version=1, phase="serving"))
         deadline = time.monotonic() + 10
         while reporter.stats().state_pending and time.monotonic() < deadline:

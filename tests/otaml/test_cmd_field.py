@@ -67,7 +67,7 @@ def test_field_report_reads_the_devices_summaries_from_the_broker(
             broker_port=port,
             password_file=broker.password_file(device_id),  # type: ignore[attr-defined]
         )
-        with Reporter(settings).start() as reporter:
+        with Reporter(settings) as reporter:
             reporter.publish_state(DeviceState(device_id, groups={"hw": hw}, model="pump", version=3))
             reporter.publish_field(json.dumps(summary("3")).encode())
             deadline = time.monotonic() + 10

@@ -9,6 +9,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edge_runtime.fleet.messages import DeviceEvent, DeviceState, device_topic
+from edge_runtime.fleet.reporter import stop_network
 from otaml.cli import main
 from otaml.cmd_fleet import parse_broker, read_known_devices
 from otaml.localstack import LocalBroker, free_port
@@ -25,8 +26,7 @@ def publish_as(broker: LocalBroker, user: str, messages: list[tuple[str, bytes]]
         for topic, payload in messages:
             client.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)
     finally:
-        client.disconnect()
-        client.loop_stop()
+        stop_network(client)
 
 
 @pytest.mark.integration

@@ -24,7 +24,7 @@ import pytest
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_runtime.fleet.messages import DeviceEvent, DeviceState, device_topic, parse_event, parse_state
-from edge_runtime.fleet.reporter import OFFLINE, ONLINE, Reporter
+from edge_runtime.fleet.reporter import OFFLINE, ONLINE, Reporter, stop_network
 from edge_runtime.fleet.settings import FleetConfigError, FleetSettings
 from otaml.localstack import LocalBroker, missing_tools, write_tls
 from registry.fleet.collect import collect
@@ -74,7 +74,7 @@ class FakeClient:
         pass
 
     def loop_stop(self) -> None:
-        pass
+        self.calls["stopped"] = True
 
     def disconnect(self) -> None:
         self.connected = False
@@ -116,6 +116,39 @@ def fake() -> Iterator[tuple[Reporter, FakeClient, Clock]]:
 
 def topics(client: FakeClient) -> list[str]:
     return [t.rsplit("/", 1)[1] for t, *_ in client.published]
+
+
+def test_a_second_start_is_refused_and_a_closed_reporter_stops_its_loop(
+    fake: tuple[Reporter, FakeClient, Clock],
+) -> None:
+    # A second client would share the first one's client id: the broker would keep switching between them.
+    reporter, client, _ = fake
+    with pytest.raises(RuntimeError, match="already started"):
+        reporter.start()
+    with pytest.raises(RuntimeError, match="already started"):
+        reporter.__enter__()
+    client.accept()
+    reporter.close()
+    assert client.calls["stopped"] is True
+    assert not client.connected
+
+
+class StuckLoop(FakeClient):
+    release = threading.Event()
+
+    def loop_stop(self) -> None:
+        self.release.wait(30)
+
+
+def test_a_network_thread_that_does_not_stop_is_left_behind_in_bounded_time() -> None:
+    client = StuckLoop()
+    client.connected = True
+    started = time.monotonic()
+    assert stop_network(client, timeout_s=0.2) is False
+    assert time.monotonic() - started < 10  # not the 30 s the loop would hold a caller
+    StuckLoop.release.set()
+    assert not client.connected  # disconnected first
+    assert stop_network(FakeClient(), timeout_s=5) is True
 
 
 def test_configures_will_credentials_and_backoff(fake: tuple[Reporter, FakeClient, Clock]) -> None:
@@ -263,8 +296,7 @@ class Watcher:
         return [p for t, p, _ in list(self.messages) if t == topic]
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        stop_network(self.client)
 
 
 @pytest.mark.integration
@@ -307,8 +339,7 @@ def test_a_device_cannot_write_another_devices_topics(mqtt_broker: LocalBroker) 
             forger.publish(marker, DeviceEvent("pi-a", "update", 1.0).to_json(), qos=1).wait_for_publish(10)
             # One connection's messages arrive in order: once the marker is here, the forgeries would be too.
             wait_for(lambda: watcher.on(marker), "pi-a's marker on its own topic")
-            forger.disconnect()
-            forger.loop_stop()
+            stop_network(forger)
             on_b = [(t, p) for t, p, _ in watcher.messages if "/devices/pi-b/" in t]
             assert [t.rsplit("/", 1)[1] for t, _ in on_b] == ["availability", "state"], on_b
             assert on_b[0][1] == b"online"

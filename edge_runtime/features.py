@@ -255,6 +255,11 @@ class StreamWindow:
         """How many readings this stream has seen."""
         return self._count
 
+    def recent(self) -> Array:
+        """The stream's last readings as rows (at most ``window``; fewer for a young stream), oldest first."""
+        kept = min(self._count, self.spec.window)
+        return self._window[0, :, self.spec.window - kept :].T.copy()
+
     def state(self) -> bytes:
         """The whole history as bytes: equal states score the next readings identically."""
         return self._count.to_bytes(8, "little") + self._window.tobytes() + self._last.tobytes()

@@ -12,6 +12,9 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
+import numpy as np
+
+from edge_runtime.features import Array, StreamWindow
 from edge_runtime.metrics import Metrics
 from edge_runtime.score_request import RequestError, parse_score_request
 from edge_runtime.scoring import GoldenResult, NonFiniteScores, Scorer
@@ -118,6 +121,9 @@ class ScoreEndpoint:
             return exc.status, error_body(exc.code, exc.message)
         streams = self.scorer.streams
         evicted = streams.evicted
+        anomaly_log = self.metrics.anomalies
+        # What the stream held before this request: a captured window may start there (capture only).
+        before = streams.peek(parsed.stream) if anomaly_log.capturing else None
         try:
             scores = self.scorer.score(parsed.stream, parsed.readings)
         except NonFiniteScores:  # a server-side fault; the stream's history is unchanged
@@ -133,7 +139,14 @@ class ScoreEndpoint:
         if self.metrics.field is not None:
             self.metrics.field.observe(parsed.readings, scores, anomalies)
         if anomalies:
-            self.metrics.anomalies.record(parsed.stream, values, threshold)
+            anomaly_log.record(
+                parsed.stream,
+                values,
+                threshold,
+                window=(lambda i: _window_at(before, parsed.readings, i, self.scorer.card.features.window))
+                if anomaly_log.capturing
+                else None,
+            )
         # Encoded by hand around the constant part: what json.dumps gives (floats by repr, all finite here).
         return 200, b"".join(
             (
@@ -146,3 +159,9 @@ class ScoreEndpoint:
                 b"]}",
             )
         )
+
+
+def _window_at(before: StreamWindow | None, readings: Array, index: int, window: int) -> Array:
+    """The readings the model saw for ``readings[index]``: the stream's last ``window`` readings ending at it."""
+    history = before.recent() if before is not None else readings[:0]
+    return np.concatenate((history, readings[: index + 1]))[-window:]

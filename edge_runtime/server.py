@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+from edge_runtime.anomaly_log import DEFAULT_CAPTURED, AnomalyLog
 from edge_runtime.bundle import Bundle, load_bundle
 from edge_runtime.field_metrics import FieldMetrics, summary, to_json
 from edge_runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -116,6 +117,8 @@ class ScoringService:
             else None
         )
         self.metrics = Metrics(card.name, card.version, scorer.bundle.digest, field)
+        if settings.capture_windows:
+            self.metrics.anomalies = AnomalyLog(captured=DEFAULT_CAPTURED)
         self.endpoint = ScoreEndpoint(scorer, settings, self.metrics, golden)
         self.handlers = Handlers(scorer, self.metrics, golden)
         self.settings = settings

@@ -60,6 +60,9 @@ class ServeSettings:
     # errors over a sliding window of this many readings. false turns them off (and GET /v1/field).
     field_metrics: bool = True
     field_window: int = 4096
+    # Keep the raw readings around the latest anomalies in GET /v1/anomalies (16 windows), for the fleet agent to
+    # publish when its [fleet] capture_windows is on. Off: nothing of the readings themselves leaves the service.
+    capture_windows: bool = False
 
     def api_token(self) -> str | None:
         """The token from ``api_token_file`` (stripped), or None when no file is set; SettingsError if unusable."""
@@ -164,4 +167,5 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "api_token_file": _path,
     "field_metrics": _bool,
     "field_window": _int(16, 10_000_000),
+    "capture_windows": _bool,
 }

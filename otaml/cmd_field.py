@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from edge_runtime.errors import InputError
+from otaml.cmd_fleet import broker_options
 
 SummarySource = Iterable[tuple[Any, Any, Any]]
 
@@ -26,19 +27,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rep.add_argument("name", help="registered model name")
     rep.add_argument("--version", help="only this version (default: every version reported)")
     rep.add_argument("--from-file", metavar="JSONL", help="device summaries, one JSON object per line")
-    rep.add_argument("--broker", default=os.environ.get("OTAML_BROKER", ""), help="MQTT broker host:port")
-    rep.add_argument("--fleet", default=os.environ.get("OTAML_FLEET", "default"), help="fleet name")
-    rep.add_argument("--username", default=os.environ.get("OTAML_BROKER_USER", "controller"))
-    rep.add_argument(
-        "--password-file",
-        default=os.environ.get("OTAML_BROKER_PASSWORD_FILE", ""),
-        help="file whose first line is the controller's broker password",
-    )
-    rep.add_argument("--tls-ca", default=os.environ.get("OTAML_BROKER_TLS_CA", ""), help="CA file: TLS to the broker")
+    broker_options(rep)
     rep.add_argument("--json", action="store_true", help="print JSON instead of text")
     rep.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
     rep.add_argument("--tracking-uri", help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI)")
     rep.set_defaults(func=run_report)
+    cap = field_sub.add_parser(
+        "capture", help="save the readings around anomalies that devices with capture on send (JSONL, for labelling)"
+    )
+    cap.add_argument("--out", required=True, metavar="JSONL", help="append the captured windows here")
+    cap.add_argument("--duration", type=float, default=600.0, help="stop after this many seconds (default 600)")
+    cap.add_argument("--max-windows", type=int, default=10_000, help="stop after this many windows (default 10000)")
+    broker_options(cap, default="127.0.0.1:1883")
+    cap.set_defaults(func=run_capture)
 
 
 def report(
@@ -126,3 +127,68 @@ def run_report(args: argparse.Namespace) -> int:
         log=not args.no_log,
         as_json=args.json,
     )
+
+
+def run_capture(args: argparse.Namespace) -> int:
+    """Listen on the fleet's event topics and append every captured window to ``--out`` until ``--duration`` or
+    ``--max-windows``; progress on stderr every 10 s, and a last line saying what was kept and skipped."""
+    import sys
+    import threading
+    import time
+
+    from edge_runtime.fleet.messages import fleet_filter
+    from otaml.cmd_fleet import parse_broker, read_password
+    from registry.field.capture import CaptureWriter
+    from registry.fleet.collect import subscription
+
+    if args.duration <= 0 or args.max_windows <= 0:
+        raise InputError("--duration and --max-windows must be positive.")
+    host, port = parse_broker(args.broker)
+    password = read_password(args.password_file)
+    try:
+        out = open(args.out, "a", encoding="utf-8")  # noqa: SIM115 (closed below, after the subscription)
+    except OSError as exc:
+        raise InputError(f"cannot write --out {args.out}: {exc.strerror or exc}.") from exc
+    writer = CaptureWriter(args.fleet, out)
+    lock, done = threading.Lock(), threading.Event()
+
+    def on_message(topic: str, payload: bytes) -> None:
+        with lock:
+            if not done.is_set() and writer.feed(topic, payload) and writer.stats.windows >= args.max_windows:
+                done.set()
+
+    print(
+        f"capturing anomaly windows of fleet {args.fleet!r} from {host}:{port} into {args.out} "
+        f"(up to {args.duration:g} s or {args.max_windows} windows; Ctrl-C stops, keeping what was written)",
+        file=sys.stderr,
+    )
+    deadline = time.monotonic() + args.duration
+    try:
+        with subscription(
+            host,
+            port,
+            fleet_filter(args.fleet, "events"),
+            on_message,
+            username=args.username,
+            password=password,
+            tls_ca=Path(args.tls_ca) if args.tls_ca else None,
+        ):
+            while not done.wait(min(10.0, max(deadline - time.monotonic(), 0.0))):
+                if time.monotonic() >= deadline:
+                    break
+                with lock:
+                    print(f"  {writer.stats.line()}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+    finally:
+        with lock:
+            done.set()
+            out.close()
+    print(f"captured {writer.stats.line()} into {args.out}", file=sys.stderr)
+    if writer.stats.skipped["no-window"] and not writer.stats.windows:
+        print(
+            "anomaly events came without windows: turn capture on where it is wanted ([fleet] capture_windows = true "
+            "in the device's agent config; docs/field.md says what then leaves the device).",
+            file=sys.stderr,
+        )
+    return 0

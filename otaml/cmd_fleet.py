@@ -27,19 +27,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     status = fleet_sub.add_parser(
         "status", help="devices × version × phase × health × last seen; versions, failures, offline devices"
     )
-    status.add_argument("--fleet", default=os.environ.get("OTAML_FLEET", "default"), help="fleet name")
-    status.add_argument(
-        "--broker", default=os.environ.get("OTAML_BROKER", "127.0.0.1:1883"), help="MQTT broker host:port"
-    )
-    status.add_argument("--username", default=os.environ.get("OTAML_BROKER_USER", "controller"))
-    status.add_argument(
-        "--password-file",
-        default=os.environ.get("OTAML_BROKER_PASSWORD_FILE", ""),
-        help="file whose first line is the controller's broker password",
-    )
-    status.add_argument(
-        "--tls-ca", default=os.environ.get("OTAML_BROKER_TLS_CA", ""), help="CA file: TLS to the broker"
-    )
+    broker_options(status, default="127.0.0.1:1883")
     status.add_argument(
         "--known-devices",
         default=os.environ.get("OTAML_FLEET_DEVICES", ""),
@@ -51,6 +39,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
     status.set_defaults(func=run_status)
+
+
+def broker_options(p: argparse.ArgumentParser, default: str = "", help: str = "MQTT broker host:port") -> None:
+    """The options that name the broker and the controller's credentials (each with its environment variable)."""
+    env = os.environ.get
+    p.add_argument("--broker", default=env("OTAML_BROKER", default), help=help)
+    p.add_argument("--fleet", default=env("OTAML_FLEET", "default"), help="fleet name (default: default)")
+    p.add_argument("--username", default=env("OTAML_BROKER_USER", "controller"), help="broker user (controller)")
+    p.add_argument(
+        "--password-file",
+        default=env("OTAML_BROKER_PASSWORD_FILE", ""),
+        help="file whose first line is the controller's broker password",
+    )
+    p.add_argument("--tls-ca", default=env("OTAML_BROKER_TLS_CA", ""), help="CA file: TLS to the broker")
 
 
 def parse_broker(value: str) -> tuple[str, int]:

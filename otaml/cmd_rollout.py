@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from edge_runtime.errors import InputError, OtamlError
+from otaml.cmd_fleet import broker_options as connection_options
 
 if TYPE_CHECKING:
     from edge_runtime.fleet.rollout import RolloutRecord
@@ -125,17 +126,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def broker_options(p: argparse.ArgumentParser) -> None:
     """Where the fleet's states come from when they are read live from the broker (instead of ``--states``)."""
     env = os.environ.get
-    p.add_argument(
-        "--broker", default=env("OTAML_BROKER", ""), help="read the states from this MQTT broker (host:port)"
-    )
-    p.add_argument("--fleet", default=env("OTAML_FLEET", "default"), help="fleet name (default: default)")
-    p.add_argument("--username", default=env("OTAML_BROKER_USER", "controller"), help="broker user (controller)")
-    p.add_argument(
-        "--password-file",
-        default=env("OTAML_BROKER_PASSWORD_FILE", ""),
-        help="file whose first line is the controller's broker password",
-    )
-    p.add_argument("--tls-ca", default=env("OTAML_BROKER_TLS_CA", ""), help="CA file: TLS to the broker")
+    connection_options(p, help="read the states from this MQTT broker (host:port)")
     p.add_argument(
         "--known-devices",
         default=env("OTAML_FLEET_DEVICES", ""),

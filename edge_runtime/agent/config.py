@@ -181,6 +181,7 @@ class AgentConfig:
             raise ConfigError(
                 f"Config 'device.id' has value {device_id!r}. Use letters, digits, '.', '_' or '-' (max 64)."
             ) from None
+        fleet = fleet_settings(data, where, device_id=device_id, groups=dict(groups))
         return cls(
             registry_url=url.rstrip("/"),
             repository=r.string("registry", "repository"),
@@ -200,7 +201,7 @@ class AgentConfig:
             service_host=r.string("service", "host", "0.0.0.0"),
             memory_mb=int(r.number("service", "memory_mb", 100)),
             cpus=r.number("service", "cpus", 0.25),
-            service_env=dict(env),
+            service_env=_service_env(env, fleet),
             drain_s=r.number("service", "drain_s", 5.0, zero_ok=True),
             switch_grace_s=r.number("service", "switch_grace_s", 1.0, zero_ok=True),
             stop_timeout_s=r.number("service", "stop_timeout_s", 15.0),
@@ -221,7 +222,7 @@ class AgentConfig:
             insecure=insecure,
             device_id=device_id,
             groups=dict(groups),
-            fleet=fleet_settings(data, where, device_id=device_id, groups=dict(groups)),
+            fleet=fleet,
             field_interval_s=r.number("agent", "field_interval_s", 300.0),
         )
 
@@ -297,3 +298,11 @@ class _Reader:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
             raise ConfigError(f"Config '{section}.{key}' has value {value!r}. Not a valid port; expected 1..65535.")
         return value
+
+
+def _service_env(env: Mapping[str, str], fleet: FleetSettings | None) -> dict[str, str]:
+    """``[service] env``, with the service's window capture on when ``[fleet] capture_windows`` asks for it."""
+    out = dict(env)
+    if fleet is not None and fleet.capture_windows:
+        out.setdefault("OTAML_CAPTURE_WINDOWS", "true")
+    return out

@@ -2,6 +2,8 @@
 an event; every ``field_interval_s``, the serving model's field summary from the service's ``GET /v1/field``;
 and the service's new anomaly decisions (``GET /v1/anomalies``) as anomaly events, rate-limited (at most
 ``anomaly_burst`` per step and ``anomaly_per_hour`` an hour; what is held back is counted in the next event).
+With ``capture_windows`` (``[fleet] capture_windows``, off by default) an anomaly event also carries the readings
+the model saw for it, when the service captured them and they fit one fleet message (else ``"window": "oversized"``).
 
 The reporter (:class:`edge_runtime.fleet.reporter.Reporter`) never blocks and never raises for the broker, so
 nothing here can stop the agent from serving or updating; a failing field fetch is logged once and skipped.
@@ -9,6 +11,7 @@ nothing here can stop the agent from serving or updating; a failing field fetch 
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import logging
@@ -52,7 +55,7 @@ def fetch_field(port: int, timeout_s: float = 2.0) -> bytes | None:
 
 def fetch_anomalies(port: int, timeout_s: float = 2.0) -> Any:
     """The service's anomaly log (``GET /v1/anomalies``): ``{"seq": N, "events": [...]}``, or None."""
-    body = _get(port, "/v1/anomalies", 64 * 1024, timeout_s)
+    body = _get(port, "/v1/anomalies", 128 * 1024, timeout_s)
     return json.loads(body) if body is not None else None
 
 
@@ -70,6 +73,7 @@ class FleetLink:
         field_interval_s: float = 300.0,
         anomaly_burst: int = 5,
         anomaly_per_hour: int = 60,
+        capture_windows: bool = False,
         clock: Callable[[], float] = time.time,
         field_fetch: Callable[[int], bytes | None] = fetch_field,
         anomaly_fetch: Callable[[int], Any] = fetch_anomalies,
@@ -86,6 +90,7 @@ class FleetLink:
         self._field_failed = False
         self.anomaly_burst = anomaly_burst
         self.anomaly_per_hour = anomaly_per_hour
+        self.capture_windows = capture_windows
         self._anomaly_fetch = anomaly_fetch
         self._anomaly_seen: tuple[str, int] = ("", 0)  # (container, last sequence number published or skipped)
         self._tokens = float(anomaly_per_hour)
@@ -142,11 +147,15 @@ class FleetLink:
             if self.anomalies_suppressed:
                 detail["suppressed_before"] = self.anomalies_suppressed
                 self.anomalies_suppressed = 0
-            self.publisher.publish_event(
-                DeviceEvent(
-                    device_id=self.device_id, kind="anomaly", at=now, version=_int(self.reconciler), detail=detail
-                )
+            message = DeviceEvent(
+                device_id=self.device_id, kind="anomaly", at=now, version=_int(self.reconciler), detail=detail
             )
+            if self.capture_windows and isinstance(event.get("window"), list):
+                captured = dataclasses.replace(message, detail={**detail, "window": event["window"]})
+                # Said, not silently lost: a window that would not fit one fleet message stays on the device.
+                fits = len(captured.to_json()) <= MAX_MESSAGE_BYTES
+                message = captured if fits else dataclasses.replace(message, detail={**detail, "window": "oversized"})
+            self.publisher.publish_event(message)
         latest = log_doc.get("seq")
         self._anomaly_seen = (container, latest if isinstance(latest, int) else seen)
 

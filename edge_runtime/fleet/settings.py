@@ -54,6 +54,9 @@ class FleetSettings:
     max_events: int = 100
     reconnect_min_s: int = 1
     reconnect_max_s: int = 120
+    # Opt-in: anomaly events carry the raw readings the model saw for them (docs/field.md, "what leaves the
+    # device"); the agent turns the service's capture on (OTAML_CAPTURE_WINDOWS) with it.
+    capture_windows: bool = False
 
     @property
     def user(self) -> str:
@@ -131,7 +134,15 @@ def fleet_settings(
         keepalive_s=int(_number(table, "keepalive_s", 300, lower=5)),
         heartbeat_s=_number(table, "heartbeat_s", 900.0, lower=1),
         max_events=int(_number(table, "max_events", 100, lower=1)),
+        capture_windows=_flag(table, "capture_windows"),
     )
+
+
+def _flag(table: Mapping[str, Any], key: str) -> bool:
+    value = table.get(key, False)
+    if not isinstance(value, bool):
+        raise FleetConfigError(f"Config 'fleet.{key}' has value {value!r}. Use true or false.")
+    return value
 
 
 def _string(table: Mapping[str, Any], key: str, default: str | None) -> str:

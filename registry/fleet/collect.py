@@ -22,13 +22,14 @@ reason                 the message
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,6 +180,70 @@ def paho_client(client_id: str) -> Any:
     return mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
 
 
+@contextlib.contextmanager
+def subscription(
+    host: str,
+    port: int,
+    topic: str,
+    on_message: Callable[[str, bytes], None],
+    *,
+    username: str = "controller",
+    password: str | None = None,
+    tls_ca: Path | None = None,
+    timeout_s: float = 10.0,
+    client_factory: Callable[[str], Any] = paho_client,
+) -> Iterator[None]:
+    """Connect as ``username``, subscribe to ``topic`` (QoS 1) and call ``on_message(topic, payload)`` from the
+    network thread for every message until the ``with`` block ends; entered once the broker acknowledged the
+    subscription.
+
+    Raises :class:`BrokerUnavailable` (cannot connect, no answer within ``timeout_s``), :class:`BrokerRefused`, or
+    :class:`~edge_runtime.errors.InputError` for a CA file that cannot be used.
+    """
+    subscribed = threading.Event()
+    refused: list[str] = []
+
+    def on_connect(client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            refused.append(f"the broker refused user {username!r}: {reason_code}")
+            subscribed.set()
+            return
+        client.subscribe(topic, qos=1)
+
+    def on_subscribe(client: Any, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
+        if any(code.is_failure for code in reason_codes):
+            refused.append(f"the broker refused user {username!r} a subscription to {topic!r}")
+        subscribed.set()
+
+    # A fresh client id per run: two status or controller runs at once never push each other off the broker.
+    client = client_factory(f"{username}-{os.getpid()}-{secrets.token_hex(3)}")
+    client.username_pw_set(username, password)
+    if tls_ca is not None:
+        try:
+            client.tls_set(ca_certs=str(tls_ca))
+        except (OSError, ValueError) as exc:
+            raise InputError(
+                f"the CA file {str(tls_ca)!r} cannot be used: {exc}. Pass the PEM file of the broker's CA (--tls-ca)."
+            ) from exc
+    client.on_connect, client.on_subscribe = on_connect, on_subscribe
+    client.on_message = lambda client, userdata, message: on_message(message.topic, message.payload)
+    try:
+        client.connect(host, port, keepalive=max(int(timeout_s) * 2, 10))
+    except (OSError, ValueError) as exc:
+        raise BrokerUnavailable(
+            f"cannot connect to the MQTT broker at {host}:{port}: {exc}. Is it running? Pass --broker host:port."
+        ) from exc
+    client.loop_start()
+    try:
+        if not subscribed.wait(timeout_s):
+            raise BrokerUnavailable(f"the MQTT broker at {host}:{port} did not answer within {timeout_s:g} s")
+        if refused:
+            raise BrokerRefused(f"{refused[0]}. Check the controller's username, password and the broker's ACL.")
+        yield
+    finally:
+        stop_network(client)
+
+
 def collect(
     host: str,
     port: int,
@@ -195,58 +260,31 @@ def collect(
     """Subscribe to ``fleet``'s device topics on ``host:port`` and return what the broker holds (only the devices
     of ``known_devices`` when given; the others are counted as ``unknown-device``).
 
-    Raises :class:`BrokerUnavailable` (cannot connect, no answer within ``timeout_s``), :class:`BrokerRefused`, or
-    :class:`~edge_runtime.errors.InputError` for a CA file that cannot be used.
+    Raises what :func:`subscription` raises.
     """
     collector = FleetCollector(fleet, known_devices=known_devices)
     lock = threading.Lock()
-    subscribed = threading.Event()
-    refused: list[str] = []
     last = [time.monotonic()]
 
-    def on_connect(client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-        if reason_code.is_failure:
-            refused.append(f"the broker refused user {username!r}: {reason_code}")
-            subscribed.set()
-            return
-        client.subscribe(fleet_filter(fleet), qos=1)
-
-    def on_subscribe(client: Any, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
-        if any(code.is_failure for code in reason_codes):
-            refused.append(f"the broker refused user {username!r} a subscription to {fleet_filter(fleet)!r}")
+    def on_message(topic: str, payload: bytes) -> None:
         with lock:
-            last[0] = time.monotonic()
-        subscribed.set()
-
-    def on_message(client: Any, userdata: Any, message: Any) -> None:
-        with lock:
-            collector.feed(message.topic, message.payload)
+            collector.feed(topic, payload)
             last[0] = time.monotonic()
 
-    # A fresh client id per run: two status or controller runs at once never push each other off the broker.
-    client = client_factory(f"{username}-{os.getpid()}-{secrets.token_hex(3)}")
-    client.username_pw_set(username, password)
-    if tls_ca is not None:
-        try:
-            client.tls_set(ca_certs=str(tls_ca))
-        except (OSError, ValueError) as exc:
-            raise InputError(
-                f"the CA file {str(tls_ca)!r} cannot be used: {exc}. Pass the PEM file of the broker's CA (--tls-ca)."
-            ) from exc
-    client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
-    try:
-        client.connect(host, port, keepalive=max(int(timeout_s) * 2, 10))
-    except (OSError, ValueError) as exc:
-        raise BrokerUnavailable(
-            f"cannot connect to the MQTT broker at {host}:{port}: {exc}. Is it running? Pass --broker host:port."
-        ) from exc
     deadline = time.monotonic() + timeout_s
-    client.loop_start()
-    try:
-        if not subscribed.wait(timeout_s):
-            raise BrokerUnavailable(f"the MQTT broker at {host}:{port} did not answer within {timeout_s:g} s")
-        if refused:
-            raise BrokerRefused(f"{refused[0]}. Check the controller's username, password and the broker's ACL.")
+    with subscription(
+        host,
+        port,
+        fleet_filter(fleet),
+        on_message,
+        username=username,
+        password=password,
+        tls_ca=tls_ca,
+        timeout_s=timeout_s,
+        client_factory=client_factory,
+    ):
+        with lock:
+            last[0] = time.monotonic()
         while True:
             now = time.monotonic()
             with lock:
@@ -257,7 +295,5 @@ def collect(
                 collector.snapshot.complete = False
                 break
             time.sleep(min(quiet_s - quiet, deadline - now) + 0.01)
-    finally:
-        stop_network(client)
     with lock:
         return collector.snapshot

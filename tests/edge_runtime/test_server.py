@@ -563,3 +563,47 @@ def test_anomalous_readings_are_logged_for_the_fleet_agent_and_normal_ones_are_n
     assert {e["stream"] for e in new} == {"hot"}
     assert all(e["score"] >= threshold == e["threshold"] for e in new)
     assert log["seq"] == calm["seq"] + len(new)
+    assert all("window" not in e for e in log["events"])  # nothing of the readings without capture
+
+
+def test_captured_windows_are_the_readings_the_model_saw_for_the_latest_anomalies(model_bundle: Bundle) -> None:
+    client = make_client(model_bundle, capture_windows=True)
+    window = model_bundle.card.features.window
+    history = synthetic_readings(window + 5)
+    post(client, {"stream": "s", "readings": history.tolist()})
+    before = client.get("/v1/anomalies").json()["seq"]
+    # One anomalous reading in the middle of a batch, then calm ones: its window ends at it, not at the batch's end.
+    batch = synthetic_readings(6, seed=3)
+    batch[2] = [500.0, 50.0, 90.0]
+    answer = post(client, {"stream": "s", "readings": batch.tolist()}).json()
+    flagged = [i for i, a in enumerate(answer["anomalies"]) if a]
+    assert flagged, "the spike must be anomalous"
+    last = flagged[-1]
+    seen = np.concatenate((history, batch[: last + 1]))[-window:]
+    events = [e for e in client.get("/v1/anomalies").json()["events"] if e["seq"] > before]
+    assert [e["seq"] for e in events if "window" in e] == [events[-1]["seq"]]  # one window a request, the last one
+    np.testing.assert_allclose(np.array(events[-1]["window"]), seen, rtol=1e-5)
+
+
+def test_only_the_latest_windows_are_kept_and_a_young_stream_gives_what_it_has(model_bundle: Bundle) -> None:
+    client = make_client(model_bundle, capture_windows=True)
+    for i in range(20):
+        post(client, {"stream": f"new-{i}", "readings": [[500.0, 50.0, 90.0]]})
+    events = client.get("/v1/anomalies").json()["events"]
+    windowed = [e for e in events if "window" in e]
+    assert len(windowed) == 16
+    assert windowed == events[-16:]
+    assert all(e["window"] == [[500.0, 50.0, 90.0]] for e in windowed)  # one reading seen: a one-row window
+
+
+def test_a_window_never_exceeds_its_value_cap() -> None:
+    from edge_runtime.anomaly_log import AnomalyLog
+
+    log = AnomalyLog(captured=4, max_window_values=10, clock=lambda: 1.0)
+    rows = np.arange(48, dtype=np.float64).reshape(16, 3)
+    log.record("s", [0.1, 0.9], 0.5, window=lambda i: rows)
+    (event,) = json.loads(log.to_json())["events"]
+    assert event["window"] == rows[-3:].tolist()  # whole readings only, the latest
+    wide = AnomalyLog(captured=4, max_window_values=2, clock=lambda: 1.0)
+    wide.record("s", [0.9], 0.5, window=lambda i: rows)
+    assert "window" not in json.loads(wide.to_json())["events"][0]  # not one reading fits: none kept

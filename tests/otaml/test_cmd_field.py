@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,3 +80,66 @@ def test_field_report_reads_the_devices_summaries_from_the_broker(
     data = json.loads(capsys.readouterr().out)
     groups = {g["group"]: g["devices"] for g in data["groups"]}
     assert groups == {"*": 2, "hw=pi4": 1, "hw=x86": 1}
+
+
+@pytest.mark.integration
+def test_captured_windows_travel_from_the_service_to_otaml_field_capture(
+    mqtt_broker: object, model_bundle: object, tmp_path: Path
+) -> None:
+    """The service's capture (on), the agent's fleet link (opted in), the device's MQTT reporter, the broker and
+    ``otaml field capture``: every part real but the containers (the link reads the service's own answer)."""
+    import threading
+    import time
+
+    from edge_runtime.agent.fleet_link import FleetLink
+    from edge_runtime.fleet.reporter import Reporter
+    from edge_runtime.fleet.settings import FleetSettings
+    from edge_runtime.scoring import Scorer
+    from edge_runtime.server import create_app
+    from edge_runtime.settings import ServeSettings
+    from tests.edge_runtime.agent.fakes import World
+    from tests.edge_runtime.asgi import ASGIClient
+
+    broker: Any = mqtt_broker
+    bundle: Any = model_bundle
+    host, port = broker.instance
+    service = ASGIClient(create_app(Scorer.load(bundle), ServeSettings(bundle=bundle.path, capture_windows=True)))
+    out = tmp_path / "windows.jsonl"
+    argv = [
+        "field",
+        "capture",
+        "--broker",
+        f"{host}:{port}",
+        "--password-file",
+        str(broker.password_file("controller")),
+    ]
+    argv += ["--out", str(out), "--max-windows", "2", "--duration", "60"]
+    codes: list[int] = []
+    capture = threading.Thread(target=lambda: codes.append(main(argv)), daemon=True)
+    capture.start()
+    world = World(tmp_path / "device")
+    world.publish("1")
+    agent = world.agent()
+    settings = FleetSettings(device_id="pi-a", broker_host=host, broker_port=port,
+                             password_file=broker.password_file("pi-a"), capture_windows=True)  # fmt: skip
+    with Reporter(settings) as reporter:
+        link = FleetLink(
+            agent, reporter, device_id="pi-a", groups={}, model="pump", field_fetch=lambda p: None,
+            anomaly_fetch=lambda p: service.get("/v1/anomalies").json(), capture_windows=True,
+        )  # fmt: skip
+        agent.recover()
+        spike = [[500.0, 50.0, 90.0]]
+        deadline = time.monotonic() + 60
+        # Events are not retained: keep making anomalies until the capture (subscribed meanwhile) has two.
+        while capture.is_alive() and time.monotonic() < deadline:
+            service.post("/v1/score", content=json.dumps({"stream": "pump-3", "readings": spike}),
+                         headers={"content-type": "application/json"})  # fmt: skip
+            link(agent.reconcile())
+            time.sleep(0.3)
+    capture.join(10)
+    assert codes == [0]
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 2
+    assert all(line["device_id"] == "pi-a" and line["stream"] == "pump-3" for line in lines)
+    assert all(line["window"][-1] == [500.0, 50.0, 90.0] for line in lines)  # the window ends at the anomaly
+    assert all(line["score"] >= line["threshold"] for line in lines)

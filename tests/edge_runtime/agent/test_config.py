@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from edge_runtime.agent.config import AgentConfig, ConfigError, load_config
+from edge_runtime.fleet.settings import FleetConfigError
 
 EXAMPLE = Path(__file__).parents[3] / "deploy" / "agent.example.toml"
 
@@ -95,6 +96,25 @@ def test_the_fleet_section_takes_the_devices_identity_by_default() -> None:
     assert AgentConfig.from_mapping({k: v for k, v in data.items() if k != "fleet"}).fleet is None
     with pytest.raises(ConfigError, match=r"'device\.id' has value 'a/b'"):
         AgentConfig.from_mapping({**data, "device": {"id": "a/b"}})
+
+
+def test_capture_windows_is_off_by_default_and_turns_the_services_capture_on() -> None:
+    data: dict = {
+        "registry": {"url": "http://x:1", "repository": "p"},
+        "trust": {"insecure": True},
+        "device": {"id": "pump-7"},
+        "fleet": {},
+    }
+    off = AgentConfig.from_mapping(data)
+    assert off.fleet is not None
+    assert off.fleet.capture_windows is False
+    assert "OTAML_CAPTURE_WINDOWS" not in off.service_env
+    on = AgentConfig.from_mapping({**data, "fleet": {"capture_windows": True}})
+    assert on.fleet is not None
+    assert on.fleet.capture_windows is True
+    assert on.service_env["OTAML_CAPTURE_WINDOWS"] == "true"
+    with pytest.raises(FleetConfigError, match=r"'fleet\.capture_windows' has value 'yes'"):
+        AgentConfig.from_mapping({**data, "fleet": {"capture_windows": "yes"}})
 
 
 def test_token_hosts_are_a_list_of_host_names() -> None:

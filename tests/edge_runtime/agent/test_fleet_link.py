@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.agent.fleet_link import FleetLink
-from edge_runtime.fleet.messages import DeviceEvent, DeviceState
+from edge_runtime.fleet.messages import MAX_MESSAGE_BYTES, DeviceEvent, DeviceState
 
 from .fakes import Behaviour, World
 
@@ -154,3 +154,33 @@ def test_a_rollback_stays_the_last_outcome_through_the_quiet_steps_after_it(tmp_
     link(skipped)
     assert skipped.outcome == "skipped"
     assert (out.states[-1].last_outcome, out.states[-1].last_reason) == ("rolled_back", "golden-mismatch")
+
+
+def test_captured_windows_leave_the_device_only_when_the_agent_opts_in(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    world.publish("1")
+    small = [[1.5, 2.5, 3.5]] * 16
+    huge = [[1.234567] * 8] * 64  # over one fleet message
+    log = {
+        "seq": 2,
+        "events": [
+            {"seq": 1, "stream": "s", "at": 1.0, "score": 0.9, "threshold": 0.5, "window": small},
+            {"seq": 2, "stream": "s", "at": 2.0, "score": 0.9, "threshold": 0.5, "window": huge},
+        ],
+    }
+
+    def windows(capture: bool) -> list[Any]:
+        agent = world.agent()
+        out = Published()
+        link = FleetLink(
+            agent, out, device_id="d", groups={}, model="pump", field_fetch=lambda port: None,
+            anomaly_fetch=lambda port: log, capture_windows=capture,
+        )  # fmt: skip
+        agent.recover()
+        link(agent.reconcile())
+        events = [e for e in out.events if e.kind == "anomaly"]
+        assert all(len(e.to_json()) <= MAX_MESSAGE_BYTES for e in events)
+        return [e.detail.get("window") for e in events]
+
+    assert windows(capture=False) == [None, None]  # the service captured them; the agent keeps them
+    assert windows(capture=True) == [small, "oversized"]

@@ -88,20 +88,11 @@ def report(
 
 
 def broker_summaries(args: argparse.Namespace) -> list[tuple[str, list[str], Any]]:
-    """Every device's retained field summary from the broker, with the groups of its retained state
-    (``hw=pi4``, ``site=plant-3``: one report group per key and value)."""
+    """Every device's retained field summary from the broker, with the groups of its retained state."""
     from otaml.cmd_fleet import snapshot_reader
+    from registry.field import snapshot_summaries
 
-    snapshot = snapshot_reader(args)()
-    return [
-        (
-            device_id,
-            [f"{k}={v}" for k, v in sorted(view.state.groups.items())] if view.state is not None else [],
-            view.field_summary,
-        )
-        for device_id, view in sorted(snapshot.devices.items())
-        if view.field_summary is not None
-    ]
+    return snapshot_summaries(snapshot_reader(args)())
 
 
 def run_report(args: argparse.Namespace) -> int:

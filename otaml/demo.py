@@ -13,6 +13,7 @@ or ``embedded`` (OCI layout, local processes; :mod:`otaml.demo_embedded`).
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import signal
 import tempfile
@@ -229,10 +230,15 @@ class _Loop:
         self.load.stop()
         self.finish(agent)
         with _stage(s, "fleet"):
-            self.fleet((v1, v2, v3), keys.private_key)
+            v4 = self.register_alarming(bundle_v2)
+            self.fleet((v1, v2, v3, v4), keys.private_key)
 
-    def fleet(self, versions: tuple[str, str, str], signing_key: Path) -> None:
+    def fleet(self, versions: tuple[str, str, str, str], signing_key: Path) -> None:
         from otaml.demo_fleet import FleetContext, run_fleet
+        from pipeline.synth import synth_telemetry
+        from pipeline.telemetry import telemetry_from_frame
+        from registry.field import stream_readings
+        from registry.gates import DEFAULT_GATES_FILE
 
         client_factory = None
         if self.site.repository.startswith("oci:"):  # embedded: the devices read the OCI layout
@@ -241,6 +247,7 @@ class _Loop:
 
             images = Path(self.site.repository.removeprefix("oci:"))
             client_factory = lambda: LayoutClient(Layout(images))  # noqa: E731
+        v2_frame = synth_telemetry(**V2_DATA)  # type: ignore[arg-type]
         ctx = FleetContext(
             workdir=self.workdir,
             stack=self.stack,
@@ -253,6 +260,9 @@ class _Loop:
             trusted_root=self.trusted_root,
             promote=lambda version, channel: self.approve(version, signing_key, channel)[0].image.digest,
             publish=self.publish,
+            # v2's training data, the part it trained on: what its devices see when nothing is wrong.
+            readings=next(iter(stream_readings(telemetry_from_frame(v2_frame), 0.0, 0.6).values())),
+            gates=Path(os.environ.get("OTAML_GATES") or DEFAULT_GATES_FILE),
             client_factory=client_factory,
         )
         self.summary.fleet = run_fleet(ctx, versions)
@@ -306,6 +316,18 @@ class _Loop:
             "(registered without `otaml train`, so no parity is recorded)"
         )
         self.summary.versions.append(VersionRow(version=version, detector=DETECTOR))
+        return version
+
+    def register_alarming(self, bundle_v2: Path) -> str:
+        from otaml.demo_broken import register_alarming_version
+
+        version = register_alarming_version(
+            bundle_v2, MODEL_NAME, self.workdir / "bundles", tracking_uri=self.tracking_uri
+        )
+        self.say(
+            f"registered v{version}: v2's model with its threshold moved down to the lowest training score bucket "
+            "(flags most normal readings; its golden self-test still passes)"
+        )
         return version
 
     def promote(self, version: str, signing_key: Path) -> Any:
@@ -439,6 +461,10 @@ def demo_ok(summary: DemoSummary) -> list[str]:
             problems.append(f"the fleet's rollout of v2 ended {fleet.get('good_rollout')!r}, not completed")
         if fleet.get("bad_rollout") != "halted":
             problems.append(f"the fleet's rollout of the broken v3 ended {fleet.get('bad_rollout')!r}, not halted")
+        if fleet.get("model_rollout") != "halted":
+            problems.append(f"the fleet's rollout of the alarming v4 ended {fleet.get('model_rollout')!r}, not halted")
+        elif "model:" not in str(fleet.get("model_reason", "")):
+            problems.append(f"the alarming v4 was halted, but not on model health: {fleet.get('model_reason')}")
         if set(fleet.get("versions", {}).values()) != {"2"}:
             problems.append(f"the fleet does not serve v2 at the end: {fleet.get('versions')}")
     return problems

@@ -1,6 +1,8 @@
 """The demo's fleet: after the single device's story, four more devices on the ``staging`` channel report to a
 Mosquitto broker; v2 rolls out in two waves that complete, then the broken v3 rolls out and halts after its first
-wave; ``otaml fleet status`` ends it.
+wave (its canary fails: a platform failure). Then the devices get traffic and v4 rolls out: a healthy container
+whose model alarms on most normal readings; the controller's *model* health halts it from the devices' field
+summaries. ``otaml field report`` and ``otaml fleet status`` end it.
 
 The devices are the real agent in threads of the demo (:mod:`otaml.local_fleet`, the light process runtime), two
 ``hw=pi4`` and two ``hw=x86`` (labels: they all run this machine's platform). The controller is
@@ -11,6 +13,7 @@ served TUF metadata (``publish``), so no device sees the new version approved wi
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -25,6 +28,12 @@ CHANNEL = "staging"
 DEVICES = (("pi4-1", "pi4"), ("pi4-2", "pi4"), ("x86-1", "x86"), ("x86-2", "x86"))
 WAVES = (50, 100)
 SOAK_S = 3.0
+# v4's waves soak longer: model health needs each device's field window to hold min_readings readings
+# (200 by default) and a field summary published since (every FIELD_INTERVAL_S).
+MODEL_SOAK_S = 15.0
+FIELD_INTERVAL_S = 2.0
+LOAD_BATCH = 10  # readings a request, LOAD_INTERVAL_S apart, to each device: 40 readings/s a device
+LOAD_INTERVAL_S = 0.25
 STEP_S = 1.0
 TIMEOUT_S = 180.0
 
@@ -44,17 +53,22 @@ class FleetContext:
     trusted_root: Path
     promote: Callable[[str, str], str]  # (version, channel) -> digest, approved (not yet published)
     publish: Callable[[], None]  # the site's metadata to the served directory, timestamp last
+    readings: Any  # (n, sensors) normal telemetry the devices are sent once v4 rolls out
+    gates: Path  # the promotion gates file, whose [rollout] section limits model health
     client_factory: Callable[[], Any] | None = None  # embedded: the OCI layout instead of a registry
 
 
-def run_fleet(ctx: FleetContext, versions: tuple[str, str, str]) -> dict[str, Any]:
-    """Play the fleet's story with ``versions`` (good v1, good v2, broken v3); returns what the summary shows.
+def run_fleet(ctx: FleetContext, versions: tuple[str, str, str, str]) -> dict[str, Any]:
+    """Play the fleet's story with ``versions`` (good v1, good v2, broken v3, alarming v4); returns what the
+    summary shows.
 
     With four devices a 50 % wave can by chance hold none of them (1 time in 16): the broken version then halts in
     the second wave, and the summary says so."""
     from otaml.local_fleet import DeviceOptions, DeviceSpec, LocalFleet, quiet_agent_logs
     from otaml.localstack import LocalBroker, missing_tools
+    from registry.field import aggregate, render_text, snapshot_summaries
     from registry.fleet.collect import collect
+    from registry.fleet.model_health import ModelHealthLimits
     from registry.fleet.rollout import RolloutService, SnapshotStateSource, TufRecordStore
     from registry.fleet.status import render
     from registry.tuf.site import TrustSite
@@ -68,7 +82,7 @@ def run_fleet(ctx: FleetContext, versions: tuple[str, str, str]) -> dict[str, An
     instance = ctx.stack.enter_context(broker)
     ctx.stack.callback(quiet_agent_logs(ctx.workdir / "fleet-agents.log"))
     say(f"fleet: Mosquitto on {instance.host}:{instance.port}, one user per device, each writes only its own topics")
-    v1, v2, v3 = versions
+    v1, v2, v3, v4 = versions
     ctx.promote(v1, CHANNEL)
     ctx.publish()
     options = DeviceOptions(
@@ -85,6 +99,7 @@ def run_fleet(ctx: FleetContext, versions: tuple[str, str, str]) -> dict[str, An
         poll_interval_s=1.0,
         probation_s=2.0,
         heartbeat_s=60.0,
+        field_interval_s=FIELD_INTERVAL_S,
     )
     fleet = LocalFleet(ctx.workdir / "fleet", options, client_factory=ctx.client_factory)
     ctx.stack.callback(fleet.stop)
@@ -95,19 +110,20 @@ def run_fleet(ctx: FleetContext, versions: tuple[str, str, str]) -> dict[str, An
 
     password = broker.password(broker.controller)
     site = TrustSite(ctx.trust_dir)
+    snapshots = LastSnapshot(lambda: collect(instance.host, instance.port, FLEET, password=password))
+    limits = ModelHealthLimits.from_gates(ctx.gates)
     service = RolloutService(
-        TufRecordStore(site.open(), site.rollouts_signer()),
-        SnapshotStateSource(lambda: collect(instance.host, instance.port, FLEET, password=password)),
+        TufRecordStore(site.open(), site.rollouts_signer()), SnapshotStateSource(snapshots), model_health=limits
     )
 
     first_waves: dict[str, list[str]] = {}
 
-    def rollout(version: str, what: str) -> Any:
+    def rollout(version: str, what: str, soak_s: float = SOAK_S) -> Any:
         ctx.promote(version, CHANNEL)
-        record = service.start(ctx.model, int(version), channel=CHANNEL, waves=WAVES, soak_s=SOAK_S)
+        record = service.start(ctx.model, int(version), channel=CHANNEL, waves=WAVES, soak_s=soak_s)
         ctx.publish()
         first_waves[version] = [d for d, hw in DEVICES if record.in_wave(d, {"hw": hw})]
-        say(f"fleet: rollout {record.rollout_id} of {what}: waves {','.join(map(str, WAVES))} %, soak {SOAK_S:g} s")
+        say(f"fleet: rollout {record.rollout_id} of {what}: waves {','.join(map(str, WAVES))} %, soak {soak_s:g} s")
         deadline = time.monotonic() + TIMEOUT_S
         while True:
             for result in service.step():
@@ -128,8 +144,23 @@ def run_fleet(ctx: FleetContext, versions: tuple[str, str, str]) -> dict[str, An
     bad = rollout(v3, f"the broken v{v3}")
     _wait(fleet, lambda v: all(x == v2 for x in v.values()), f"every fleet device back on v{v2}")
     tried = sorted(d.spec.device_id for d in fleet.devices if any(h.get("version") == v3 for h in d.state().history))
-    time.sleep(1.5)  # the last step's state reaches the broker
-    snapshot = collect(instance.host, instance.port, FLEET, password=password)
+
+    load = FleetLoad([d.public_port for d in fleet.devices], ctx.readings)
+    ctx.stack.callback(load.stop)
+    load.start()
+    say(
+        f"fleet: traffic to every device ({LOAD_BATCH} readings every {LOAD_INTERVAL_S:g} s each); field summaries "
+        f"every {FIELD_INTERVAL_S:g} s; a wave's model is judged once its devices scored {limits.min_readings} readings"
+    )
+    alarming = rollout(v4, f"v{v4}, whose model alarms on most readings (healthy container)", soak_s=MODEL_SOAK_S)
+    field_report = render_text(aggregate(snapshot_summaries(snapshots.last), model=ctx.model))
+    _wait(fleet, lambda v: all(x == v2 for x in v.values()), f"every fleet device back on v{v2}")
+    load.stop()
+    say(f"$ otaml field report {ctx.model} --broker {instance.host}:{instance.port}   (as the controller halted)")
+    for line in field_report.splitlines():
+        say("  " + line)
+    # A device serves v2 again before its step ends (probation) and reports at the end of the step.
+    snapshot = _wait_reported(snapshots, v2)
     table = render(snapshot, time.time())
     say("$ otaml fleet status --fleet demo")
     for line in table.splitlines():
@@ -143,9 +174,87 @@ def run_fleet(ctx: FleetContext, versions: tuple[str, str, str]) -> dict[str, An
         "bad_reason": bad.reason,
         "bad_tried_by": tried,
         "bad_first_wave": first_waves[v3],
+        "model_rollout": alarming.state,
+        "model_halted_in_wave": alarming.wave + 1,
+        "model_reason": alarming.reason,
+        "model_first_wave": first_waves[v4],
+        "load_requests": load.answered,
+        "load_failed": load.failed,
+        "field_report": field_report,
         "versions": fleet.versions(),
         "status": table,
     }
+
+
+class LastSnapshot:
+    """Reads the fleet from the broker and keeps the last snapshot read (what the controller judged)."""
+
+    def __init__(self, read: Callable[[], Any]) -> None:
+        self._read = read
+        self.last: Any = None
+
+    def __call__(self) -> Any:
+        self.last = self._read()
+        return self.last
+
+
+class FleetLoad:
+    """Sends normal readings to every device's public port (one stream per device), counting answers and failures;
+    a thread of the demo."""
+
+    def __init__(self, ports: list[int], readings: Any) -> None:
+        self.ports = ports
+        self.readings = readings
+        self.answered = 0
+        self.failed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fleet-load", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        import http.client
+        import json
+
+        offset = 0
+        n = len(self.readings)
+        while not self._stop.wait(LOAD_INTERVAL_S):
+            rows = [self.readings[(offset + i) % n] for i in range(LOAD_BATCH)]
+            offset = (offset + LOAD_BATCH) % n
+            for port in self.ports:
+                body = json.dumps({"stream": f"pump-{port}", "readings": [list(map(float, r)) for r in rows]})
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                try:
+                    connection.request("POST", "/v1/score", body, {"Content-Type": "application/json"})
+                    answer = connection.getresponse()
+                    answer.read()
+                    if answer.status == 200:
+                        self.answered += 1
+                    else:
+                        self.failed += 1
+                except OSError:
+                    self.failed += 1
+                finally:
+                    connection.close()
+
+
+def _wait_reported(read: Callable[[], Any], version: str) -> Any:
+    """The broker's snapshot once every device reports serving ``version``."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while True:
+        snapshot = read()
+        reported = {d: (v.state.version, v.state.phase) if v.state else None for d, v in snapshot.devices.items()}
+        if len(reported) == len(DEVICES) and all(r == (int(version), "serving") for r in reported.values()):
+            return snapshot
+        if time.monotonic() > deadline:
+            raise DemoFailed(f"the devices did not report v{version} within {TIMEOUT_S:.0f} s: {reported}")
+        time.sleep(0.5)
 
 
 def _wait(fleet: Any, done: Callable[[dict[str, str]], bool], what: str) -> None:

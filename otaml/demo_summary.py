@@ -127,5 +127,7 @@ def format_table(summary: DemoSummary) -> str:
             f"fleet            {fleet.get('devices', 0)} devices: the good rollout {fleet.get('good_rollout', '?')} in "
             f"{fleet.get('good_waves', '?')} waves; the broken one {fleet.get('bad_rollout', '?')} in wave "
             f"{fleet.get('bad_halted_in_wave', '?')} (tried by {', '.join(fleet.get('bad_tried_by', [])) or 'none'})",
+            f"                 the alarming model {fleet.get('model_rollout', '?')} in wave "
+            f"{fleet.get('model_halted_in_wave', '?')} on model health: {fleet.get('model_reason', '?')}",
         ]
     return "\n".join(lines)

@@ -89,9 +89,18 @@ class LocalStackError(OtamlError):
     """A local registry or containerd could not be started (missing tool, no root, start-up failure)."""
 
 
+# Daemons Debian installs in sbin (mosquitto), which a non-root user's PATH does not hold.
+SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
+
+
+def find_tool(tool: str) -> str | None:
+    """``tool``'s path: on PATH, else in the sbin directories; ``None`` when it is in neither."""
+    return shutil.which(tool) or shutil.which(tool, path=SBIN)
+
+
 def missing_tools(tools: tuple[str, ...]) -> list[str]:
-    """The tools of ``tools`` not on PATH."""
-    return [tool for tool in tools if shutil.which(tool) is None]
+    """The tools of ``tools`` that :func:`find_tool` does not find."""
+    return [tool for tool in tools if find_tool(tool) is None]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -135,7 +144,7 @@ class LocalRegistry:
 
     def start(self) -> str:
         """Start the registry and wait until ``GET /v2/`` answers; return ``127.0.0.1:PORT``."""
-        binary = shutil.which(self.binary)
+        binary = find_tool(self.binary)
         if binary is None:
             raise LocalStackError(f"{self.binary} is not installed. Install it: {INSTALL['docker-registry']}.")
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -470,7 +479,9 @@ class LocalBroker:
         passwords = self.workdir / "passwords"
         passwords.touch(mode=0o600)
         passwords.write_text("".join(f"{u}:{self._passwords[u]}\n" for u in self.users))
-        done = subprocess.run(["mosquitto_passwd", "-U", str(passwords)], capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            [self._tool("mosquitto_passwd"), "-U", str(passwords)], capture_output=True, text=True, timeout=30
+        )
         if done.returncode != 0:
             raise LocalStackError(f"mosquitto_passwd -U {passwords} failed: {(done.stderr or done.stdout).strip()}")
         (self.workdir / "acl").write_text(BROKER_ACL.format(controller=self.controller))
@@ -489,9 +500,16 @@ class LocalBroker:
         self._spawn(config)
         return self.instance
 
+    @staticmethod
+    def _tool(name: str) -> str:
+        path = find_tool(name)
+        if path is None:
+            raise LocalStackError(f"{name} is not installed. Install it: {INSTALL[name]}.")
+        return path
+
     def _spawn(self, config: Path) -> None:
         self.process = subprocess.Popen(
-            ["mosquitto", "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            [self._tool("mosquitto"), "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
         try:
             self._wait()

@@ -2,7 +2,8 @@
 
 - :mod:`registry.field.report`: :func:`aggregate` (pure) into a :class:`FieldReport`, text rendering, retrain advice;
 - :mod:`registry.field.mlflow_log`: :func:`log_to_mlflow` against the registered model version;
-- :mod:`registry.field.sources`: summaries from a JSONL file (any iterable of ``(device_id, groups, summary)`` works);
+- :mod:`registry.field.sources`: summaries from a JSONL file or a fleet snapshot (any iterable of
+  ``(device_id, groups, summary)`` works);
 - :mod:`registry.field.simulate`: devices simulated in-process with the device's own scoring code.
 """
 
@@ -28,7 +29,7 @@ from registry.field.simulate import (
     simulate_fleet,
     stream_readings,
 )
-from registry.field.sources import read_jsonl, write_jsonl
+from registry.field.sources import read_jsonl, snapshot_summaries, write_jsonl
 
 __all__ = [
     "ALL_GROUPS",
@@ -51,6 +52,7 @@ __all__ = [
     "run_device",
     "sigma_shift",
     "simulate_fleet",
+    "snapshot_summaries",
     "stream_readings",
     "write_jsonl",
 ]

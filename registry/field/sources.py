@@ -1,4 +1,5 @@
-"""Where device summaries come from: any iterable of ``(device_id, groups, summary)``; here, a JSONL file.
+"""Where device summaries come from: any iterable of ``(device_id, groups, summary)``; here, a JSONL file or a
+fleet snapshot read from the broker.
 
 One JSON object per line: ``{"device_id": "pump-7", "groups": ["plant-a"], "summary": {...}}`` (what the fleet
 agent publishes as ``summary``). An unreadable line is passed on as such, so :func:`~registry.field.report.aggregate`
@@ -38,3 +39,17 @@ def write_jsonl(path: str | os.PathLike[str], entries: Iterator[tuple[str, Any, 
             out.write(json.dumps({"device_id": device_id, "groups": groups, "summary": summary}) + "\n")
             count += 1
     return count
+
+
+def snapshot_summaries(snapshot: Any) -> list[tuple[str, list[str], Any]]:
+    """Every device's retained field summary in a fleet snapshot (:class:`registry.fleet.collect.FleetSnapshot`),
+    with the groups of its retained state (``hw=pi4``, ``site=plant-3``: one report group per key and value)."""
+    return [
+        (
+            device_id,
+            [f"{k}={v}" for k, v in sorted(view.state.groups.items())] if view.state is not None else [],
+            view.field_summary,
+        )
+        for device_id, view in sorted(snapshot.devices.items())
+        if view.field_summary is not None
+    ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from pathlib import Path
 
@@ -232,7 +233,18 @@ def test_demo_ok_names_each_broken_promise() -> None:
     problems = demo_ok(fleet)
     assert any("rollout of v2 ended 'halted'" in p for p in problems)
     assert any("broken v3 ended 'running', not halted" in p for p in problems)
+    assert any("alarming v4 ended None, not halted" in p for p in problems)
     assert any("does not serve v2" in p for p in problems)
+    fleet.fleet = {
+        "good_rollout": "completed",
+        "bad_rollout": "halted",
+        "model_rollout": "halted",
+        "model_reason": "halted in wave 1/2 (50%): 1 of 1 devices failed",  # a platform halt: not the story
+        "versions": {"pi4-1": "2"},
+    }
+    assert [p for p in demo_ok(fleet) if "v4" in p] == [
+        "the alarming v4 was halted, but not on model health: halted in wave 1/2 (50%): 1 of 1 devices failed"
+    ]
     fleet.fleet = {"skipped": "mosquitto not installed"}
     assert demo_ok(fleet) == []
     assert "fleet            skipped: mosquitto not installed" in format_table(fleet)
@@ -271,6 +283,13 @@ def assert_story(summary: DemoSummary) -> None:
         assert fleet["bad_halted_in_wave"] == 1
         assert set(fleet["bad_tried_by"]) <= set(fleet["bad_first_wave"])  # nobody outside the first wave
     assert "halted in wave" in fleet["bad_reason"]
+    # The alarming v4: healthy containers, halted on what its model does in the field, named in the reason.
+    assert fleet["model_rollout"] == "halted"
+    assert "model: v4 flags" in fleet["model_reason"]
+    if fleet["model_first_wave"]:
+        assert fleet["model_halted_in_wave"] == 1
+    assert fleet["load_requests"] > 0
+    assert re.search(r"^4 +\* +\d+ +\d+ +0\.[3-9]", fleet["field_report"], re.M), fleet["field_report"]
     assert "versions: pump-anomaly v2: 4" in fleet["status"]
 
 

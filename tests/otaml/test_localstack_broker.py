@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from otaml import localstack
 from otaml.localstack import LocalBroker, LocalStackError, missing_tools
 from tests.conftest import require
 
 
 def test_missing_mosquitto_names_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(localstack, "SBIN", str(tmp_path))
     with pytest.raises(LocalStackError, match="apt-get install -y mosquitto"), LocalBroker(tmp_path / "mq"):
         pass
 
@@ -61,3 +63,14 @@ def test_users_acl_and_restart_on_the_same_port(tmp_path: Path) -> None:
     assert broker.process.poll() is not None
     with pytest.raises(LocalStackError, match="no user 'pi-9'"):
         broker.password("pi-9")
+
+
+@pytest.mark.integration
+def test_a_user_whose_path_has_no_sbin_still_starts_the_broker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Debian installs mosquitto in /usr/sbin, which is not on a non-root user's PATH: the demo's fleet stage and
+    # the tests must still find it.
+    require(not missing_tools(LocalBroker.TOOLS), "mosquitto", "apt-get install -y mosquitto")
+    monkeypatch.setenv("PATH", "/usr/local/bin:/usr/bin:/bin")
+    assert not missing_tools(LocalBroker.TOOLS)
+    with LocalBroker(tmp_path / "mq", devices=["pi-1"]) as instance:
+        assert instance.port > 0

@@ -73,6 +73,9 @@ class AgentConfig:
     health_interval_s: float = 2.0
     unhealthy_after: int = 3
     warm_rollback: str = "auto"  # "auto" | "on" | "off": keep the previous container running through probation
+    # Pull the candidate of a running rollout before this device's wave, so the switch at wave time takes seconds.
+    # Off by default: every device of the fleet would pull at the rollout's start, not wave by wave.
+    prefetch: bool = False
     warm_min_available_mb: int = 256
     state_dir: Path = Path("/var/lib/otaml-agent")
     metrics_textfile: Path | None = None
@@ -152,9 +155,7 @@ class AgentConfig:
                 "the fleet's TUF repository. Set [trust] metadata_url, trusted_root and model (see "
                 "deploy/agent.example.toml), and remove [verification]."
             )
-        insecure = r.get("trust", "insecure", False)
-        if not isinstance(insecure, bool):
-            raise ConfigError(f"Config 'trust.insecure' has value {insecure!r}. Use true or false.")
+        insecure = r.flag("trust", "insecure")
         metadata_url = r.string("trust", "metadata_url", "")
         if not insecure and not metadata_url:
             raise ConfigError(
@@ -211,6 +212,7 @@ class AgentConfig:
             health_interval_s=r.number("update", "health_interval_s", 2.0),
             unhealthy_after=int(r.number("update", "unhealthy_after", 3)),
             warm_rollback=r.warm("update", "warm_rollback"),
+            prefetch=r.flag("update", "prefetch"),
             warm_min_available_mb=int(r.number("update", "warm_min_available_mb", 256, zero_ok=True)),
             state_dir=Path(r.string("agent", "state_dir", "/var/lib/otaml-agent")),
             metrics_textfile=Path(textfile) if textfile else None,
@@ -281,6 +283,12 @@ class _Reader:
             bound = f"0..{upper}" if upper is not None else ("≥ 0" if zero_ok else "> 0")
             raise ConfigError(f"Config '{section}.{key}' has value {value!r}. Out of range; expected {bound}.")
         return float(value)
+
+    def flag(self, section: str, key: str, default: bool = False) -> bool:
+        value = self.get(section, key, default)
+        if not isinstance(value, bool):
+            raise ConfigError(f"Config '{section}.{key}' has value {value!r}. Use true or false.")
+        return value
 
     def warm(self, section: str, key: str) -> str:
         value = self.get(section, key, "auto")

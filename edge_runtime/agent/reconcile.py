@@ -39,6 +39,7 @@ from edge_runtime.agent.source import ImageSource, NoMatchingPlatform, ResolvedI
 from edge_runtime.agent.state import AgentState, Deployment, StateStore
 from edge_runtime.agent.trust_policy import TrustPolicy
 from edge_runtime.errors import NotFound, OtamlError, TemporaryError, Unhealthy, VerificationFailed, reason_of
+from edge_runtime.trust.approval import Approval
 from edge_runtime.trust.errors import TrustError
 
 log = logging.getLogger("otaml.agent")
@@ -122,6 +123,8 @@ class Reconciler:
         self.available_memory = available_memory or mem_available_bytes
         self.state: AgentState = store.load()
         self._retry: int | None = None  # the desired approval's retry count (TUF); None before the first poll
+        self._upcoming: Approval | None = None  # a running rollout's candidate, not yet for this device
+        self._prefetch_refused: set[str] = set()  # digests a pre-fetch found unusable (not retried until restart)
         self._unready_checks = 0
 
     # ── persistence ────────────────────────────────────────────────────────────────────────────────
@@ -218,6 +221,8 @@ class Reconciler:
 
     def _gc_images(self, report: UpdateReport) -> None:
         keep = {d.ref for d in (self.state.current, self.state.previous, self.state.candidate) if d}
+        if self.state.prefetched:
+            keep.add(self.state.prefetched)
         for ref in self.runtime.list_images():
             if ref not in keep:
                 report.actions.append(f"remove image {ref}")
@@ -350,6 +355,7 @@ class Reconciler:
             s.channel_digest = digest
         if s.current and digest == s.current.digest:
             report.version = s.current.version
+            self._prefetch(report)
             return self._finish(report, started)
         if digest in s.blocked:
             report.outcome, report.error, report.reason = "skipped", s.blocked[digest], "blocked"
@@ -365,6 +371,7 @@ class Reconciler:
         s.trust_floor = max(s.trust_floor, desired.targets_version)
         s.trust_status, s.rollout_id, s.desired = "ok", desired.rollout_id, desired.why
         self._retry = desired.approval.retry
+        self._upcoming = desired.upcoming
         blocked_at = s.block_retry.get(desired.digest)  # a block made without a known count is never lifted
         if desired.digest in s.blocked and blocked_at is not None and desired.approval.retry > blocked_at:
             # `otaml trust retry`: MLOps signed "try this digest again".
@@ -372,6 +379,47 @@ class Reconciler:
             del s.blocked[desired.digest]
             s.block_retry.pop(desired.digest, None)
         return desired.digest
+
+    def _candidate_image(self, digest: str, image: ResolvedImage) -> CandidateImage:
+        s, c = self.state, self.config
+        return CandidateImage(
+            repository=c.repository,
+            digest=digest,
+            manifest_digest=image.manifest_digest,
+            platform=c.platform,
+            model=image.model,
+            version=image.version,
+            labels=dict(image.labels),
+            current_version=s.current.version if s.current else "",
+            current_digest=s.current.digest if s.current else "",
+        )
+
+    def _prefetch(self, report: UpdateReport) -> None:
+        """With ``[update] prefetch``, pull the candidate of a running rollout whose wave has not reached this
+        device: resolved for its platform and approved like an update, never started. A failure changes nothing
+        (the update at wave time pulls again); a temporary one is retried at the next poll."""
+        s, c, upcoming = self.state, self.config, self._upcoming
+        if not c.prefetch or upcoming is None:
+            s.prefetched = ""  # no rollout ahead: the next clean-up may remove what was fetched
+            return
+        digest, ref = upcoming.digest, c.image_ref(upcoming.digest)
+        if ref == s.prefetched or digest in s.blocked or digest in self._prefetch_refused:
+            return
+        try:
+            image = self.source.resolve(digest, c.platform)
+            self.policy.check(self._candidate_image(digest, image))
+            pulled = self.runtime.pull(ref, c.platform)
+        except (NoMatchingPlatform, VerificationFailed, ValueError, KeyError) as exc:
+            self._prefetch_refused.add(digest)
+            report.actions.append(f"pre-fetch of v{upcoming.version} skipped: {exc}")
+            return
+        except (TemporaryError, RuntimeFailure, NotFound, OtamlError, OSError) as exc:
+            report.actions.append(f"pre-fetch of v{upcoming.version} failed (retried at the next poll): {exc}")
+            return
+        s.prefetched = ref
+        s.count("prefetches")
+        report.actions.append(f"pre-fetched v{upcoming.version} ({pulled.bytes_fetched} bytes) ahead of its wave")
+        log.info("pre-fetched v%s ahead of this device's wave", upcoming.version, extra={"digest": digest})
 
     def _error(self, report: UpdateReport, started: float, exc: BaseException) -> UpdateReport:
         report.outcome = "error"
@@ -405,19 +453,8 @@ class Reconciler:
         report.previous_version = s.current.version if s.current else ""
         # 3. Verify.
         report.step = "verify"
-        candidate_image = CandidateImage(
-            repository=c.repository,
-            digest=digest,
-            manifest_digest=image.manifest_digest,
-            platform=c.platform,
-            model=image.model,
-            version=image.version,
-            labels=dict(image.labels),
-            current_version=s.current.version if s.current else "",
-            current_digest=s.current.digest if s.current else "",
-        )
         try:
-            self.policy.check(candidate_image)
+            self.policy.check(self._candidate_image(digest, image))
         except VerificationFailed as exc:
             return self._refuse(report, started, exc)
         except (TemporaryError, OSError) as exc:

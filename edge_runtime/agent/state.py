@@ -75,6 +75,7 @@ class AgentState:
     trust_status: str = ""
     rollout_id: str = ""
     desired: str = ""
+    prefetched: str = ""  # image ref pulled ahead of this device's wave (kept by the image clean-up)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n

@@ -44,6 +44,9 @@ class Desired:
     targets_version: int
     rollout_id: str = ""
     why: str = ""
+    # The approved candidate of a running (or paused) rollout whose wave has not reached this device yet: what it
+    # may pull ahead of time (``[update] prefetch``), never run before its wave.
+    upcoming: Approval | None = None
 
     @property
     def digest(self) -> str:
@@ -110,11 +113,15 @@ class TrustPolicy:
                 why=f"v{chosen.version}: rollout {record.rollout_id} names v{version}, withdrawn since",
             )
         where = "in" if version == record.version else "outside"
+        upcoming = None
+        if version != record.version and record.state in ("running", "paused"):
+            upcoming = next((a for a in found if a.version == record.version), None)
         return Desired(
             chosen,
             approvals.targets_version,
             rollout_id=record.rollout_id,
             why=f"v{version}: rollout {record.rollout_id} {record.state}, {where} wave {record.wave + 1}",
+            upcoming=upcoming,
         )
 
     def check(self, image: CandidateImage) -> None:

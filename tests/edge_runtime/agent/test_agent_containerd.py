@@ -13,6 +13,7 @@ requests of its own phase counted.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -809,6 +810,49 @@ def test_only_approved_images_run_and_a_rotated_key_keeps_the_fleet_updating(
     assert device.config.image_ref(device.images.digests["unpulled"]) not in device.runtime.list_images()
     assert result.total.failed == 0, result.errors[:5]
     assert_serving(device, "7", load)
+
+
+def test_prefetch_pulls_a_rollouts_candidate_before_the_devices_wave_and_the_wave_pulls_nothing(
+    device: Device, trusted: TrustedFleet
+) -> None:
+    from edge_runtime.fleet.rollout import RolloutRecord, bucket
+    from registry.tuf.site import TrustSite
+
+    device.reconfigure(prefetch=True)
+    rollout_id = next(f"r{i}" for i in range(1000) if bucket("e2e-device", f"r{i}") >= 10)  # outside wave 1
+    assert trusted.approve(device, "v1") == "approved"
+    device.agent.recover()
+    assert device.agent.reconcile().outcome == "updated"
+    assert trusted.approve(device, "v2") == "approved"
+    record = RolloutRecord(
+        rollout_id=rollout_id,
+        model="pump-anomaly",
+        channel=device.config.channel,
+        version=VERSIONS["v2"],
+        stable_version=VERSIONS["v1"],
+        waves=(10, 100),
+        wave=0,
+    )
+    site = TrustSite(trusted.site.path)
+    with site.locked() as repo:
+        repo.publish_rollout(record, site.rollouts_signer(), expected=None)
+    v2 = device.config.image_ref(device.images.digests["v2"])
+    with device.load() as load:
+        ahead = device.agent.reconcile()
+        fetched = v2 in device.runtime.list_images()
+        serving_then = device.running()
+        with site.locked() as repo:
+            repo.publish_rollout(dataclasses.replace(record, wave=1), site.rollouts_signer(), expected=record)
+        wave = device.agent.reconcile()
+        time.sleep(1)
+    assert ahead.outcome == "unchanged", ahead.to_dict()
+    assert any("pre-fetched v2" in a for a in ahead.actions), ahead.actions
+    assert fetched
+    assert len(serving_then) == 1, "fetched, not started"
+    assert (wave.outcome, wave.version) == ("updated", "2"), wave.to_dict()
+    assert wave.bytes_pulled == 0, "the wave found every blob already in containerd's store"
+    assert load.report().total.failed == 0
+    assert_serving(device, "2", load)
 
 
 def test_containerd_restarted_mid_update_converges_without_a_failed_request(

@@ -7,6 +7,7 @@ registry, containerd and the kernel are the agent's usual fakes.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,7 +45,7 @@ class Setup:
         status = self.fleet.approve(approval(version))
         assert status.state == "approved"
 
-    def agent(self, device_id: str = "dev-1") -> Reconciler:
+    def agent(self, device_id: str = "dev-1", prefetch: bool = False) -> Reconciler:
         policy = TrustPolicy(
             self.device.restarted().client,
             CHANNEL,
@@ -55,7 +56,7 @@ class Setup:
         )
         w = self.world
         return Reconciler(
-            w.config,
+            dataclasses.replace(w.config, prefetch=prefetch),
             w.store,
             w.source,
             w.runtime,
@@ -251,6 +252,70 @@ def test_a_rollout_record_decides_on_the_device_who_runs_the_candidate(setup: Se
     setup.record = _record((10, 50, 100), 0, state="halted")
     assert agent.reconcile().outcome == "updated"
     assert serving(setup) == digest_of("1")
+
+
+def test_prefetch_pulls_the_candidate_before_the_wave_and_never_runs_it_early(setup: Setup) -> None:
+    setup.approve("1")
+    setup.approve("2")
+    outside = next(f"dev-{i}" for i in range(1000) if bucket(f"dev-{i}", "r1") >= 50)
+    setup.record = _record((10, 50, 100), 0)
+    runtime, v2 = setup.world.runtime, setup.world.config.image_ref(digest_of("2"))
+    agent = setup.agent(outside, prefetch=True)
+    agent.recover()
+    assert agent.reconcile().outcome == "updated"  # installs the stable v1
+    report = agent.reconcile()
+    assert report.outcome == "unchanged"
+    assert serving(setup) == digest_of("1"), "fetched ahead, never started before its wave"
+    assert runtime.has_image(v2)
+    assert agent.state.prefetched == v2
+    assert any("pre-fetched v2" in a for a in report.actions)
+    pulls = runtime.calls.count("pull")
+    agent.reconcile()
+    assert runtime.calls.count("pull") == pulls, "fetched once"
+    # The wave reaches the device: the update finds the image already there.
+    setup.record = _record((10, 50, 100), 2)
+    assert agent.reconcile().outcome == "updated"
+    assert serving(setup) == digest_of("2")
+    agent.reconcile()
+    assert agent.state.prefetched == ""
+
+
+def test_without_prefetch_or_after_a_halt_nothing_is_kept_ahead(setup: Setup) -> None:
+    setup.approve("1")
+    setup.approve("2")
+    outside = next(f"dev-{i}" for i in range(1000) if bucket(f"dev-{i}", "r1") >= 50)
+    setup.record = _record((10, 50, 100), 0)
+    runtime, v2 = setup.world.runtime, setup.world.config.image_ref(digest_of("2"))
+    agent = setup.agent(outside)  # prefetch off: the default
+    agent.recover()
+    agent.reconcile()
+    agent.reconcile()
+    assert not runtime.has_image(v2)
+    # On, but the registry is down: the device keeps serving and tries again at the next poll.
+    agent = setup.agent(outside, prefetch=True)
+    setup.world.registry_down = True
+    report = agent.reconcile()
+    assert serving(setup) == digest_of("1")
+    assert agent.state.prefetched == ""
+    assert report.outcome == "unchanged"
+    assert any("retried at the next poll" in a for a in report.actions), report.actions
+    setup.world.registry_down = False
+    agent.reconcile()
+    assert agent.state.prefetched == v2
+    # The rollout halts: nothing is ahead any more, and the image is no longer kept.
+    setup.record = _record((10, 50, 100), 0, state="halted")
+    agent.reconcile()
+    assert agent.state.prefetched == ""
+
+
+def test_prefetch_config_is_a_boolean(tmp_path: Path) -> None:
+    from edge_runtime.agent.config import AgentConfig, ConfigError
+
+    base: dict = {"registry": {"url": "http://x:1", "repository": "p"}, "trust": {"insecure": True}}
+    assert AgentConfig.from_mapping(base).prefetch is False
+    assert AgentConfig.from_mapping({**base, "update": {"prefetch": True}}).prefetch is True
+    with pytest.raises(ConfigError, match=r"'update\.prefetch' has value 'yes'. Use true or false"):
+        AgentConfig.from_mapping({**base, "update": {"prefetch": "yes"}})
 
 
 def test_a_rollout_to_an_unapproved_version_is_ignored(setup: Setup) -> None:

@@ -8,7 +8,8 @@ Window capture (``OTAML_CAPTURE_WINDOWS``, off by default; docs/field.md says wh
 last anomalous reading of a request also keeps ``window``, the raw readings the model saw for that decision (the
 stream's last ``window`` readings ending at it, oldest first, 6 significant digits), for labelling and retraining.
 Only the ``captured`` most recent events hold one, each at most ``max_window_values`` numbers (the oldest rows are
-cut first): 16 windows of 16 readings x 8 sensors ≈ 20 kB.
+cut first): 16 windows of 16 readings x 8 sensors ≈ 20 kB. The service shows windows to loopback clients only (the
+agent on the same machine), never over the network.
 """
 
 from __future__ import annotations
@@ -84,8 +85,10 @@ class AnomalyLog:
                 values = [[float(f"{v:.6g}") for v in row] for row in rows[-keep:]]
                 self._windows.append({"seq": last["seq"], "window": values})
 
-    def to_json(self) -> bytes:
-        """``{"seq": last sequence number, "events": [oldest .. newest]}``; captured events carry ``window``."""
-        windows = {w["seq"]: w["window"] for w in self._windows} if self.capturing else {}
-        events = [{**e, "window": windows[e["seq"]]} if e["seq"] in windows else e for e in self._events]
-        return json.dumps({"seq": self.seq, "events": events}, separators=(",", ":")).encode()
+    def to_json(self, windows: bool = True) -> bytes:
+        """``{"seq": last sequence number, "events": [oldest .. newest]}``; with ``windows``, captured events carry
+        ``window``. UTF-8 (not ASCII escapes): 64 events of the longest stream ids and 16 full windows stay under
+        100 kB, within what the agent reads."""
+        kept = {w["seq"]: w["window"] for w in self._windows} if windows and self.capturing else {}
+        events = [{**e, "window": kept[e["seq"]]} if e["seq"] in kept else e for e in self._events]
+        return json.dumps({"seq": self.seq, "events": events}, separators=(",", ":"), ensure_ascii=False).encode()

@@ -78,8 +78,8 @@ class Handlers:
     def prometheus(self) -> Answer:
         return 200, self.metrics.render(len(self.scorer.streams)).encode(), METRICS_CONTENT_TYPE.encode()
 
-    def anomalies(self) -> Answer:
-        return 200, self.metrics.anomalies.to_json(), JSON_TYPE
+    def anomalies(self, windows: bool = False) -> Answer:
+        return 200, self.metrics.anomalies.to_json(windows=windows), JSON_TYPE
 
     def field(self) -> Answer:
         field = self.metrics.field
@@ -173,6 +173,10 @@ class ScoringService:
 
                 api = await self._built_api()
                 await api(scope, receive, send_status)
+            elif path == "/v1/anomalies" and method in ("GET", "HEAD"):
+                # Captured windows are raw readings: only for the agent on this machine, never over the network.
+                status, body, content_type = self.handlers.anomalies(windows=_loopback(scope))
+                await _answer(send, status, body, content_type, [])
             elif method in ("GET", "HEAD") and (handler := self._gets.get(path)) is not None:
                 status, body, content_type = handler()
                 await _answer(send, status, body, content_type, [])
@@ -255,3 +259,9 @@ def build_service(
     golden = scorer.self_test()
     settle()
     return create_app(scorer, settings, golden), golden, bundle
+
+
+def _loopback(scope: Scope) -> bool:
+    client = scope.get("client")
+    host = client[0] if client else ""
+    return host == "::1" or host.startswith("127.") or host.startswith("::ffff:127.")

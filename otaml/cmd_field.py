@@ -142,10 +142,17 @@ def run_capture(args: argparse.Namespace) -> int:
         raise InputError(f"cannot write --out {args.out}: {exc.strerror or exc}.") from exc
     writer = CaptureWriter(args.fleet, out)
     lock, done = threading.Lock(), threading.Event()
+    failed: list[str] = []
 
     def on_message(topic: str, payload: bytes) -> None:
         with lock:
-            if not done.is_set() and writer.feed(topic, payload) and writer.stats.windows >= args.max_windows:
+            if done.is_set():
+                return
+            try:
+                if writer.feed(topic, payload) and writer.stats.windows >= args.max_windows:
+                    done.set()
+            except OSError as exc:  # the output, not the message: stop, keeping what was written
+                failed.append(f"cannot write {args.out}: {exc.strerror or exc}")
                 done.set()
 
     print(
@@ -176,10 +183,14 @@ def run_capture(args: argparse.Namespace) -> int:
             done.set()
             out.close()
     print(f"captured {writer.stats.line()} into {args.out}", file=sys.stderr)
+    if failed:
+        print(f"error: {failed[0]}; the capture stopped there.", file=sys.stderr)
+        return 1
     if writer.stats.skipped["no-window"] and not writer.stats.windows:
         print(
             "anomaly events came without windows: turn capture on where it is wanted ([fleet] capture_windows = true "
-            "in the device's agent config; docs/field.md says what then leaves the device).",
+            "in the device's agent config; the service captures from its next start — the next update, or a restart "
+            "of its container; docs/field.md says what then leaves the device).",
             file=sys.stderr,
         )
     return 0

@@ -325,8 +325,8 @@ class _Loop:
             bundle_v2, MODEL_NAME, self.workdir / "bundles", tracking_uri=self.tracking_uri
         )
         self.say(
-            f"registered v{version}: v2's model with its threshold moved down to the lowest training score bucket "
-            "(flags most normal readings; its golden self-test still passes)"
+            f"registered v{version}: v2's model with its threshold moved below every training score "
+            "(it alarms on every reading; its golden self-test still passes)"
         )
         return version
 

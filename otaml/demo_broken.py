@@ -6,10 +6,9 @@ them and the operator has to force them. The model itself is v2's in both:
 
 - :func:`register_broken_version`: the expected scores in ``model.json`` are off by :data:`GOLDEN_SHIFT`, which the
   device's canary (the service's golden self-test) must catch — a *platform* failure.
-- :func:`register_alarming_version`: the threshold is moved down to the lowest edge of the training score
-  histogram the bundle carries, so the model flags most normal readings (about 60 % of the demo's field
-  readings). The golden self-test passes (scores are unchanged) and the container is healthy: only the field
-  metrics show it, and a rollout's *model* health must halt it.
+- :func:`register_alarming_version`: the threshold is moved below the whole training score histogram the bundle
+  carries, so the model alarms on (nearly) every reading. The golden self-test passes (scores are unchanged) and
+  the container is healthy: only the field metrics show it, and a rollout's *model* health must halt it.
 """
 
 from __future__ import annotations
@@ -36,11 +35,12 @@ def register_broken_version(source_bundle: Path, model_name: str, out_dir: Path,
 
 
 def alarming_threshold(source: Bundle) -> float:
-    """The lowest edge of the training score histogram the bundle carries (``field_reference``)."""
+    """A threshold below the training score histogram the bundle carries (``field_reference``) by its own span."""
     reference = source.card.field_reference
     if reference is None or not reference.score.edges:
         raise ValueError(f"{source.path} carries no training score histogram (field_reference)")
-    return float(reference.score.edges[0])
+    edges = reference.score.edges
+    return float(edges[0] - (edges[-1] - edges[0]) - 1e-6)
 
 
 def register_alarming_version(source_bundle: Path, model_name: str, out_dir: Path, *, tracking_uri: str) -> str:
@@ -52,9 +52,9 @@ def register_alarming_version(source_bundle: Path, model_name: str, out_dir: Pat
         out_dir,
         tracking_uri,
         "alarming",
-        "threshold moved down: alarms on most normal readings",
+        "threshold moved below every training score: alarms on every reading",
         threshold=alarming_threshold(source),
-        threshold_method="demo: lowest training score bucket edge",
+        threshold_method="demo: below the training score histogram",
     )
 
 

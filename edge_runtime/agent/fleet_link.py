@@ -93,6 +93,7 @@ class FleetLink:
         self.capture_windows = capture_windows
         self._anomaly_fetch = anomaly_fetch
         self._anomaly_seen: tuple[str, int] = ("", 0)  # (container, last sequence number published or skipped)
+        self._anomaly_warned = ""  # the service whose unavailable anomaly log was last logged
         self._tokens = float(anomaly_per_hour)
         self._tokens_at = clock()
         self.anomalies_suppressed = 0
@@ -122,9 +123,14 @@ class FleetLink:
     def _publish_anomalies(self, container: str, port: int, now: float) -> None:
         try:
             log_doc = self._anomaly_fetch(port)
-        except (OSError, http.client.HTTPException, ValueError):
-            return  # the field fetch logs unavailability; anomalies are best effort
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            log_doc, why = None, str(exc)
+        else:
+            why = "not an anomaly log (an error status, a body over the cap, or another shape)"
         if not isinstance(log_doc, dict) or not isinstance(log_doc.get("events"), list):
+            if container != self._anomaly_warned:  # once per service: anomalies are best effort
+                self._anomaly_warned = container
+                log.warning("anomaly log of port %d unavailable: %s", port, why, extra={"event": "anomalies_failed"})
             return
         seen_container, seen = self._anomaly_seen
         if container != seen_container:

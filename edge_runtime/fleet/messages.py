@@ -124,6 +124,8 @@ def _load(payload: bytes) -> dict[str, Any]:
         doc = json.loads(payload)
     except (UnicodeDecodeError, ValueError) as exc:
         raise MalformedMessage(f"message is not JSON: {exc}") from exc
+    except RecursionError:  # a few kilobytes of nested brackets
+        raise MalformedMessage("message nests JSON arrays or objects too deeply") from None
     if not isinstance(doc, dict):
         raise MalformedMessage(f"message is a JSON {type(doc).__name__}, not an object")
     return doc

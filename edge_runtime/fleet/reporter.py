@@ -110,6 +110,7 @@ class Reporter:
         self._field: bytes | None = None
         self._events: deque[bytes] = deque()
         self._events_dropped = 0
+        self._started = False
 
     def topic(self, kind: str) -> str:
         return device_topic(self.settings.fleet, self.settings.device_id, kind)
@@ -122,10 +123,12 @@ class Reporter:
         Raises :class:`~edge_runtime.fleet.settings.FleetConfigError` only for a password or CA file that cannot
         be read (a configuration error); the broker's absence is never an error here.
         """
-        if self._client is not None:
-            # A second client would take over the first one's session (same client id) and each would keep
-            # pushing the other off the broker, both calling back into this reporter.
-            raise RuntimeError("this reporter is already started; use either start() or `with`, not both")
+        with self._lock:
+            if self._started or self._closed.is_set():
+                # A second client would take over the first one's session (same client id) and each would keep
+                # pushing the other off the broker, both calling back into this reporter.
+                raise RuntimeError("this reporter is already started (or closed); use either start() or `with`, once")
+            self._started = True
         settings = self.settings
         password = settings.password()
         client = self._client_factory(settings)

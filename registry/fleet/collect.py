@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import secrets
 import threading
@@ -46,6 +47,8 @@ from edge_runtime.fleet.messages import (
     split_topic,
 )
 from edge_runtime.fleet.reporter import stop_network
+
+log = logging.getLogger("otaml.fleet")
 
 REASONS = ("oversized", "malformed", "unknown-topic", "device-mismatch", "unknown-device")
 MAX_SAMPLES = 20  # rejected messages kept to show (all are counted)
@@ -111,9 +114,15 @@ class FleetCollector:
         try:
             self._fold(topic, bytes(payload))
         except _Refused as exc:
-            snap.rejected[exc.reason] += 1
-            if len(snap.rejected_samples) < MAX_SAMPLES:
-                snap.rejected_samples.append(Rejected(topic[:200], exc.reason, exc.detail[:300]))
+            self._reject(topic, exc.reason, exc.detail)
+        except Exception as exc:  # a message no check foresaw: counted, never a crash of the reader
+            self._reject(topic, "malformed", f"unreadable: {exc!r}")
+
+    def _reject(self, topic: str, reason: str, detail: str) -> None:
+        snap = self.snapshot
+        snap.rejected[reason] += 1
+        if len(snap.rejected_samples) < MAX_SAMPLES:
+            snap.rejected_samples.append(Rejected(topic[:200], reason, detail[:300]))
 
     def _fold(self, topic: str, payload: bytes) -> None:
         try:
@@ -143,8 +152,8 @@ class FleetCollector:
         else:  # field: a compact JSON object
             try:
                 doc = json.loads(payload)
-            except (UnicodeDecodeError, ValueError) as exc:
-                raise _Refused("malformed", f"field summary is not JSON: {exc}") from None
+            except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+                raise _Refused("malformed", f"field summary is not JSON: {exc!r}"[:300]) from None
             if not isinstance(doc, dict):
                 raise _Refused("malformed", f"field summary is a JSON {type(doc).__name__}, not an object")
             view = self._device(device_id)
@@ -226,7 +235,15 @@ def subscription(
                 f"the CA file {str(tls_ca)!r} cannot be used: {exc}. Pass the PEM file of the broker's CA (--tls-ca)."
             ) from exc
     client.on_connect, client.on_subscribe = on_connect, on_subscribe
-    client.on_message = lambda client, userdata, message: on_message(message.topic, message.payload)
+
+    def deliver(client: Any, userdata: Any, message: Any) -> None:
+        # An exception here would end paho's network thread, and with it the subscription, silently.
+        try:
+            on_message(message.topic, message.payload)
+        except Exception:
+            log.exception("a message on %r could not be handled; the subscription goes on", message.topic[:200])
+
+    client.on_message = deliver
     try:
         client.connect(host, port, keepalive=max(int(timeout_s) * 2, 10))
     except (OSError, ValueError) as exc:

@@ -569,20 +569,25 @@ def test_anomalous_readings_are_logged_for_the_fleet_agent_and_normal_ones_are_n
 def test_captured_windows_are_the_readings_the_model_saw_for_the_latest_anomalies(model_bundle: Bundle) -> None:
     client = make_client(model_bundle, capture_windows=True)
     window = model_bundle.card.features.window
-    history = synthetic_readings(window + 5)
+    history = synthetic_readings(window + 5, spikes=False)
     post(client, {"stream": "s", "readings": history.tolist()})
     before = client.get("/v1/anomalies").json()["seq"]
-    # One anomalous reading in the middle of a batch, then calm ones: its window ends at it, not at the batch's end.
-    batch = synthetic_readings(6, seed=3)
+    # A spike early in a batch whose calm readings outlast the window: the last anomalous reading is not the
+    # batch's last, and its window ends at it.
+    batch = synthetic_readings(window + 12, seed=3, spikes=False)
     batch[2] = [500.0, 50.0, 90.0]
     answer = post(client, {"stream": "s", "readings": batch.tolist()}).json()
     flagged = [i for i, a in enumerate(answer["anomalies"]) if a]
     assert flagged, "the spike must be anomalous"
     last = flagged[-1]
+    assert last < len(batch) - 1, "calm readings after the spike's window are not anomalous"
     seen = np.concatenate((history, batch[: last + 1]))[-window:]
     events = [e for e in client.get("/v1/anomalies").json()["events"] if e["seq"] > before]
     assert [e["seq"] for e in events if "window" in e] == [events[-1]["seq"]]  # one window a request, the last one
     np.testing.assert_allclose(np.array(events[-1]["window"]), seen, rtol=1e-5)
+    # Over the network the same log comes without the readings: windows are for the agent on this machine.
+    remote = ASGIClient(client.app, client=("192.0.2.7", 40000))
+    assert all("window" not in e for e in remote.get("/v1/anomalies").json()["events"])
 
 
 def test_only_the_latest_windows_are_kept_and_a_young_stream_gives_what_it_has(model_bundle: Bundle) -> None:

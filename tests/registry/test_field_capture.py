@@ -24,11 +24,15 @@ def test_windows_are_written_one_line_each_and_everything_else_is_counted() -> N
     events = device_topic("f", "pi-a", "events")
     assert writer.feed(events, anomaly("pi-a", WINDOW))
     assert writer.feed(device_topic("f", "pi-b", "events"), anomaly("pi-b", WINDOW))
+    assert not writer.feed(events, anomaly("pi-a", WINDOW))  # delivered twice (MQTT QoS 1): written once
     assert not writer.feed(events, anomaly("pi-a"))  # capture off on that device
     assert not writer.feed(events, anomaly("pi-a", "oversized"))
-    for bad in ([[1.0, 2.0], [3.0]], [["x"]], [[float("inf")]], [], "junk", [[True]]):
+    for bad in ([[1.0, 2.0], [3.0]], [["x"]], [[float("inf")]], [], "junk", [[True]], [[10**400]]):
         assert not writer.feed(events, anomaly("pi-a", bad)), bad
     assert not writer.feed(events, b"{not json")
+    assert not writer.feed(events, b"[" * 2000 + b"]" * 2000)  # nested too deep for the JSON parser
+    for detail in ({"stream": {"x": 1}}, {"score": "high"}, {"seq": -1}, {"stream": ""}):
+        assert not writer.feed(events, anomaly("pi-a", WINDOW, **detail)), detail
     assert not writer.feed(device_topic("f", "pi-b", "events"), anomaly("pi-a", WINDOW))  # another device's topic
     # Not anomaly events, or not this fleet's: ignored, not counted.
     assert not writer.feed(events, DeviceEvent("pi-a", "update", 1.0, outcome="updated").to_json())
@@ -39,6 +43,7 @@ def test_windows_are_written_one_line_each_and_everything_else_is_counted() -> N
     assert lines[0] == {
         "device_id": "pi-a",
         "version": 3,
+        "seq": 7,
         "at": 10.5,
         "stream": "pump-3",
         "score": 0.9,
@@ -47,5 +52,5 @@ def test_windows_are_written_one_line_each_and_everything_else_is_counted() -> N
     }
     stats = writer.stats
     assert (stats.windows, len(stats.devices)) == (2, 2)
-    assert dict(stats.skipped) == {"no-window": 1, "oversized": 1, "malformed": 8}
-    assert stats.line() == "2 windows from 2 devices (skipped: 8 malformed, 1 no-window, 1 oversized)"
+    assert dict(stats.skipped) == {"duplicate": 1, "no-window": 1, "oversized": 1, "malformed": 14}
+    assert stats.line() == "2 windows from 2 devices (skipped: 1 duplicate, 14 malformed, 1 no-window, 1 oversized)"

@@ -246,6 +246,13 @@ def main() -> int:
     parser.add_argument("--warm-rollback", choices=("auto", "on", "off"), default="auto", help="[update] warm_rollback")
     parser.add_argument("--keep-alive", action="store_true", help="the load generator reuses connections")
     parser.add_argument("--base-image", default="", help="prebuilt base (skopeo ref, e.g. oci:DIR:base)")
+    parser.add_argument(
+        "--agent-python",
+        default=sys.executable,
+        help="the interpreter that runs the agent (default: this one). A device installs only the edge extra: "
+        "python3 -m venv /tmp/edge && /tmp/edge/bin/pip install '.[edge]' -c constraints.txt, then "
+        "--agent-python /tmp/edge/bin/python measures what a device holds (no development packages imported)",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="keep files here (default: a temp dir)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
@@ -328,7 +335,7 @@ def main() -> int:
         approve_version("1")
         with open(work / "agent.log", "wb") as log:
             agent_proc = subprocess.Popen(
-                [sys.executable, "-m", "edge_runtime", "agent", "run", "--config", str(config)],
+                [args.agent_python, "-m", "edge_runtime", "agent", "run", "--config", str(config)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

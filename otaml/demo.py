@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.errors import InputError
+from otaml.demo_broken import GOLDEN_SHIFT, register_alarming_version, register_broken_version
 from otaml.demo_device import Agent, AgentSettings, DemoFailed, Site, load_state, wait_for_outcome
 from otaml.demo_mode import ModeChoice, choose_mode, probe_host
 from otaml.demo_summary import DemoSummary, VersionRow, readable
@@ -222,7 +223,13 @@ class _Loop:
             row2 = self.promote(v2, keys.private_key)
             self.follow(agent, row2, "the update to v2 (canary, hand-over, probation)")
         with _stage(s, "broken_v3"):
-            v3 = self.register_broken(bundle_v2)
+            v3 = self.register_faulty(
+                bundle_v2,
+                register_broken_version,
+                f"v2's model with golden scores off by {GOLDEN_SHIFT} "
+                "(registered without `otaml train`, so no parity is recorded)",
+                listed=True,
+            )
             row3 = self.promote(v3, keys.private_key)
             self.follow(agent, row3, "v3 (its canary should fail the golden self-test)")
         self.say("letting the load run 2 s more on the device")
@@ -230,7 +237,13 @@ class _Loop:
         self.load.stop()
         self.finish(agent)
         with _stage(s, "fleet"):
-            v4 = self.register_alarming(bundle_v2)
+            v4 = self.register_faulty(
+                bundle_v2,
+                register_alarming_version,
+                "v2's model with its threshold moved below every training score "
+                "(it alarms on every reading; its golden self-test still passes)",
+                listed=False,
+            )
             self.fleet((v1, v2, v3, v4), keys.private_key)
 
     def fleet(self, versions: tuple[str, str, str, str], signing_key: Path) -> None:
@@ -305,29 +318,12 @@ class _Loop:
         (v1, _), (v2, bundle_v2) = versions
         return v1, v2, bundle_v2
 
-    def register_broken(self, bundle_v2: Path) -> str:
-        from otaml.demo_broken import GOLDEN_SHIFT, register_broken_version
-
-        version = register_broken_version(
-            bundle_v2, MODEL_NAME, self.workdir / "bundles", tracking_uri=self.tracking_uri
-        )
-        self.say(
-            f"registered v{version}: v2's model with golden scores off by {GOLDEN_SHIFT} "
-            "(registered without `otaml train`, so no parity is recorded)"
-        )
-        self.summary.versions.append(VersionRow(version=version, detector=DETECTOR))
-        return version
-
-    def register_alarming(self, bundle_v2: Path) -> str:
-        from otaml.demo_broken import register_alarming_version
-
-        version = register_alarming_version(
-            bundle_v2, MODEL_NAME, self.workdir / "bundles", tracking_uri=self.tracking_uri
-        )
-        self.say(
-            f"registered v{version}: v2's model with its threshold moved below every training score "
-            "(it alarms on every reading; its golden self-test still passes)"
-        )
+    def register_faulty(self, bundle_v2: Path, register: Callable[..., str], what: str, listed: bool) -> str:
+        """Register one of :mod:`otaml.demo_broken`'s faulty versions; ``listed``: a row of the summary table."""
+        version = register(bundle_v2, MODEL_NAME, self.workdir / "bundles", tracking_uri=self.tracking_uri)
+        self.say(f"registered v{version}: {what}")
+        if listed:
+            self.summary.versions.append(VersionRow(version=version, detector=DETECTOR))
         return version
 
     def promote(self, version: str, signing_key: Path) -> Any:

@@ -22,7 +22,7 @@ from edge_runtime.trust.approval import Approval
 from tests.edge_runtime.trust.fakes import Device, provision
 from tests.registry.tuf.fleet import BASE_DIGEST, Clock, Fleet, make_fleet
 
-from .fakes import World, digest_of
+from .fakes import FakeRuntime, World, digest_of
 
 MODEL = "pump"
 CHANNEL = "production"
@@ -254,14 +254,19 @@ def test_a_rollout_record_decides_on_the_device_who_runs_the_candidate(setup: Se
     assert serving(setup) == digest_of("1")
 
 
-def test_prefetch_pulls_the_candidate_before_the_wave_and_never_runs_it_early(setup: Setup) -> None:
+def outside_the_first_wave(setup: Setup, prefetch: bool) -> tuple[Reconciler, FakeRuntime, str]:
+    """v1 and v2 approved, a rollout of v2 in its first wave, and an agent outside it: (agent, runtime, v2's ref)."""
     setup.approve("1")
     setup.approve("2")
     outside = next(f"dev-{i}" for i in range(1000) if bucket(f"dev-{i}", "r1") >= 50)
     setup.record = _record((10, 50, 100), 0)
-    runtime, v2 = setup.world.runtime, setup.world.config.image_ref(digest_of("2"))
-    agent = setup.agent(outside, prefetch=True)
+    agent = setup.agent(outside, prefetch=prefetch)
     agent.recover()
+    return agent, setup.world.runtime, setup.world.config.image_ref(digest_of("2"))
+
+
+def test_prefetch_pulls_the_candidate_before_the_wave_and_never_runs_it_early(setup: Setup) -> None:
+    agent, runtime, v2 = outside_the_first_wave(setup, prefetch=True)
     assert agent.reconcile().outcome == "updated"  # installs the stable v1
     report = agent.reconcile()
     assert report.outcome == "unchanged"
@@ -281,13 +286,8 @@ def test_prefetch_pulls_the_candidate_before_the_wave_and_never_runs_it_early(se
 
 
 def test_without_prefetch_or_after_a_halt_nothing_is_kept_ahead(setup: Setup) -> None:
-    setup.approve("1")
-    setup.approve("2")
-    outside = next(f"dev-{i}" for i in range(1000) if bucket(f"dev-{i}", "r1") >= 50)
-    setup.record = _record((10, 50, 100), 0)
-    runtime, v2 = setup.world.runtime, setup.world.config.image_ref(digest_of("2"))
-    agent = setup.agent(outside)  # prefetch off: the default
-    agent.recover()
+    agent, runtime, v2 = outside_the_first_wave(setup, prefetch=False)  # off: the default
+    outside = agent.trust.device_id if agent.trust is not None else ""
     agent.reconcile()
     agent.reconcile()
     assert not runtime.has_image(v2)

@@ -137,6 +137,11 @@ class _Process:
     log: Path
 
 
+# Layer digests known to hold nothing under BUNDLE_DIR (the runtime base's): content-addressed, so a pull skips
+# reading and decompressing them again (each update's pull, and every device of a fleet run in one process).
+_NO_BUNDLE_LAYERS: set[str] = set()
+
+
 class ProcessRuntime:
     """Images unpacked under ``root``, services as child processes; ``client`` reads the layout (get_manifest/blob)."""
 
@@ -189,9 +194,13 @@ class ProcessRuntime:
         bundle = target.with_suffix(".partial")
         shutil.rmtree(bundle, ignore_errors=True)
         for layer in manifest.get("layers", []):
-            blob, n = self._fetch(str(layer["digest"]))
+            digest = str(layer["digest"])
+            if digest in _NO_BUNDLE_LAYERS:  # a base layer seen before: nothing of the bundle, nothing to unpack
+                continue
+            blob, n = self._fetch(digest)
             fetched += n
-            self._unpack_bundle(blob, bundle)
+            if not self._unpack_bundle(blob, bundle):
+                _NO_BUNDLE_LAYERS.add(digest)
         if not (bundle / BUNDLE_DIR / "model.json").is_file():
             shutil.rmtree(bundle, ignore_errors=True)
             raise RuntimeFailure(f"Image {ref} has no /{BUNDLE_DIR}/model.json; bake it with registry/bake.py.")
@@ -201,11 +210,16 @@ class ProcessRuntime:
         return PullResult(ref, fetched)
 
     @staticmethod
-    def _unpack_bundle(blob: bytes, dest: Path) -> None:
-        """Extract only ``opt/model/*`` (a real runtime base layer holds a whole Debian root we do not need)."""
+    def _unpack_bundle(blob: bytes, dest: Path) -> bool:
+        """Extract only ``opt/model/*`` (a real runtime base layer holds a whole Debian root we do not need);
+        ``False`` when the layer has nothing at all under it."""
         try:
             with tarfile.open(fileobj=io.BytesIO(blob), mode="r:*") as tar:
+                names = tar.getnames()
+                if not any(n.lstrip("./").startswith(f"{BUNDLE_DIR}/") or f"/{BUNDLE_DIR}/" in n for n in names):
+                    return False
                 extract_subtree(tar, BUNDLE_DIR, dest)
+                return True
         except tarfile.TarError as exc:
             raise RuntimeFailure(f"A layer is not a readable tar: {exc}") from exc
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import stat
 import tarfile
 from pathlib import Path
@@ -147,3 +148,51 @@ def test_malformed_layers_are_refused_as_runtime_failures(
     dest.mkdir()
     with pytest.raises(RuntimeFailure, match="refusing the image"):
         extract_subtree(layer(*members), "opt/model", dest)
+
+
+class TwoLayerClient:
+    """One image: a base layer with a root filesystem but no bundle, and a bundle layer; counts blob reads."""
+
+    def __init__(self) -> None:
+        self.blobs = {
+            "sha256:" + "b" * 64: _tar({"usr/bin/python3": b"#!", "etc/os-release": b"ID=debian"}),
+            "sha256:" + "c" * 64: _tar({"opt/model/model.json": b"{}", "opt/model/model.onnx": b"onnx"}),
+            "sha256:" + "d" * 64: b"{}",
+        }
+        self.reads: list[str] = []
+
+    def get_manifest(self, digest: str) -> tuple[bytes, str, int]:
+        layers = [{"digest": "sha256:" + "b" * 64}, {"digest": "sha256:" + "c" * 64}]
+        return json.dumps({"config": {"digest": "sha256:" + "d" * 64}, "layers": layers}).encode(), "", 0
+
+    def get_blob(self, digest: str) -> bytes:
+        self.reads.append(digest)
+        return self.blobs[digest]
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def test_a_base_layer_without_the_bundle_is_read_once_then_skipped(tmp_path: Path) -> None:
+    from edge_runtime.agent import process
+
+    process._NO_BUNDLE_LAYERS.discard("sha256:" + "b" * 64)
+    client = TwoLayerClient()
+    ref = "registry.invalid/pump@sha256:" + "e" * 64
+    first = ProcessRuntime(client, tmp_path / "device-1")
+    first.pull(ref, "linux/amd64")
+    second = ProcessRuntime(client, tmp_path / "device-2")  # another device of a fleet run in one process
+    second.pull(ref, "linux/amd64")
+    assert client.reads.count("sha256:" + "b" * 64) == 1
+    assert client.reads.count("sha256:" + "c" * 64) == 2  # the bundle layer is unpacked for each device
+    for device in ("device-1", "device-2"):
+        image = tmp_path / device / "images" / ("e" * 64)
+        assert (image / "opt" / "model" / "model.onnx").read_bytes() == b"onnx"
+        assert not (image / "usr").exists()

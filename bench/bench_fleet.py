@@ -7,11 +7,16 @@ proxy; a real Mosquitto broker with one user per device and the fleet ACL; a rea
 threads of this process, each with its own state, id, groups, platform, broker user, TUF client and registry
 client) on the light process runtime: each serves its model as a real ``python -m edge_runtime serve`` process
 behind a TCP forwarder. Half of them are ``hw=pi4`` (platform linux/arm64), half ``hw=x86`` (linux/amd64).
+``--containerd-devices`` more (3 by default; root) are the whole device as deployed: ``otaml agent run`` processes
+on a private real containerd (a namespace each), serving in confined containers behind an iptables redirect, with
+the load on them; the versions are then baked on the real runtime image (images/build-runtime.sh), so every device
+runs the same approved digests.
 
 1. v1 is approved; every device installs it.
 2. The good rollout: v2 approved and started with ``--waves`` and ``--soak``; the controller
    (``RolloutService.step`` over the broker's retained states, every ``--step`` s) advances it; load runs against
-   ``--load-devices`` devices' public ports throughout, counting failed requests.
+   the containerd devices' public ports (or, without them, ``--load-devices`` light devices') throughout,
+   counting failed requests.
 3. The bad rollout: v3 is baked onto a base with no linux/arm64 image, so pi4 devices refuse it while x86 ones
    take it. It must halt after its first wave, and the wave's devices must return to v2. The default first wave is
    5 %: a 1 % wave of 200 devices holds about 2, often no pi4 at all (then the halt comes one wave later).
@@ -21,7 +26,8 @@ The TUF metadata is published to the served directory the way a CDN upload is do
 ``timestamp.json`` last, so a device never sees half a publication (an approval and the rollout that holds it
 back are one publication).
 
-Usage: ``.venv/bin/python bench/bench_fleet.py --devices 200 [--json]``. JSON keys: devices, waves,
+Usage: ``sudo .venv/bin/python bench/bench_fleet.py --devices 200 [--json]`` (``--containerd-devices 0``: no root
+needed). JSON keys: devices, waves,
 good_rollout_seconds, good_rollout_reached, bad_rollout_halted, bad_rollout_devices_affected, failed_requests,
 broker_bytes_per_device_hour, registry_requests_per_device_hour. Details (CPU, memory, per-phase counts) go to
 stderr.
@@ -293,6 +299,101 @@ def worker(directory: Path) -> int:
 
 
 # ── the bench ──────────────────────────────────────────────────────────────────────────────────────────────
+def platform_only(ref: str, platform: str, tag: str) -> str:
+    """A copy of the index ``ref`` (pinned) holding only ``platform``'s image, tagged ``tag`` in the same repository;
+    returns it pinned. The same layers: a version baked on it fails only on the devices of the other platforms."""
+    from registry.oci.image import canonical_json
+    from registry.oci.refs import close_store, open_store, parse_ref, pinned
+
+    parsed = parse_ref(ref)
+    store = open_store(parsed)
+    try:
+        data, media_type, _ = store.read_manifest(parsed.digest or parsed.tag or "latest")
+        index = json.loads(data)
+        keep = [m for m in index["manifests"] if "/".join(m["platform"][k] for k in ("os", "architecture")) == platform]
+        store.write_manifest(canonical_json({**index, "manifests": keep}), media_type, tag)
+    finally:
+        close_store(store)
+    return pinned(f"{parsed.location()}:{tag}")
+
+
+class ContainerdDevice:
+    """One device as deployed: ``python -m edge_runtime agent run`` with its own state, containerd namespace, ports
+    (public one behind an iptables redirect), broker user and ``[fleet]`` reporting; hw=x86 (this machine)."""
+
+    def __init__(self, device_id: str, root: Path, public_port: int, agent: Any, containerd: Any) -> None:
+        self.device_id = device_id
+        self.root = root
+        self.public_port = public_port
+        self.agent = agent
+        self.containerd = containerd  # the daemon, in this device's namespace
+
+    @classmethod
+    def start(
+        cls, root: Path, device_id: str, options: Any, ctrd: Any, *, namespace: str, password_file: Path
+    ) -> ContainerdDevice:
+        from otaml.demo_device import AgentProcess, AgentSettings
+        from otaml.localstack import free_port
+
+        root.mkdir(parents=True, exist_ok=True)
+        ports = [free_port() for _ in range(3)]
+        settings = AgentSettings(
+            registry_url=options.registry_url,
+            repository=options.repository,
+            state_dir=root / "state",
+            public_port=ports[0],
+            private_ports=(ports[1], ports[2]),
+            containerd_socket=ctrd.socket,
+            namespace=namespace,
+            channel=options.channel,
+            trust_url=options.trust_url,
+            trusted_root=options.trusted_root,
+            model=options.model,
+            poll_interval_s=options.poll_interval_s,
+            probation_s=options.probation_s,
+            extra={
+                "device": {"id": device_id, "groups": {"hw": "x86"}},
+                "fleet": {
+                    "fleet": options.fleet,
+                    "broker_host": options.broker_host,
+                    "broker_port": options.broker_port,
+                    "password_file": str(password_file),
+                    "heartbeat_s": options.heartbeat_s,
+                },
+                "poll": {"jitter": options.poll_jitter},
+            },
+        )
+        config = root / "agent.toml"
+        config.write_text(settings.toml())
+        agent = AgentProcess(config, settings.state_dir, root / "agent.log").start()
+        return cls(device_id, root, ports[0], agent, ctrd._replace(namespace=namespace))
+
+    def _state(self) -> Any:
+        from otaml.demo_device import load_state
+
+        return load_state(self.root / "state")
+
+    def version(self) -> str:
+        current = self._state().current
+        return current.version if current is not None else ""
+
+    def history(self) -> list[dict[str, Any]]:
+        return list(self._state().history)
+
+    def problem(self) -> str | None:
+        return self.agent.problem()
+
+    def stop(self) -> None:
+        from edge_runtime.agent.handover import HandoverError, IptablesRedirect
+
+        self.agent.stop()  # the service outlives its agent by design: remove it, and the redirect, here
+        try:
+            self.containerd.remove_all()
+            IptablesRedirect(self.public_port).remove()
+        except (HandoverError, subprocess.SubprocessError, OSError) as exc:
+            print(f"bench_fleet: {self.device_id}: {exc}", file=sys.stderr)
+
+
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, fleet: Any, step: float = 1.0) -> float:
     t0 = time.monotonic()
     while not predicate():
@@ -312,7 +413,10 @@ def main() -> int:
     parser.add_argument("--poll", type=float, default=15.0, help="device poll interval, s (±20%% jitter; default 15)")
     parser.add_argument("--probation", type=float, default=3.0, help="device probation, s (default 3)")
     parser.add_argument("--step", type=float, default=3.0, help="controller interval, s (default 3)")
-    parser.add_argument("--load-devices", type=int, default=3, help="devices under load (default 3)")
+    parser.add_argument(
+        "--containerd-devices", type=int, default=3, help="devices on real containerd, under load (root; default 3)"
+    )
+    parser.add_argument("--load-devices", type=int, default=3, help="light devices under load without containerd")
     parser.add_argument("--rate", type=float, default=10.0, help="load per device under load, req/s (default 10)")
     parser.add_argument("--idle", type=float, default=120.0, help="idle window measured at the end, s (default 120)")
     parser.add_argument("--start-rate", type=float, default=4.0, help="devices started per second (default 4)")
@@ -342,7 +446,7 @@ def main() -> int:
         publish_metadata,
         quiet_agent_logs,
     )
-    from otaml.localstack import LocalBroker, LocalRegistry
+    from otaml.localstack import LocalBroker, LocalContainerd, LocalRegistry, build_runtime_image, missing_tools
     from registry.bake import bake
     from registry.fleet.collect import collect
     from registry.fleet.rollout import RolloutService, SnapshotStateSource, TufRecordStore
@@ -350,12 +454,22 @@ def main() -> int:
     from registry.tuf import keys
     from registry.tuf.site import TrustSite, init
 
+    if args.containerd_devices and (os.geteuid() != 0 or missing_tools((*LocalContainerd.TOOLS, "iptables"))):
+        print(
+            "bench_fleet: --containerd-devices needs root with containerd, runc and iptables "
+            "(sudo scripts/host-deps.sh); run as root, or pass --containerd-devices 0",
+            file=sys.stderr,
+        )
+        return 2
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-fleet-", dir="/tmp"))
     work.mkdir(parents=True, exist_ok=True)
     monitor = TreeMonitor(os.getpid(), interval=0.5).__enter__()
     specs = fleet_specs(args.devices)
+    ctr_ids = [f"ctr-{i}" for i in range(args.containerd_devices)]
     registry = LocalRegistry(work / "registry")
-    broker = LocalBroker(work / "mqtt", devices=[s.device_id for s in specs])
+    broker = LocalBroker(work / "mqtt", devices=[s.device_id for s in specs] + ctr_ids)
+    containerd = LocalContainerd(work / "containerd", "bench") if ctr_ids else None
+    ctr_devices: list[ContainerdDevice] = []
     undo_logs = quiet_agent_logs(work / "agents.log")
     proxy: RegistryProxy | None = None
     meta: MetadataServer | None = None
@@ -373,8 +487,15 @@ def main() -> int:
         models = train_default_models(work / "trained", model_name=MODEL)
         bundle = models.bundles[models.chosen]
         readings = json.loads((bundle / "model.json").read_text())["golden"]["readings"]
-        base_all = pinned(minimal_base(work / "base-all", (X86, PI4)))
-        base_x86 = pinned(minimal_base(work / "base-x86", (X86,)))
+        if containerd is None:
+            base_all = pinned(minimal_base(work / "base-all", (X86, PI4)))
+            base_x86 = pinned(minimal_base(work / "base-x86", (X86,)))
+        else:
+            ctrd = containerd.start()
+            say(f"containerd {ctrd.socket}; building/pushing the real runtime image (cached under ~/.cache/otaml) …")
+            build_runtime_image(push=f"{upstream}/otaml/runtime:base", log=work / "build-runtime.log")
+            base_all = pinned(f"{upstream}/otaml/runtime:base")
+            base_x86 = platform_only(base_all, X86, "base-amd64")
 
         trust = init(work / "trust", work / "keys")
         site = TrustSite(trust.site.path)
@@ -449,8 +570,28 @@ def main() -> int:
             )
         fleet = ShardedFleet(shards)
         say(f"{len(specs)} devices starting in {count} worker processes; waiting for v1 everywhere …")
+        for i, device_id in enumerate(ctr_ids):
+            ctr_devices.append(
+                ContainerdDevice.start(
+                    work / "ctr-devices" / device_id,
+                    device_id,
+                    options,
+                    ctrd,
+                    namespace=f"bench-{i}",
+                    password_file=broker.password_file(device_id),
+                )
+            )
+        if ctr_devices:
+            say(f"{len(ctr_devices)} devices on real containerd: {', '.join(ctr_ids)}")
+
+        def versions() -> dict[str, str]:
+            return {**fleet.versions(), **{d.device_id: d.version() for d in ctr_devices}}
+
+        def problems() -> list[str]:
+            return fleet.problems() + [p for d in ctr_devices if (p := d.problem()) is not None]
+
         install_s = wait_until(
-            lambda: all(v == "1" for v in fleet.versions().values()), 60 + 3 * len(specs), "v1 everywhere", fleet
+            lambda: all(v == "1" for v in versions().values()), 60 + 3 * len(specs) + 120 * len(ctr_ids), "v1", fleet
         )
         say(f"v1 serves on every device ({time.monotonic() - t0:.0f} s after the first start)")
 
@@ -472,16 +613,18 @@ def main() -> int:
                 record = service.store.get(CHANNEL, MODEL)
                 if record is not None and record.state in ("completed", "halted", "aborted"):
                     return record.state
-                if problems := fleet.problems():
-                    raise RuntimeError(f"{what}: {problems[:3]}")
+                if found := problems():
+                    raise RuntimeError(f"{what}: {found[:3]}")
                 if time.monotonic() > deadline:
                     return record.state if record is not None else "none"
                 time.sleep(args.step)
 
-        for port in fleet.ports()[: args.load_devices]:
+        load_ports = [d.public_port for d in ctr_devices] or fleet.ports()[: args.load_devices]
+        for port in load_ports:
             load = LoadGenerator(port, readings, rate=args.rate, workers=2)
             loads.append(load.start())
-        say(f"load: {args.rate:g} req/s on each of {len(loads)} devices")
+        on = "containerd" if ctr_devices else "light"
+        say(f"load: {args.rate:g} req/s on each of {len(loads)} {on} devices")
 
         # ── the good rollout ──
         bake_and_approve(2, base_all)
@@ -492,12 +635,12 @@ def main() -> int:
         good_state = drive("v2", timeout_s=len(waves) * (args.soak + 4 * args.poll) + 300)
         budget = len(waves) * args.soak + 60
         try:
-            wait_until(lambda: all(v == "2" for v in fleet.versions().values()), 120, "v2 everywhere", fleet)
+            wait_until(lambda: all(v == "2" for v in versions().values()), 120, "v2 everywhere", fleet)
         except TimeoutError as exc:
             say(f"  {exc}")
         good_s = time.monotonic() - good_t0
-        versions = fleet.versions()
-        reached = sum(v == "2" for v in versions.values()) / len(versions)
+        now = versions()
+        reached = sum(v == "2" for v in now.values()) / len(now)
         say(
             f"good rollout: {good_state}, {reached:.1%} on v2 after {good_s:.0f} s "
             f"(goal: soak×waves + 60 = {budget:.0f} s)"
@@ -512,14 +655,15 @@ def main() -> int:
         final = service.store.get(CHANNEL, MODEL)
         halted_wave = final.wave if final is not None else -1
         say(f"bad rollout: {bad_state} in wave {halted_wave + 1}: {final.reason if final else ''}"[:400])
-        in_first_wave = {s.device_id for s in specs if record.version_for(s.device_id, dict(s.groups)) == 3}
+        groups = {s.device_id: dict(s.groups) for s in specs} | {d: {"hw": "x86"} for d in ctr_ids}
+        in_first_wave = {d for d, g in groups.items() if record.version_for(d, g) == 3}
         try:
-            wait_until(lambda: all(v == "2" for v in fleet.versions().values()), 120, "v2 back everywhere", fleet)
+            wait_until(lambda: all(v == "2" for v in versions().values()), 120, "v2 back everywhere", fleet)
         except TimeoutError as exc:
             say(f"  {exc}")
-        affected = sorted(
-            d for d, state in fleet.states().items() if any(h.get("digest") == v3 for h in state.get("history", []))
-        )
+        histories = {d: state.get("history", []) for d, state in fleet.states().items()}
+        histories |= {d.device_id: d.history() for d in ctr_devices}
+        affected = sorted(d for d, history in histories.items() if any(h.get("digest") == v3 for h in history))
         say(
             f"  devices that tried v3: {len(affected)} ({', '.join(affected[:10])}); "
             f"its first wave held {len(in_first_wave)}"
@@ -531,7 +675,7 @@ def main() -> int:
             outcomes = load.outcomes()
             requests += len(outcomes)
             failed += sum(not o.ok for o in outcomes)
-        say(f"load: {failed} failed of {requests} requests")
+        say(f"load: {failed} failed of {requests} requests ({on} devices)")
 
         # ── idle ──
         time.sleep(min(30.0, args.idle / 4))  # the last steps' states and events reach the broker first
@@ -540,7 +684,7 @@ def main() -> int:
         time.sleep(args.idle)
         reg1, meta1, mqtt1 = proxy.counts.snapshot(), meta.counts.snapshot(), fleet.broker_bytes()
         hours = args.idle / 3600
-        n = len(specs)
+        n = len(specs) + len(ctr_devices)
         reg_requests = sum((reg1[0] - reg0[0]).values())
         say(
             f"  registry requests: {dict(reg1[0] - reg0[0])}; TUF metadata requests: {dict(meta1[0] - meta0[0])}, "
@@ -562,7 +706,8 @@ def main() -> int:
             "bad_rollout_halted": bad_state == "halted" and halted_wave == 0,
             "bad_rollout_devices_affected": len(affected),
             "failed_requests": failed,
-            "broker_bytes_per_device_hour": round((mqtt1 - mqtt0) / n / hours),
+            "broker_bytes_per_device_hour": round((mqtt1 - mqtt0) / len(specs) / hours),  # the light devices'
+            "containerd_devices": len(ctr_devices),
             "registry_requests_per_device_hour": round(reg_requests / n / hours, 1),
         }
         if args.json:
@@ -576,6 +721,10 @@ def main() -> int:
             load.stop()
         if fleet is not None:
             fleet.stop()
+        for device in ctr_devices:
+            device.stop()
+        if containerd is not None:
+            containerd.stop()
         for server in (proxy, meta):
             if server is not None:
                 server.stop()

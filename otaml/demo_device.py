@@ -59,6 +59,8 @@ class AgentSettings:
                 return repr(v)
             if isinstance(v, (list, tuple)):
                 return "[" + ", ".join(value(x) for x in v) + "]"
+            if isinstance(v, dict):
+                return "{" + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + "}"
             return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
         tables: dict[str, dict[str, Any]] = {

@@ -6,6 +6,7 @@ failed during hand-overs, v3 refused or rolled back and blocked.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -133,6 +134,12 @@ def test_agent_settings_toml_is_a_valid_agent_config(tmp_path: Path) -> None:
         False,
     )
     assert (config.probation_s, config.poll_interval_s, config.handover) == (3.0, 1.0, "iptables")
+    # Extra sections, tables included (a fleet device's identity and groups).
+    extra = {"device": {"id": "ctr-0", "groups": {"hw": "x86", "site": "lab 1"}}, "fleet": {"fleet": "bench"}}
+    config = AgentConfig.from_mapping(tomllib.loads(dataclasses.replace(settings, extra=extra).toml()))
+    assert (config.device_id, config.groups) == ("ctr-0", {"hw": "x86", "site": "lab 1"})
+    assert config.fleet is not None
+    assert (config.fleet.fleet, dict(config.fleet.groups)) == ("bench", {"hw": "x86", "site": "lab 1"})
 
 
 class FakeAgent:

@@ -310,7 +310,11 @@ def platform_only(ref: str, platform: str, tag: str) -> str:
     try:
         data, media_type, _ = store.read_manifest(parsed.digest or parsed.tag or "latest")
         index = json.loads(data)
-        keep = [m for m in index["manifests"] if "/".join(m["platform"][k] for k in ("os", "architecture")) == platform]
+        keep = [
+            m
+            for m in index["manifests"]
+            if "/".join(m.get("platform", {}).get(k, "") for k in ("os", "architecture")) == platform
+        ]
         store.write_manifest(canonical_json({**index, "manifests": keep}), media_type, tag)
     finally:
         close_store(store)
@@ -389,9 +393,12 @@ class ContainerdDevice:
         self.agent.stop()  # the service outlives its agent by design: remove it, and the redirect, here
         try:
             self.containerd.remove_all()
+        except (subprocess.SubprocessError, OSError) as exc:
+            print(f"bench_fleet: {self.device_id}: containers: {exc}", file=sys.stderr)
+        try:
             IptablesRedirect(self.public_port).remove()
-        except (HandoverError, subprocess.SubprocessError, OSError) as exc:
-            print(f"bench_fleet: {self.device_id}: {exc}", file=sys.stderr)
+        except HandoverError as exc:
+            print(f"bench_fleet: {self.device_id}: redirect: {exc}", file=sys.stderr)
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, fleet: Any, step: float = 1.0) -> float:
@@ -706,7 +713,7 @@ def main() -> int:
             "bad_rollout_halted": bad_state == "halted" and halted_wave == 0,
             "bad_rollout_devices_affected": len(affected),
             "failed_requests": failed,
-            "broker_bytes_per_device_hour": round((mqtt1 - mqtt0) / len(specs) / hours),  # the light devices'
+            "broker_bytes_per_device_hour": round((mqtt1 - mqtt0) / max(len(specs), 1) / hours),  # light devices'
             "containerd_devices": len(ctr_devices),
             "registry_requests_per_device_hour": round(reg_requests / n / hours, 1),
         }

@@ -60,7 +60,7 @@ class AgentSettings:
             if isinstance(v, (list, tuple)):
                 return "[" + ", ".join(value(x) for x in v) + "]"
             if isinstance(v, dict):
-                return "{" + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + "}"
+                return "{" + ", ".join(f"{value(str(k))} = {value(x)}" for k, x in v.items()) + "}"
             return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
         tables: dict[str, dict[str, Any]] = {

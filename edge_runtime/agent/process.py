@@ -40,6 +40,13 @@ def _member_path(name: str) -> PurePosixPath | None:
     return path
 
 
+def _may_touch(name: str, prefix: str) -> bool:
+    """Whether :func:`extract_subtree` could act on member ``name``: it is under ``prefix/`` as that function
+    reads names, or it is absolute or climbs with ``..`` (which it examines, and refuses under the prefix)."""
+    path = _member_path(name)
+    return path is None or (path != PurePosixPath(prefix) and path.is_relative_to(prefix))
+
+
 def extract_subtree(tar: tarfile.TarFile, prefix: str, dest: Path) -> int:
     """Extract the regular files and directories of ``tar`` under ``prefix/`` into ``dest``; return the file count.
 
@@ -167,17 +174,22 @@ class ProcessRuntime:
     def _blob_path(self, digest: str) -> Path:
         return self.root / "blobs" / digest.removeprefix("sha256:")
 
-    def _fetch(self, digest: str) -> tuple[bytes, int]:
+    def _store(self, digest: str) -> tuple[Path, int]:
+        """Make the blob local (linked from the shared cache when there is one, not read); (path, bytes fetched)."""
         path = self._blob_path(digest)
         if path.is_file():
-            return path.read_bytes(), 0
+            return path, 0
         if self.blob_cache is not None:
             cached, fetched = self.blob_cache(digest, self.client.get_blob)
             _link_or_copy(cached, path)
-            return path.read_bytes(), fetched
+            return path, fetched
         data: bytes = self.client.get_blob(digest)  # the client verifies the digest
         path.write_bytes(data)
-        return data, len(data)
+        return path, len(data)
+
+    def _fetch(self, digest: str) -> tuple[bytes, int]:
+        path, fetched = self._store(digest)
+        return path.read_bytes(), fetched
 
     def pull(self, ref: str, platform: str) -> PullResult:
         target = self._image_dir(ref)
@@ -195,7 +207,8 @@ class ProcessRuntime:
         shutil.rmtree(bundle, ignore_errors=True)
         for layer in manifest.get("layers", []):
             digest = str(layer["digest"])
-            if digest in _NO_BUNDLE_LAYERS:  # a base layer seen before: nothing of the bundle, nothing to unpack
+            if digest in _NO_BUNDLE_LAYERS:  # a base layer seen before: stored (the canary may read it), not unpacked
+                fetched += self._store(digest)[1]
                 continue
             blob, n = self._fetch(digest)
             fetched += n
@@ -215,8 +228,7 @@ class ProcessRuntime:
         ``False`` when the layer has nothing at all under it."""
         try:
             with tarfile.open(fileobj=io.BytesIO(blob), mode="r:*") as tar:
-                names = tar.getnames()
-                if not any(n.lstrip("./").startswith(f"{BUNDLE_DIR}/") or f"/{BUNDLE_DIR}/" in n for n in names):
+                if not any(_may_touch(name, BUNDLE_DIR) for name in tar.getnames()):
                     return False
                 extract_subtree(tar, BUNDLE_DIR, dest)
                 return True

@@ -124,7 +124,8 @@ class Reconciler:
         self.state: AgentState = store.load()
         self._retry: int | None = None  # the desired approval's retry count (TUF); None before the first poll
         self._upcoming: Approval | None = None  # a running rollout's candidate, not yet for this device
-        self._prefetch_refused: set[str] = set()  # digests a pre-fetch found unusable (not retried until restart)
+        self._prefetch_refused: set[str] = set()  # digests a pre-fetch gave up on (not retried until restart)
+        self._prefetch_failures: dict[str, int] = {}  # digest -> failed pre-fetches in a row
         self._unready_checks = 0
 
     # ── persistence ────────────────────────────────────────────────────────────────────────────────
@@ -220,7 +221,7 @@ class Reconciler:
                 self._stop(status.name, report, timeout_s=self.config.stop_timeout_s if status.running else 0)
 
     def _gc_images(self, report: UpdateReport) -> None:
-        keep = {d.ref for d in (self.state.current, self.state.previous, self.state.candidate) if d}
+        keep = self._in_use()
         if self.state.prefetched:
             keep.add(self.state.prefetched)
         for ref in self.runtime.list_images():
@@ -231,7 +232,12 @@ class Reconciler:
                 except (NotFound, RuntimeFailure) as exc:
                     log.warning("could not remove image %s: %s", ref, exc)
 
+    def _in_use(self) -> set[str]:
+        return {d.ref for d in (self.state.current, self.state.previous, self.state.candidate) if d}
+
     def _block(self, digest: str, reason: str) -> None:
+        if self.state.prefetched == self.config.image_ref(digest):
+            self.state.prefetched = ""  # a blocked digest is not kept ahead: the next clean-up removes it
         self.state.blocked[digest] = reason
         self.state.attempts.pop(digest, None)
         if self._retry is not None:  # the approval's retry count then: only a higher one (signed) lifts the block
@@ -399,27 +405,47 @@ class Reconciler:
         device: resolved for its platform and approved like an update, never started. A failure changes nothing
         (the update at wave time pulls again); a temporary one is retried at the next poll."""
         s, c, upcoming = self.state, self.config, self._upcoming
-        if not c.prefetch or upcoming is None:
-            s.prefetched = ""  # no rollout ahead: the next clean-up may remove what was fetched
+        ahead = upcoming if c.prefetch and upcoming is not None and upcoming.digest not in s.blocked else None
+        if s.prefetched and s.prefetched != (c.image_ref(ahead.digest) if ahead else ""):
+            self._release_prefetched(report)  # the rollout ended, or moved on to another candidate
+        if ahead is None or s.prefetched or ahead.digest in self._prefetch_refused:
             return
-        digest, ref = upcoming.digest, c.image_ref(upcoming.digest)
-        if ref == s.prefetched or digest in s.blocked or digest in self._prefetch_refused:
-            return
+        wanted, ref = ahead.digest, c.image_ref(ahead.digest)
         try:
-            image = self.source.resolve(digest, c.platform)
-            self.policy.check(self._candidate_image(digest, image))
+            image = self.source.resolve(wanted, c.platform)
+            self.policy.check(self._candidate_image(wanted, image))
             pulled = self.runtime.pull(ref, c.platform)
         except (NoMatchingPlatform, VerificationFailed, ValueError, KeyError) as exc:
-            self._prefetch_refused.add(digest)
-            report.actions.append(f"pre-fetch of v{upcoming.version} skipped: {exc}")
+            self._prefetch_refused.add(wanted)  # the update at wave time will say why, once
+            self._prefetch_failed(ahead.version, f"skipped: {exc}", report)
             return
         except (TemporaryError, RuntimeFailure, NotFound, OtamlError, OSError) as exc:
-            report.actions.append(f"pre-fetch of v{upcoming.version} failed (retried at the next poll): {exc}")
+            n = self._prefetch_failures[wanted] = self._prefetch_failures.get(wanted, 0) + 1
+            if n >= MAX_ATTEMPTS:
+                self._prefetch_refused.add(wanted)  # no download loop: the wave's own update retries with back-off
+            self._prefetch_failed(ahead.version, f"failed ({n} of {MAX_ATTEMPTS} tries): {exc}", report)
             return
+        self._prefetch_failures.pop(wanted, None)
         s.prefetched = ref
         s.count("prefetches")
-        report.actions.append(f"pre-fetched v{upcoming.version} ({pulled.bytes_fetched} bytes) ahead of its wave")
-        log.info("pre-fetched v%s ahead of this device's wave", upcoming.version, extra={"digest": digest})
+        report.actions.append(f"pre-fetched v{ahead.version} ({pulled.bytes_fetched} bytes) ahead of its wave")
+        log.info("pre-fetched v%s ahead of this device's wave", ahead.version, extra={"digest": wanted})
+
+    def _prefetch_failed(self, version: int, why: str, report: UpdateReport) -> None:
+        self.state.count("prefetch_failures")
+        report.actions.append(f"pre-fetch of v{version} {why}")
+        log.warning("pre-fetch of v%s %s", version, why, extra={"event": "prefetch_failed"})
+
+    def _release_prefetched(self, report: UpdateReport) -> None:
+        """Forget the image fetched ahead, and remove it unless it serves (or is about to)."""
+        ref, self.state.prefetched = self.state.prefetched, ""
+        if ref in self._in_use():
+            return
+        report.actions.append(f"remove pre-fetched image {ref}")
+        try:
+            self.runtime.remove_image(ref)
+        except (NotFound, RuntimeFailure) as exc:
+            log.warning("could not remove pre-fetched image %s: %s", ref, exc)
 
     def _error(self, report: UpdateReport, started: float, exc: BaseException) -> UpdateReport:
         report.outcome = "error"

@@ -116,6 +116,7 @@ class AgentState:
             trust_status=str(data.get("trust_status", "")),
             rollout_id=str(data.get("rollout_id", "")),
             desired=str(data.get("desired", "")),
+            prefetched=str(data.get("prefetched", "")),
         )
 
 

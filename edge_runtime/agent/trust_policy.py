@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from edge_runtime.agent.policy import CandidateImage
-from edge_runtime.fleet.rollout import RolloutRecord
+from edge_runtime.fleet.rollout import RolloutRecord, matches
 from edge_runtime.trust.approval import Approval, ApprovalSet
 from edge_runtime.trust.errors import NotApproved, RollbackRefused
 
@@ -114,7 +114,8 @@ class TrustPolicy:
             )
         where = "in" if version == record.version else "outside"
         upcoming = None
-        if version != record.version and record.state in ("running", "paused"):
+        if version != record.version and record.state in ("running", "paused") and matches(self.groups, record.group):
+            # Outside the wave but in the rollout's group: its wave will come (a device of another group never runs it).
             upcoming = next((a for a in found if a.version == record.version), None)
         return Desired(
             chosen,

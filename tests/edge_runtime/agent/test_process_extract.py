@@ -180,19 +180,52 @@ def _tar(files: dict[str, bytes]) -> bytes:
     return out.getvalue()
 
 
-def test_a_base_layer_without_the_bundle_is_read_once_then_skipped(tmp_path: Path) -> None:
+def test_a_base_layer_without_the_bundle_is_unpacked_once_then_only_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from edge_runtime.agent import process
+    from otaml.local_fleet import BlobCache
 
-    process._NO_BUNDLE_LAYERS.discard("sha256:" + "b" * 64)
+    base = "sha256:" + "b" * 64
+    process._NO_BUNDLE_LAYERS.discard(base)
+    unpacked: list[bytes] = []
+    real = process.ProcessRuntime._unpack_bundle
+
+    def counting(blob: bytes, dest: Path) -> bool:
+        unpacked.append(blob)
+        return real(blob, dest)
+
+    monkeypatch.setattr(process.ProcessRuntime, "_unpack_bundle", staticmethod(counting))
     client = TwoLayerClient()
+    cache = BlobCache(tmp_path / "cache")  # the devices of one machine share it, as in the fleet bench
     ref = "registry.invalid/pump@sha256:" + "e" * 64
-    first = ProcessRuntime(client, tmp_path / "device-1")
+    first = ProcessRuntime(client, tmp_path / "device-1", blob_cache=cache.path)
     first.pull(ref, "linux/amd64")
-    second = ProcessRuntime(client, tmp_path / "device-2")  # another device of a fleet run in one process
+    assert len(unpacked) == 2
+    assert base in process._NO_BUNDLE_LAYERS
+    second = ProcessRuntime(client, tmp_path / "device-2", blob_cache=cache.path)
     second.pull(ref, "linux/amd64")
-    assert client.reads.count("sha256:" + "b" * 64) == 1
-    assert client.reads.count("sha256:" + "c" * 64) == 2  # the bundle layer is unpacked for each device
-    for device in ("device-1", "device-2"):
+    assert len(unpacked) == 3, "the second device unpacks only the bundle layer"
+    assert client.reads.count(base) == 1
+    for device, runtime in (("device-1", first), ("device-2", second)):
         image = tmp_path / device / "images" / ("e" * 64)
         assert (image / "opt" / "model" / "model.onnx").read_bytes() == b"onnx"
         assert not (image / "usr").exists()
+        assert runtime.read_blob(base)  # stored for the canary, though not unpacked again
+
+
+@pytest.mark.parametrize("name", ["opt//model/model.onnx", "opt/./model/model.onnx", "./opt/model/model.onnx"])
+def test_a_layer_naming_the_bundle_unusually_is_still_unpacked(tmp_path: Path, name: str) -> None:
+    from edge_runtime.agent import process
+
+    layer = _tar({name: b"onnx"})
+    assert process.ProcessRuntime._unpack_bundle(layer, tmp_path / "b") is True
+    assert (tmp_path / "b" / "opt" / "model" / "model.onnx").read_bytes() == b"onnx"
+
+
+@pytest.mark.parametrize("name", ["/opt/model/x", "../opt/model/x", "opt/model/../../etc/x"])
+def test_a_hostile_bundle_name_is_refused_never_skipped(tmp_path: Path, name: str) -> None:
+    from edge_runtime.agent import process
+
+    with pytest.raises(RuntimeFailure):
+        process.ProcessRuntime._unpack_bundle(_tar({name: b"x"}), tmp_path / "b")

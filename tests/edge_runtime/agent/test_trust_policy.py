@@ -298,14 +298,55 @@ def test_without_prefetch_or_after_a_halt_nothing_is_kept_ahead(setup: Setup) ->
     assert serving(setup) == digest_of("1")
     assert agent.state.prefetched == ""
     assert report.outcome == "unchanged"
-    assert any("retried at the next poll" in a for a in report.actions), report.actions
+    assert any("failed (1 of 3 tries)" in a for a in report.actions), report.actions
     setup.world.registry_down = False
     agent.reconcile()
     assert agent.state.prefetched == v2
-    # The rollout halts: nothing is ahead any more, and the image is no longer kept.
+    # The agent restarts: what it fetched ahead is remembered and survives the start-up clean-up.
+    agent = setup.agent(outside, prefetch=True)
+    agent.recover()
+    assert agent.state.prefetched == v2
+    assert runtime.has_image(v2)
+    # The rollout halts: nothing is ahead any more, and the image is removed.
     setup.record = _record((10, 50, 100), 0, state="halted")
     agent.reconcile()
     assert agent.state.prefetched == ""
+    assert not runtime.has_image(v2)
+
+
+def test_a_prefetched_candidate_that_fails_its_canary_is_blocked_and_removed(setup: Setup) -> None:
+    from .fakes import Behaviour
+
+    agent, runtime, v2 = outside_the_first_wave(setup, prefetch=True)
+    setup.world.publish("2", Behaviour(score_offset=0.5), move=False)  # v2's golden vectors will not match
+    agent.reconcile()
+    agent.reconcile()
+    assert agent.state.prefetched == v2
+    setup.record = _record((10, 50, 100), 2)  # the wave reaches the device
+    report = agent.reconcile()
+    assert (report.outcome, report.reason) == ("rolled_back", "golden-mismatch")
+    assert agent.state.prefetched == ""
+    assert not runtime.has_image(v2)
+    agent.reconcile()
+    assert not runtime.has_image(v2), "a blocked digest is not fetched ahead again"
+
+
+def test_prefetch_gives_up_after_three_failures_and_skips_other_groups_rollouts(setup: Setup) -> None:
+    agent, runtime, v2 = outside_the_first_wave(setup, prefetch=True)
+    assert agent.reconcile().outcome == "updated"  # v1, the stable version; pre-fetches come on the next polls
+    setup.world.registry_down = True
+    for _ in range(6):
+        agent.reconcile()
+    assert agent.state.counters.get("prefetch_failures") == 3, "no download loop"
+    setup.world.registry_down = False
+    agent.reconcile()
+    assert not runtime.has_image(v2), "given up until the agent restarts; the wave's update pulls it"
+    # A rollout for another group: this device never runs its candidate, so it never fetches it.
+    setup.record = dataclasses.replace(_record((10, 50, 100), 0), group={"site": "berlin"})
+    agent = setup.agent(agent.trust.device_id if agent.trust else "", prefetch=True)
+    agent.recover()
+    agent.reconcile()
+    assert not runtime.has_image(v2)
 
 
 def test_prefetch_config_is_a_boolean(tmp_path: Path) -> None:

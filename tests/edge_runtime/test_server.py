@@ -590,6 +590,19 @@ def test_captured_windows_are_the_readings_the_model_saw_for_the_latest_anomalie
     assert all("window" not in e for e in remote.get("/v1/anomalies").json()["events"])
 
 
+def test_a_single_reading_anomaly_carries_the_streams_earlier_readings(model_bundle: Bundle) -> None:
+    # The common case on a device: one reading a request. Its window is mostly the stream's history.
+    client = make_client(model_bundle, capture_windows=True)
+    window = model_bundle.card.features.window
+    history = synthetic_readings(window + 5, spikes=False)
+    for row in history:
+        post(client, {"stream": "s", "readings": [row.tolist()]})
+    assert post(client, {"stream": "s", "readings": [[500.0, 50.0, 90.0]]}).json()["anomalies"] == [True]
+    captured = client.get("/v1/anomalies").json()["events"][-1]["window"]
+    expected = np.concatenate((history, [[500.0, 50.0, 90.0]]))[-window:]
+    np.testing.assert_allclose(np.array(captured), expected, rtol=1e-5)
+
+
 def test_only_the_latest_windows_are_kept_and_a_young_stream_gives_what_it_has(model_bundle: Bundle) -> None:
     client = make_client(model_bundle, capture_windows=True)
     for i in range(20):

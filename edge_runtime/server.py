@@ -129,7 +129,6 @@ class ScoringService:
             "/v1/model": self.handlers.model,
             "/metrics": self.handlers.prometheus,
             "/v1/field": self.handlers.field,
-            "/v1/anomalies": self.handlers.anomalies,
         }
         self._api: FastAPI | None = None
         self._api_building: asyncio.Lock | None = None

@@ -13,7 +13,6 @@ served TUF metadata (``publish``), so no device sees the new version approved wi
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -65,6 +64,7 @@ def run_fleet(ctx: FleetContext, versions: tuple[str, str, str, str]) -> dict[st
 
     With four devices a 50 % wave can by chance hold none of them (1 time in 16): the broken version then halts in
     the second wave, and the summary says so."""
+    from otaml.loadgen import LoadGenerator
     from otaml.local_fleet import DeviceOptions, DeviceSpec, LocalFleet, quiet_agent_logs
     from otaml.localstack import LocalBroker, missing_tools
     from registry.field import aggregate, render_text, snapshot_summaries
@@ -146,9 +146,16 @@ def run_fleet(ctx: FleetContext, versions: tuple[str, str, str, str]) -> dict[st
     _wait(fleet, lambda v: all(x == v2 for x in v.values()), f"every fleet device back on v{v2}")
     tried = sorted(d.spec.device_id for d in fleet.devices if any(h.get("version") == v3 for h in d.state().history))
 
-    load = FleetLoad([d.public_port for d in fleet.devices], ctx.readings)
-    ctx.stack.callback(load.stop)
-    load.start()
+    rows = ctx.readings.tolist()
+    # One worker each: one stream whose readings follow each other, like a sensor's (several workers would each
+    # get every n-th batch, and the gaps between them look like anomalies to a windowed model).
+    loads = [
+        LoadGenerator(d.public_port, rows, rate=1 / LOAD_INTERVAL_S, workers=1, batch=LOAD_BATCH, timeout_s=2.0)
+        for d in fleet.devices
+    ]
+    for load in loads:
+        ctx.stack.callback(load.stop)
+        load.start()
     say(
         f"fleet: traffic to every device ({LOAD_BATCH} readings every {LOAD_INTERVAL_S:g} s each); field summaries "
         f"every {FIELD_INTERVAL_S:g} s; a wave's model is judged once its devices scored {limits.min_readings} readings"
@@ -156,7 +163,7 @@ def run_fleet(ctx: FleetContext, versions: tuple[str, str, str, str]) -> dict[st
     alarming = rollout(v4, f"v{v4}, whose model alarms on every reading (healthy container)", soak_s=MODEL_SOAK_S)
     field_report = render_text(aggregate(snapshot_summaries(snapshots.last), model=ctx.model))
     _wait(fleet, lambda v: all(x == v2 for x in v.values()), f"every fleet device back on v{v2}")
-    load.stop()
+    totals = [load.stop().total for load in loads]
     say(f"$ otaml field report {ctx.model} --broker {instance.host}:{instance.port}   (as the controller halted)")
     for line in field_report.splitlines():
         say("  " + line)
@@ -179,8 +186,8 @@ def run_fleet(ctx: FleetContext, versions: tuple[str, str, str, str]) -> dict[st
         "model_halted_in_wave": alarming.wave + 1,
         "model_reason": alarming.reason,
         "model_first_wave": first_waves[v4],
-        "load_requests": load.answered,
-        "load_failed": load.failed,
+        "load_requests": sum(t.slots for t in totals),
+        "load_failed": sum(t.failed for t in totals),
         "field_report": field_report,
         "versions": fleet.versions(),
         "status": table,
@@ -197,52 +204,6 @@ class LastSnapshot:
     def __call__(self) -> Any:
         self.last = self._read()
         return self.last
-
-
-class FleetLoad:
-    """Sends normal readings to every device's public port (one stream per device), counting answers and failures;
-    a thread of the demo."""
-
-    def __init__(self, ports: list[int], readings: Any) -> None:
-        self.ports = ports
-        self.readings = readings
-        self.answered = 0
-        self.failed = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="fleet-load", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(10)
-
-    def _run(self) -> None:
-        import http.client
-        import json
-
-        offset = 0
-        n = len(self.readings)
-        while not self._stop.wait(LOAD_INTERVAL_S):
-            rows = [self.readings[(offset + i) % n] for i in range(LOAD_BATCH)]
-            offset = (offset + LOAD_BATCH) % n
-            for port in self.ports:
-                body = json.dumps({"stream": f"pump-{port}", "readings": [list(map(float, r)) for r in rows]})
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                try:
-                    connection.request("POST", "/v1/score", body, {"Content-Type": "application/json"})
-                    answer = connection.getresponse()
-                    answer.read()
-                    if answer.status == 200:
-                        self.answered += 1
-                    else:
-                        self.failed += 1
-                except OSError:
-                    self.failed += 1
-                finally:
-                    connection.close()
 
 
 def _wait_reported(read: Callable[[], Any], version: str) -> Any:

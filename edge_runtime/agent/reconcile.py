@@ -403,7 +403,7 @@ class Reconciler:
     def _prefetch(self, report: UpdateReport) -> None:
         """With ``[update] prefetch``, pull the candidate of a running rollout whose wave has not reached this
         device: resolved for its platform and approved like an update, never started. A failure changes nothing
-        (the update at wave time pulls again); a temporary one is retried at the next poll."""
+        (the update at wave time pulls again); a temporary one is retried at the next polls, 3 tries in all."""
         s, c, upcoming = self.state, self.config, self._upcoming
         ahead = upcoming if c.prefetch and upcoming is not None and upcoming.digest not in s.blocked else None
         if s.prefetched and s.prefetched != (c.image_ref(ahead.digest) if ahead else ""):

@@ -41,8 +41,17 @@ def error_body(code: str, message: str) -> bytes:
     return json_bytes({"error": {"code": code, "message": message}})
 
 
-async def read_body(headers: Iterable[tuple[bytes, bytes]], receive: Receive, limit: int) -> bytes:
-    """The request body, refusing (413) as soon as it exceeds ``limit`` bytes: never buffers more."""
+def body_too_large(limit: int) -> RequestError:
+    return RequestError(413, "body_too_large", f"The body exceeds the limit of {limit} bytes. Send smaller batches.")
+
+
+def body_timeout(seconds: float) -> RequestError:
+    message = f"The body did not arrive within {seconds} s of its headers; send it whole."
+    return RequestError(408, "body_timeout", message)
+
+
+def _declared_length(headers: Iterable[tuple[bytes, bytes]], limit: int) -> None:
+    """Refuse a Content-Length that is not a number (400) or above ``limit`` (413) before reading the body."""
     for name, value in headers:
         if name == b"content-length":
             declared = value.decode("latin-1")
@@ -54,6 +63,10 @@ async def read_body(headers: Iterable[tuple[bytes, bytes]], receive: Receive, li
                     "body_too_large",
                     f"The body has {declared} bytes; the limit is {limit} bytes. Send smaller batches.",
                 )
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    """The request body, refusing (413) as soon as it exceeds ``limit`` bytes: never buffers more."""
     body = bytearray()
     while True:
         message = await receive()
@@ -61,9 +74,7 @@ async def read_body(headers: Iterable[tuple[bytes, bytes]], receive: Receive, li
             raise ClientGone
         body += message.get("body", b"")
         if len(body) > limit:
-            raise RequestError(
-                413, "body_too_large", f"The body exceeds the limit of {limit} bytes. Send smaller batches."
-            )
+            raise body_too_large(limit)
         if not message.get("more_body", False):
             return bytes(body)
 
@@ -88,27 +99,47 @@ class ScoreEndpoint:
         self._head = prefix[:-1].encode() + b',"stream":'
         self._threshold = f',"threshold":{_ENCODER.encode(scorer.threshold)},"scores":['.encode()
 
-    async def handle(self, headers: Iterable[tuple[bytes, bytes]], receive: Receive) -> tuple[int, bytes]:
-        """Status and JSON body for one request (raises :class:`ClientGone` if the client left)."""
+    def check_head(self, headers: Iterable[tuple[bytes, bytes]]) -> tuple[int, bytes] | None:
+        """The answer to a request refused on its headers alone (not ready, media type, length), else ``None``."""
         if not self.golden.ok:
             return 503, error_body("not_ready", f"The model is not ready: {self.golden.message}.")
-        headers = list(headers)
-        settings = self.settings
         try:
             media = _media_type(headers)
             if media != "application/json":
                 raise RequestError(
                     415, "unsupported_media_type", f"Content-Type {media or 'missing'!r}; send application/json."
                 )
-            try:
-                async with asyncio.timeout(settings.read_timeout_seconds):
-                    body = await read_body(headers, receive, settings.max_body_bytes)
-            except TimeoutError:
-                raise RequestError(
-                    408,
-                    "body_timeout",
-                    f"The body did not arrive within {settings.read_timeout_seconds} s of its headers; send it whole.",
-                ) from None
+            _declared_length(headers, self.settings.max_body_bytes)
+        except RequestError as exc:
+            return self.refusal(exc)
+        return None
+
+    def refusal(self, exc: RequestError) -> tuple[int, bytes]:
+        """Status and JSON body for a bad request, counted in the field metrics' input errors."""
+        if self.metrics.field is not None:
+            self.metrics.field.observe_error(exc.status)
+        return exc.status, error_body(exc.code, exc.message)
+
+    async def handle(self, headers: Iterable[tuple[bytes, bytes]], receive: Receive) -> tuple[int, bytes]:
+        """Status and JSON body for one request (raises :class:`ClientGone` if the client left)."""
+        headers = list(headers)
+        refused = self.check_head(headers)
+        if refused is not None:
+            return refused
+        settings = self.settings
+        try:
+            async with asyncio.timeout(settings.read_timeout_seconds):
+                body = await read_body(receive, settings.max_body_bytes)
+        except TimeoutError:
+            return self.refusal(body_timeout(settings.read_timeout_seconds))
+        except RequestError as exc:
+            return self.refusal(exc)
+        return self.answer(body)
+
+    def answer(self, body: bytes) -> tuple[int, bytes]:
+        """Status and JSON body for a whole request body whose headers :meth:`check_head` accepted."""
+        settings = self.settings
+        try:
             parsed = parse_score_request(
                 body,
                 self.scorer.card.features,
@@ -116,9 +147,7 @@ class ScoreEndpoint:
                 max_stream_id_length=settings.max_stream_id_length,
             )
         except RequestError as exc:
-            if self.metrics.field is not None:
-                self.metrics.field.observe_error(exc.status)
-            return exc.status, error_body(exc.code, exc.message)
+            return self.refusal(exc)
         streams = self.scorer.streams
         evicted = streams.evicted
         anomaly_log = self.metrics.anomalies

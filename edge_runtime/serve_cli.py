@@ -14,12 +14,15 @@ import logging
 import signal
 import sys
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_runtime.errors import OtamlError
 from edge_runtime.jsonlog import configure_logging
 from edge_runtime.memory import limit_malloc_arenas, release_startup_pages
 from edge_runtime.settings import GOLDEN_FAILURE_MODES, HTTP_PARSERS, LOG_LEVELS, ServeSettings, SettingsError
+
+if TYPE_CHECKING:
+    from edge_runtime.server import ScoringService
 
 log = logging.getLogger("edge_runtime.serve")
 
@@ -79,8 +82,9 @@ def _http_parser(choice: str) -> str:
     return "httptools" if importlib.util.find_spec("httptools") else "h11"
 
 
-def _protocol(settings: ServeSettings) -> Any:
-    """httptools with a deadline on request heads; h11 (pure Python) only when asked for, without one."""
+def _protocol(settings: ServeSettings, service: ScoringService) -> Any:
+    """httptools with a deadline on request heads and the direct score route; h11 (pure Python) only when asked
+    for, without either. With the access log on, score requests go the ASGI way (uvicorn writes that log)."""
     parser = _http_parser(settings.http)
     if parser == "h11":
         log.warning(
@@ -88,9 +92,11 @@ def _protocol(settings: ServeSettings) -> Any:
             extra={"event": "no_head_deadline"},
         )
         return parser
-    from edge_runtime.http_protocol import with_head_deadline
+    from edge_runtime.http_protocol import service_protocol
+    from edge_runtime.server import DirectScoreRoute
 
-    return with_head_deadline(settings.read_timeout_seconds)
+    route = None if settings.access_log else DirectScoreRoute(service)
+    return service_protocol(settings.read_timeout_seconds, route)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -135,7 +141,7 @@ def run_serve(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         loop="asyncio",
-        http=_protocol(settings),
+        http=_protocol(settings, app),
         ws="none",
         lifespan="off",
         interface="asgi3",

@@ -26,9 +26,19 @@ from typing import TYPE_CHECKING, Any
 from edge_runtime.anomaly_log import DEFAULT_CAPTURED, AnomalyLog
 from edge_runtime.bundle import Bundle, load_bundle
 from edge_runtime.field_metrics import FieldMetrics, summary, to_json
+from edge_runtime.http_protocol import CLOSE, Reply
 from edge_runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from edge_runtime.metrics import Metrics
-from edge_runtime.score_endpoint import ClientGone, ScoreEndpoint, error_body, json_bytes
+from edge_runtime.score_endpoint import (
+    ClientGone,
+    ScoreEndpoint,
+    body_timeout,
+    body_too_large,
+    error_body,
+    json_bytes,
+    read_body,
+)
+from edge_runtime.score_request import RequestError
 from edge_runtime.scoring import GoldenResult, Scorer
 from edge_runtime.settings import ServeSettings
 
@@ -201,32 +211,115 @@ class ScoringService:
                     self._api = await asyncio.to_thread(api_app, self)
         return self._api
 
-    async def _score(self, scope: Scope, receive: Receive, send: Send) -> int:
-        if self._token is not None and not _authorised(scope["headers"], self._token):
+    # ── POST /v1/score: the ASGI path and the protocol's direct route share these ─────────────────────
+    def open_score(self, headers: list[tuple[bytes, bytes]], timed: bool = False) -> ScoreRequest | Reply:
+        """A score request accepted on its headers (in progress until answered or gone), or the refusal.
+
+        ``timed``: the request counts itself in the request metrics (the direct route; the ASGI path counts
+        every request in :meth:`__call__`).
+        """
+        started = time.perf_counter()
+        reply = self._refused(headers)
+        if reply is not None:
+            if timed:
+                self._observe_score(reply.status, started)
+            return reply
+        self._scoring += 1
+        return ScoreRequest(self, started, timed)
+
+    def _refused(self, headers: list[tuple[bytes, bytes]]) -> Reply | None:
+        if self._token is not None and not _authorised(headers, self._token):
             detail = "POST /v1/score needs 'Authorization: Bearer <token>' (this service has OTAML_API_TOKEN_FILE set)."
-            extra = [(b"www-authenticate", b'Bearer realm="otaml"'), (b"connection", b"close")]
-            await _answer(send, 401, error_body("unauthorized", detail), JSON_TYPE, extra)
-            return 401
+            challenge = (b"www-authenticate", b'Bearer realm="otaml"')
+            return Reply(401, error_body("unauthorized", detail), (challenge, CLOSE))
         if self._scoring >= self.settings.max_concurrent_scores:
             busy = f"{self._scoring} score requests are in progress, the limit; retry shortly."
             # Its body is still on the wire, unread: close the connection rather than buffer it.
-            extra = [(b"retry-after", b"1"), (b"connection", b"close")]
-            await _answer(send, 503, error_body("busy", busy), JSON_TYPE, extra)
-            return 503
-        self._scoring += 1
+            return Reply(503, error_body("busy", busy), ((b"retry-after", b"1"), CLOSE))
+        refused = self.endpoint.check_head(headers)
+        if refused is None:
+            return None
+        status, body = refused
+        # After a refused length the rest of the body may still be on the wire: never reuse the connection.
+        return Reply(status, body, (CLOSE,) if status == 413 else ())
+
+    def _observe_score(self, status: int, started: float) -> None:
+        self.metrics.observe_request("POST", "/v1/score", status, time.perf_counter() - started)
+
+    async def _score(self, scope: Scope, receive: Receive, send: Send) -> int:
+        opened = self.open_score(scope["headers"])
+        if isinstance(opened, ScoreRequest):
+            settings = self.settings
+            try:
+                async with asyncio.timeout(settings.read_timeout_seconds):
+                    body = await read_body(receive, settings.max_body_bytes)
+            except TimeoutError:
+                reply = opened.timed_out()
+            except RequestError:
+                reply = opened.too_large()
+            except ClientGone:
+                opened.gone()
+                return 499  # nginx's "client closed request": counted, nothing sent
+            else:
+                reply = opened.answer(body)
+        else:
+            reply = opened
+        await _answer(send, reply.status, reply.body, JSON_TYPE, list(reply.headers))
+        return reply.status
+
+
+class ScoreRequest:
+    """A score request accepted on its headers, whose body is arriving; exactly one method below ends it."""
+
+    __slots__ = ("_open", "_service", "_started", "_timed")
+
+    def __init__(self, service: ScoringService, started: float, timed: bool) -> None:
+        self._service, self._started, self._timed, self._open = service, started, timed, True
+
+    def answer(self, body: bytes) -> Reply:
+        """Score the whole body (every bad input a JSON 4xx; a bug a 500, and serving goes on)."""
         try:
-            status, body = await self.endpoint.handle(scope["headers"], receive)
-        except ClientGone:
-            return 499  # nginx's "client closed request": counted, nothing sent
+            status, answer = self._service.endpoint.answer(body)
         except Exception:  # a bug, not bad input: answer and keep serving
             log.exception("scoring failed", extra={"event": "score_failed"})
-            status, body = 500, error_body("internal_error", "Scoring failed unexpectedly; see the service log.")
-        finally:
-            self._scoring -= 1
-        # After a refused or unfinished body the rest of it may still be on the wire: never reuse the connection.
-        extra = [(b"connection", b"close")] if status in (408, 413) else []
-        await _answer(send, status, body, JSON_TYPE, extra)
-        return status
+            status, answer = 500, error_body("internal_error", "Scoring failed unexpectedly; see the service log.")
+        return self._end(Reply(status, answer))
+
+    def too_large(self) -> Reply:
+        """The body went past the limit: 413, and the connection is not reused (the rest may be on the wire)."""
+        status, body = self._service.endpoint.refusal(body_too_large(self._service.settings.max_body_bytes))
+        return self._end(Reply(status, body, (CLOSE,)))
+
+    def timed_out(self) -> Reply:
+        """The body did not arrive in time: 408, and the connection is not reused."""
+        status, body = self._service.endpoint.refusal(body_timeout(self._service.settings.read_timeout_seconds))
+        return self._end(Reply(status, body, (CLOSE,)))
+
+    def gone(self) -> None:
+        """The client disconnected before its body arrived: nothing to answer (counted as 499)."""
+        self._end(Reply(499, b""))
+
+    def _end(self, reply: Reply) -> Reply:
+        if self._open:
+            self._open = False
+            self._service._scoring -= 1
+            if self._timed:
+                self._service._observe_score(reply.status, self._started)
+        return reply
+
+
+class DirectScoreRoute:
+    """``POST /v1/score`` as the HTTP protocol's direct route (:mod:`edge_runtime.http_protocol`)."""
+
+    path = b"/v1/score"
+
+    def __init__(self, service: ScoringService) -> None:
+        self.service = service
+        self.max_body = service.settings.max_body_bytes
+        self.body_timeout_s = float(service.settings.read_timeout_seconds)
+
+    def open(self, headers: list[tuple[bytes, bytes]]) -> ScoreRequest | Reply:
+        return self.service.open_score(headers, timed=True)
 
 
 def _authorised(headers: list[tuple[bytes, bytes]], token: bytes) -> bool:

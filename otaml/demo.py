@@ -363,6 +363,9 @@ class _Loop:
         try:
             report = promote(MODEL_NAME, version, channel, **kwargs)
             promotion = "gates passed"
+            for r in report.gates.results if report.gates else ():
+                if r.name.startswith("metric:"):
+                    self.say(f"  {r.name}: {r.detail}")
         except PromotionRefused as exc:
             failed = [r.name for r in exc.report.failures]
             self.say(f"  refused by the gates: {', '.join(failed)}")

@@ -39,7 +39,8 @@ CHANNEL = "production"
 APPROVER = "otaml-demo"
 DETECTOR = "pca"
 # Small synthetic sets (2 pumps, a minute apart); v2 is trained on one more day. Both pass the production
-# gates of registry/gates.toml (test F1 0.72 >= 0.7, parity, size, latency).
+# gates of registry/gates.toml (test F1 0.822 and 0.759 >= 0.7, parity, size, latency). Seed 1 is a favourable
+# draw: over seeds 0-19 the median test F1 of these shapes is 0.51 and 0.54 (README, "Detection on real data").
 V1_DATA = {"devices": 2, "days": 2.0, "seed": 1}
 V2_DATA = {"devices": 2, "days": 3.0, "seed": 1}
 UPDATE_TIMEOUT_S = 240
@@ -362,6 +363,9 @@ class _Loop:
         try:
             report = promote(MODEL_NAME, version, channel, **kwargs)
             promotion = "gates passed"
+            for r in report.gates.results if report.gates else ():
+                if r.name.startswith("metric:"):
+                    self.say(f"  {r.name}: {r.detail}")
         except PromotionRefused as exc:
             failed = [r.name for r in exc.report.failures]
             self.say(f"  refused by the gates: {', '.join(failed)}")

@@ -111,7 +111,8 @@ def vus_pr(labels: npt.ArrayLike, scores: npt.ArrayLike, max_buffer: int = DEFAU
 
 
 def detection_metrics(labels: npt.ArrayLike, scores: npt.ArrayLike, threshold: float) -> dict[str, float]:
-    """Precision, recall, F1 (score >= threshold is an alarm), alarm rate, counts, and the AUCs."""
+    """Precision, recall, F1 (score >= threshold is an alarm), alarm rate, counts (rows, anomalous rows, events),
+    and the AUCs."""
     y = np.asarray(labels).astype(np.int8)
     s = np.asarray(scores, dtype=np.float64)
     if y.shape != s.shape:
@@ -130,6 +131,8 @@ def detection_metrics(labels: npt.ArrayLike, scores: npt.ArrayLike, threshold: f
         "alarm_rate": float(alarm.mean()) if alarm.size else 0.0,
         "n_rows": float(y.size),
         "n_anomalies": float(y.sum()),
+        # Labelled events (runs of anomalous rows, streams concatenated): what an F1 rests on.
+        "n_events": float(_ranges(y > 0)[0].size),
     }
     metrics.update(ranking_metrics(y, s))
     return metrics

@@ -225,6 +225,13 @@ def _parity_value(name: str, metrics: Mapping[str, float], tags: Mapping[str, st
         return None
 
 
+def _evidence(name: str, metrics: Mapping[str, float]) -> str:
+    """How many labelled events a split's metric rests on, when the run logged it (a few events: a noisy F1)."""
+    split = name.split("_", 1)[0]
+    events = metrics.get(f"{split}_n_events")
+    return "" if events is None else f" (on {int(events)} labelled {split} event{'s' if int(events) != 1 else ''})"
+
+
 def _alarm_rate_gate(config: GateConfig, metrics: Mapping[str, float]) -> GateResult:
     """Refuse a degenerate threshold: far more validation alarms than labelled anomalies, or than a sane cap."""
     if "val_alarm_rate" not in metrics:
@@ -276,7 +283,7 @@ def evaluate_gates(
                 "pass" if ok else "fail",
                 value,
                 minimum,
-                f"{name} = {value:.4g} {'>=' if ok else '<'} minimum {minimum:.4g}",
+                f"{name} = {value:.4g} {'>=' if ok else '<'} minimum {minimum:.4g}" + _evidence(name, metrics),
             )
         )
     results.append(_alarm_rate_gate(config, metrics))

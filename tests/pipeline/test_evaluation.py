@@ -20,6 +20,14 @@ def test_metrics_at_threshold_by_hand() -> None:
     assert m["roc_auc"] == pytest.approx(7 / 9)
     assert 0 < m["pr_auc"] <= 1
     assert m["n_anomalies"] == 3
+    assert m["n_events"] == 1
+
+
+def test_events_are_counted_as_runs_of_anomalous_rows() -> None:
+    labels = [1, 1, 0, 0, 1, 0, 1, 1, 1, 0]
+    m = detection_metrics(labels, np.linspace(0, 1, len(labels)), threshold=0.5)
+    assert m["n_events"] == 3
+    assert m["n_anomalies"] == 6
 
 
 def test_perfect_ranking() -> None:

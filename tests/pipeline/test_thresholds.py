@@ -9,6 +9,7 @@ from pipeline.thresholds import (
     BEST_F1_CAPPED,
     BEST_F1_POOLED,
     BEST_F1_POOLED_CAPPED,
+    MAX_UNLABELLED_ALARM_RATE,
     alarm_limit,
     best_f1_threshold,
     calibrate,
@@ -132,3 +133,34 @@ def test_pooled_best_f1_keeps_the_validation_alarm_cap() -> None:
 def test_train_labels_must_match_train_scores() -> None:
     with pytest.raises(InputError, match="one label per training score"):
         calibrate([0.1, 0.2], [0.1, 0.9], [0, 1], train_labels=[0, 1, 0])
+
+
+def test_training_events_set_the_threshold_when_validation_holds_none() -> None:
+    # Every labelled event fell into the training split (scores 0.6-0.7); validation is all normal. The
+    # training quantile would sit above the events; best F1 on the pooled rows catches them.
+    rng = np.random.default_rng(1)
+    train = rng.random(200) * 0.5
+    train_labels = np.zeros(200, dtype=int)
+    train_labels[50:56] = 1
+    train[50:56] = np.linspace(0.6, 0.7, 6)
+    validation = rng.random(100) * 0.5
+    t = calibrate(train, validation, np.zeros(100, dtype=int), train_labels=train_labels)
+    assert t.method == BEST_F1_POOLED
+    assert 0.5 < t.value <= 0.6
+    assert (train[50:56] >= t.value).all()
+    assert not t.note
+    # Without training events, or without training labels, the quantile rule stays.
+    assert calibrate(train, validation, np.zeros(100), train_labels=np.zeros(200)).method.startswith("quantile")
+    assert calibrate(train, validation, np.zeros(100)).method.startswith("quantile")
+
+
+def test_training_events_threshold_keeps_the_unlabelled_alarm_cap() -> None:
+    # Training labels unrelated to the scores: best F1 would flag everything; the validation alarm rate
+    # must stay within the cap the gates apply to a validation split without anomalies.
+    rng = np.random.default_rng(2)
+    train = rng.random(1000)
+    train_labels = (rng.random(1000) < 0.3).astype(int)
+    validation = rng.random(500)
+    t = calibrate(train, validation, np.zeros(500, dtype=int), train_labels=train_labels)
+    assert t.method == BEST_F1_POOLED
+    assert (validation >= t.value).mean() <= MAX_UNLABELLED_ALARM_RATE

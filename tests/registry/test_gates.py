@@ -97,7 +97,19 @@ def test_each_failing_gate_is_listed_with_its_reason(model_bundle: Bundle) -> No
     failed = {r.name: r for r in report.failures}
     assert set(failed) == {"metric:test_f1", "parity", "bundle_size", "latency_p50", "latency_p99"}
     assert "0.5 < minimum 0.8" in failed["metric:test_f1"].detail
+    assert "event" not in failed["metric:test_f1"].detail  # the run logged no event count
     assert failed["bundle_size"].value == bundle_bytes(model_bundle)
+
+
+def test_metric_gate_says_how_many_labelled_events_it_rests_on(model_bundle: Bundle) -> None:
+    config = GateConfig(min_metrics={"test_f1": 0.7})
+    metrics = {"test_f1": 0.759, "test_n_events": 4.0, "parity_fp32_agreement": 1.0}
+    report = evaluate_gates(config, "production", bundle=model_bundle, metrics=metrics, latency=FAST)
+    detail = next(r.detail for r in report.results if r.name == "metric:test_f1")
+    assert detail == "test_f1 = 0.759 >= minimum 0.7 (on 4 labelled test events)"
+    metrics["test_n_events"] = 1.0
+    report = evaluate_gates(config, "production", bundle=model_bundle, metrics=metrics, latency=FAST)
+    assert next(r.detail for r in report.results if r.name == "metric:test_f1").endswith("(on 1 labelled test event)")
 
 
 @pytest.mark.parametrize(

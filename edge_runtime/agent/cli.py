@@ -97,8 +97,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edge_runtime.jsonlog import configure_logging
 
     configure_logging(args.log_level)
-    # httpx logs every request at INFO: one line per poll is noise on a device's journal.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     config = load_config(args.config)
     reconciler = build_reconciler(config)
     stop = threading.Event()

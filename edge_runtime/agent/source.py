@@ -1,7 +1,8 @@
 """Where candidate images come from: the channel tag in an OCI registry.
 
 :class:`ImageSource` is the seam the update step uses (fakes in unit tests); :class:`RegistrySource`
-adapts :class:`edge_runtime.oci.RegistryClient`. The poll is one ``HEAD`` of the channel tag; only a
+adapts the registry read client (the device's is :class:`edge_runtime.oci.Urllib3RegistryClient`: urllib3, the
+HTTP client python-tuf already loads). The poll is one ``HEAD`` of the channel tag; only a
 new digest costs more (index, platform manifest, config blob: a few kB).
 """
 
@@ -96,7 +97,7 @@ def pick_platform(index: Mapping[str, Any], platform: str, where: str) -> Mappin
 
 
 class RegistrySource:
-    """The channel tag of one repository, read through :class:`edge_runtime.oci.RegistryClient`.
+    """The channel tag of one repository, read through an :class:`edge_runtime.oci.RegistryReader`.
 
     Everything it reads is unverified: a malformed document is :class:`MalformedContent`, never a crash.
     """
@@ -110,11 +111,11 @@ class RegistrySource:
     def connect(
         cls, url: str, repository: str, channel: str, timeout_s: float, token_hosts: tuple[str, ...] = ()
     ) -> RegistrySource:
-        from edge_runtime.oci import RegistryClient
+        from edge_runtime.oci.urllib3_client import Urllib3RegistryClient
 
         insecure = url.startswith("http://")
         host = url.split("://", 1)[-1].rstrip("/")
-        client = RegistryClient(host, repository, timeout=timeout_s, insecure=insecure, token_hosts=token_hosts)
+        client = Urllib3RegistryClient(host, repository, timeout=timeout_s, insecure=insecure, token_hosts=token_hosts)
         return cls(client, repository, channel)
 
     def channel_digest(self) -> str:

@@ -1,8 +1,14 @@
 """OCI images for otaml: the pure core (:mod:`edge_runtime.oci.types`) and a registry read client
-(:mod:`edge_runtime.oci.client`). ``registry.oci`` extends both for writing (layout directories, pushing).
+(:mod:`edge_runtime.oci.client`, over urllib3 for the device or httpx for the MLOps side). ``registry.oci``
+extends both for writing (layout directories, pushing).
 
 Everything is importable from here: ``from edge_runtime.oci import RegistryClient, Descriptor, select_platform``.
+The two clients load their HTTP library only when first named (the device's agent never loads httpx).
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from edge_runtime.oci.client import (
     DEFAULT_DEADLINE,
@@ -14,7 +20,7 @@ from edge_runtime.oci.client import (
     MAX_TOKEN_BYTES,
     ForbiddenHost,
     RegistryAuthError,
-    RegistryClient,
+    RegistryReader,
     base_url_for,
 )
 from edge_runtime.oci.types import (
@@ -91,6 +97,8 @@ __all__ = [
     "Reference",
     "RegistryAuthError",
     "RegistryClient",
+    "RegistryReader",
+    "Urllib3RegistryClient",
     "base_url_for",
     "canonical_json",
     "check_digest",
@@ -105,3 +113,19 @@ __all__ = [
     "select_platform",
     "sha256_digest",
 ]
+
+if TYPE_CHECKING:
+    from edge_runtime.oci.httpx_client import RegistryClient
+    from edge_runtime.oci.urllib3_client import Urllib3RegistryClient
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RegistryClient":
+        from edge_runtime.oci.httpx_client import RegistryClient
+
+        return RegistryClient
+    if name == "Urllib3RegistryClient":
+        from edge_runtime.oci.urllib3_client import Urllib3RegistryClient
+
+        return Urllib3RegistryClient
+    raise AttributeError(f"module 'edge_runtime.oci' has no attribute {name!r}")

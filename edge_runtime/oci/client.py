@@ -1,8 +1,16 @@
 """The read side of the OCI distribution API: a client for one repository on one registry.
 
-Used by the device agent (resolve a tag, pick its platform, read labels) and by ``registry.oci.remote``
-which adds pushing on top through :meth:`RegistryClient.request`. httpx only; every failure is converted
-at this boundary into the tree of :mod:`edge_runtime.errors`:
+:class:`RegistryReader` holds everything that makes a read safe against a hostile registry; it speaks HTTP
+through one primitive (send one request, follow nothing), implemented twice:
+
+    edge_runtime.oci.urllib3_client   Urllib3RegistryClient   the device's (urllib3: python-tuf's fetcher already
+                                                              loads it, so the agent holds one HTTP client)
+    edge_runtime.oci.httpx_client     RegistryClient          the MLOps side (``registry.oci.remote`` pushes
+                                                              through :meth:`RegistryClient.request`; tests swap
+                                                              in ``httpx.MockTransport``)
+
+This module imports neither library. Every failure is converted at this boundary into the tree of
+:mod:`edge_runtime.errors`:
 
     404                                          -> NotFound
     connection errors, timeouts, 429, 5xx,       -> RegistryUnavailable (a TemporaryError: retry with back-off)
@@ -19,22 +27,23 @@ at this boundary into the tree of :mod:`edge_runtime.errors`:
 The registry is not trusted before verification: every document read whole into memory has a cap (manifests
 and indexes :data:`MAX_MANIFEST_BYTES`, configs and signature payloads :data:`MAX_SMALL_BLOB_BYTES`, token
 responses :data:`MAX_TOKEN_BYTES`, error bodies :data:`MAX_ERROR_BODY_BYTES`), every capped read a total
-deadline (httpx's timeouts are per read: a server dripping a byte a second never trips them), and redirects
-are followed at most :data:`MAX_REDIRECTS` times (blob redirects to a CDN host are normal), never from https
-to plain http. Credentials go to a token realm only on the registry's own host or one in ``token_hosts``.
+deadline (socket timeouts are per read: a server dripping a byte a second never trips them), and redirects
+are followed here, at most :data:`MAX_REDIRECTS` times (blob redirects to a CDN host are normal), never from
+https to plain http, and without the credentials once they leave the origin they were meant for. Credentials
+go to a token realm only on the registry's own host or one in ``token_hosts``.
 """
 
 from __future__ import annotations
 
 import base64
 import ipaddress
+import json
 import re
 import time
-from collections.abc import Collection, Mapping
-from typing import Any
-from urllib.parse import urlsplit
-
-import httpx
+from abc import ABC, abstractmethod
+from collections.abc import Collection, Iterator, Mapping
+from typing import Any, Generic, Self, TypeVar
+from urllib.parse import urlencode, urljoin, urlsplit
 
 from edge_runtime.errors import (
     MalformedContent,
@@ -66,9 +75,12 @@ MAX_SMALL_BLOB_BYTES = 4 * 1024 * 1024
 MAX_ERROR_BODY_BYTES = 64 * 1024  # enough for any registry error document; the rest is not read
 MAX_TOKEN_BYTES = 256 * 1024  # a bearer token response (JWTs are a few kB)
 MAX_REDIRECTS = 5  # a blob redirect to a CDN is one hop
-DEFAULT_TIMEOUT = 30.0  # per connect / read / write (httpx)
+DEFAULT_TIMEOUT = 30.0  # per connect / read / write
 DEFAULT_DEADLINE = 120.0  # for a whole capped read: 4 MiB at 35 kB/s
 _NO_LIMIT = 1 << 62
+_REDIRECTS = (301, 302, 303, 307, 308)
+
+R = TypeVar("R")
 
 
 class RegistryAuthError(OtamlError):
@@ -81,6 +93,18 @@ class ForbiddenHost(OtamlError):
     """The registry sent the client to a host it may not go to (a token realm elsewhere, https to http)."""
 
     reason = "forbidden-host"
+
+
+class BodyError(Exception):
+    """Raised by a transport while a body streams; :meth:`RegistryReader.read_capped` converts it.
+
+    ``undecodable``: the Content-Encoding does not decode (MalformedContent); otherwise the connection broke
+    (RegistryUnavailable).
+    """
+
+    def __init__(self, message: str, *, undecodable: bool = False) -> None:
+        super().__init__(message)
+        self.undecodable = undecodable
 
 
 def _is_loopback(host: str) -> bool:
@@ -105,22 +129,42 @@ def _host_of(url: str) -> str:
     return (urlsplit(url).hostname or "").lower()
 
 
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return parts.scheme, (parts.hostname or "").lower(), port or (443 if parts.scheme == "https" else 80)
+
+
+def _with_query(url: str, params: Mapping[str, str] | None) -> str:
+    if not params:
+        return url
+    return url + ("&" if urlsplit(url).query else "?") + urlencode(dict(params))
+
+
 def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     scheme, _, rest = header.strip().partition(" ")
     params = dict(re.findall(r'(\w+)="([^"]*)"', rest))
     return scheme.lower(), params
 
 
-def _registry_errors(response: httpx.Response) -> str:
+def _registry_errors(body: bytes) -> str:
+    text = body.decode("utf-8", "replace")
     try:
-        errors = response.json().get("errors") or []
-        return "; ".join(f"{e.get('code', '?')}: {e.get('message', '')}".strip() for e in errors) or response.text[:200]
+        errors = json.loads(text).get("errors") or []
+        return "; ".join(f"{e.get('code', '?')}: {e.get('message', '')}".strip() for e in errors) or text[:200]
     except (ValueError, AttributeError):
-        return response.text[:200]
+        return text[:200]
 
 
-class RegistryClient:
-    """One repository on one registry. Thread-compatible, not thread-safe; close() or use ``with``."""
+class RegistryReader(ABC, Generic[R]):
+    """One repository on one registry, over a transport that returns responses of type ``R``.
+
+    Thread-compatible, not thread-safe; close() or use ``with``. Subclasses implement the five transport
+    primitives (``_transmit``, ``_status``, ``_header``, ``_body``, ``_chunks``, ``_close``) and nothing else.
+    """
 
     def __init__(
         self,
@@ -128,7 +172,6 @@ class RegistryClient:
         repository: str,
         *,
         auth: tuple[str, str] | None = None,
-        transport: httpx.BaseTransport | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         insecure: bool = False,
         deadline: float = DEFAULT_DEADLINE,
@@ -136,34 +179,43 @@ class RegistryClient:
     ) -> None:
         self.base_url = base_url_for(registry, insecure)
         self.repository = repository
+        self.timeout = timeout
         self.deadline = deadline
         self.token_hosts = frozenset(h.lower() for h in token_hosts) | {_host_of(self.base_url)}
         self._auth = auth
         self._authorization: str | None = None
-        self._http = httpx.Client(
-            transport=transport,
-            timeout=timeout,
-            follow_redirects=True,
-            max_redirects=MAX_REDIRECTS,
-            event_hooks={"request": [self._check_redirect]},
-        )
 
-    def _check_redirect(self, request: httpx.Request) -> None:
-        # httpx drops the Authorization header on a redirect to another origin; a downgrade to plain http
-        # would still expose the request and its answer, so it is refused.
-        if self.base_url.startswith("https://") and request.url.scheme != "https":
-            raise ForbiddenHost(
-                f"{self.base_url} redirected to {request.url}: refusing a redirect from https to plain http"
-            )
+    # -- the transport (one request, no redirects followed) ------------------------------------------
 
-    @classmethod
-    def for_reference(cls, ref: Reference, **kwargs: Any) -> RegistryClient:
-        return cls(ref.registry, ref.repository, **kwargs)
+    @abstractmethod
+    def _transmit(self, method: str, url: str, headers: dict[str, str], content: bytes | None, stream: bool) -> R:
+        """Send one request; its body is read already unless ``stream``. Transport failures raise
+        RegistryUnavailable, an unusable URL MalformedContent."""
 
-    def close(self) -> None:
-        self._http.close()
+    @abstractmethod
+    def _status(self, response: R) -> int: ...
 
-    def __enter__(self) -> RegistryClient:
+    @abstractmethod
+    def _header(self, response: R, name: str) -> str | None:
+        """A response header, case-insensitively."""
+
+    @abstractmethod
+    def _body(self, response: R) -> bytes:
+        """The whole body of a response sent without ``stream``."""
+
+    @abstractmethod
+    def _chunks(self, response: R) -> Iterator[bytes]:
+        """The decoded body of a streamed response, chunk by chunk; :class:`BodyError` when it breaks."""
+
+    @abstractmethod
+    def _close(self, response: R) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    # ------------------------------------------------------------------------------------------------
+
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -188,33 +240,34 @@ class RegistryClient:
         ok: tuple[int, ...] = (200,),
         allow_404: bool = False,
         stream: bool = False,
-    ) -> httpx.Response:
+    ) -> R:
         """Send one request with auth (answering a 401 challenge once) and map failures to otaml errors.
 
         Returns the response when its status is in ``ok`` (or is 404 and ``allow_404``). With ``stream``
         its body is not read yet: read it with :meth:`read_capped`, or close the response.
         """
-        url = self.url(path)
-        response = self._send(method, url, headers, content, params, stream)
-        if response.status_code == 401 and "www-authenticate" in response.headers:
-            response.close()
-            self._authorization = self._answer_challenge(response.headers["www-authenticate"])
-            response = self._send(method, url, headers, content, params, stream)
-        status = response.status_code
+        url = _with_query(self.url(path), params)
+        response = self._send(method, url, headers, content, stream)
+        challenge = self._header(response, "www-authenticate")
+        if self._status(response) == 401 and challenge is not None:
+            self._close(response)
+            self._authorization = self._answer_challenge(challenge)
+            response = self._send(method, url, headers, content, stream)
+        status = self._status(response)
         if status in ok or (allow_404 and status == 404):
             return response
-        if stream:  # read only the start of an error body: a hostile registry may send an endless one
+        where = f"{method} {url}"
+        if method == "HEAD":
+            detail = ""
+            self._close(response)
+        elif stream:  # read only the start of an error body: a hostile registry may send an endless one
             try:
-                head = self.read_capped(
-                    response, MAX_ERROR_BODY_BYTES, f"{method} {url}", truncate=True, deadline_s=self.deadline
-                )
+                head = self.read_capped(response, MAX_ERROR_BODY_BYTES, where, truncate=True, deadline_s=self.deadline)
             except (TemporaryError, MalformedContent):
                 head = b""
-            # The head is already decoded: drop the headers that would make httpx decode or size it again.
-            kept = [(k, v) for k, v in response.headers.items() if k not in ("content-encoding", "content-length")]
-            response = httpx.Response(status, headers=kept, content=head, request=response.request)
-        where = f"{method} {url}"
-        detail = _registry_errors(response) if method != "HEAD" else ""
+            detail = _registry_errors(head)
+        else:
+            detail = _registry_errors(self._body(response))
         if status == 404:
             raise NotFound(f"{where}: not found (404) {detail}".rstrip() + "; check the repository, tag or digest")
         if status in (401, 403):
@@ -226,31 +279,41 @@ class RegistryClient:
             raise RegistryUnavailable(f"{where}: registry answered {status} {detail}".rstrip() + "; retry later")
         raise OtamlError(f"{where}: registry refused the request ({status}) {detail}".rstrip())
 
-    def _send(
-        self,
-        method: str,
-        url: str,
-        headers: Mapping[str, str] | None,
-        content: bytes | None,
-        params: Mapping[str, str] | None,
-        stream: bool = False,
-    ) -> httpx.Response:
+    def _send(self, method: str, url: str, headers: Mapping[str, str] | None, content: bytes | None, stream: bool) -> R:
         all_headers = dict(headers or {})
         if self._authorization:
             all_headers.setdefault("Authorization", self._authorization)
-        try:
-            request = self._http.build_request(method, url, headers=all_headers, content=content, params=params)
-            return self._http.send(request, stream=stream)
-        except httpx.TooManyRedirects as exc:
-            raise RegistryUnavailable(
-                f"{method} {url}: more than {MAX_REDIRECTS} redirects; the registry (or its CDN) is misconfigured"
-            ) from exc
-        except (httpx.TransportError, httpx.DecodingError) as exc:
-            raise RegistryUnavailable(
-                f"{method} {url}: {type(exc).__name__}: {exc}; is the registry up? retry later"
-            ) from exc
-        except httpx.InvalidURL as exc:
-            raise MalformedContent(f"{method} {url}: the registry sent an invalid URL: {exc}") from exc
+        return self._follow(method, url, all_headers, content, stream)
+
+    def _follow(self, method: str, url: str, headers: dict[str, str], content: bytes | None, stream: bool) -> R:
+        """Send, following redirects: at most MAX_REDIRECTS, never to plain http from an https registry, and
+        without ``Authorization`` once the request leaves its origin."""
+        first = url
+        for hop in range(MAX_REDIRECTS + 1):
+            if self.base_url.startswith("https://") and urlsplit(url).scheme != "https":
+                raise ForbiddenHost(
+                    f"{self.base_url} redirected to {url}: refusing a redirect from https to plain http"
+                    if hop
+                    else f"{method} {url}: refusing plain http for the https registry {self.base_url}"
+                )
+            response = self._transmit(method, url, headers, content, stream)
+            location = self._header(response, "location")
+            if self._status(response) not in _REDIRECTS or not location:
+                return response
+            status = self._status(response)
+            self._close(response)
+            target = urljoin(url, location.strip())
+            if urlsplit(target).scheme not in ("http", "https") or not urlsplit(target).hostname:
+                raise MalformedContent(f"{method} {url}: the registry redirected to an invalid URL {location!r}")
+            if (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST"):
+                method, content = "GET", None
+                headers = {k: v for k, v in headers.items() if k.lower() not in ("content-type", "content-length")}
+            if _origin(target) != _origin(url):
+                headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+            url = target
+        raise RegistryUnavailable(
+            f"{method} {first}: more than {MAX_REDIRECTS} redirects; the registry (or its CDN) is misconfigured"
+        )
 
     def _answer_challenge(self, header: str) -> str:
         scheme, params = _parse_challenge(header)
@@ -271,22 +334,21 @@ class RegistryClient:
         if self.base_url.startswith("https://") and realm_url.scheme != "https":
             raise ForbiddenHost(f"{self.base_url} names a plain-http token realm {realm!r}; refusing to use it")
         query = {k: v for k, v in params.items() if k in ("service", "scope")}
+        headers: dict[str, str] = {}
+        if self._auth is not None:
+            basic = base64.b64encode(f"{self._auth[0]}:{self._auth[1]}".encode()).decode()
+            headers["Authorization"] = f"Basic {basic}"
         try:
-            request = self._http.build_request("GET", realm, params=query)
-            if self._auth is not None:
-                basic = base64.b64encode(f"{self._auth[0]}:{self._auth[1]}".encode()).decode()
-                request.headers["Authorization"] = f"Basic {basic}"
-            response = self._http.send(request, stream=True)
-        except (httpx.RequestError, httpx.InvalidURL) as exc:
-            raise RegistryUnavailable(f"getting a token from {realm}: {exc}; retry later") from exc
-        if response.status_code in (401, 403):
-            response.close()
-            raise RegistryAuthError(
-                f"token endpoint {realm} refused the credentials ({response.status_code}); check them"
-            )
-        if response.status_code != 200:
-            response.close()
-            raise RegistryUnavailable(f"token endpoint {realm} answered {response.status_code}; retry later")
+            response = self._follow("GET", _with_query(realm, query), headers, None, True)
+        except RegistryUnavailable as exc:
+            raise RegistryUnavailable(f"getting a token from {realm}: {exc}") from exc
+        status = self._status(response)
+        if status in (401, 403):
+            self._close(response)
+            raise RegistryAuthError(f"token endpoint {realm} refused the credentials ({status}); check them")
+        if status != 200:
+            self._close(response)
+            raise RegistryUnavailable(f"token endpoint {realm} answered {status}; retry later")
         body = load_json(
             self.read_capped(response, MAX_TOKEN_BYTES, f"token response of {realm}", deadline_s=self.deadline),
             f"token response of {realm}",
@@ -301,9 +363,9 @@ class RegistryClient:
     def head_manifest(self, ref: str) -> Descriptor | None:
         """Digest, size and media type of a tag or digest, or None when it does not exist."""
         response = self.request("HEAD", f"manifests/{ref}", headers={"Accept": MANIFEST_ACCEPT}, allow_404=True)
-        if response.status_code == 404:
+        if self._status(response) == 404:
             return None
-        digest = response.headers.get("docker-content-digest")
+        digest = self._header(response, "docker-content-digest")
         if not digest:
             # Some registries omit the digest header on HEAD; fall back to reading the manifest.
             data, media_type, digest = self.get_manifest(ref)
@@ -312,16 +374,16 @@ class RegistryClient:
             raise MalformedContent(
                 f"HEAD manifests/{ref} answered the digest {_excerpt(digest)}, not sha256:<64 lowercase hex digits>"
             )
-        length = response.headers.get("content-length", "0")
+        length = self._header(response, "content-length") or "0"
         return Descriptor(
-            response.headers.get("content-type", "").split(";")[0],
+            (self._header(response, "content-type") or "").split(";")[0],
             digest,
             int(length) if length.isdigit() else 0,
         )
 
-    @staticmethod
     def read_capped(
-        response: httpx.Response,
+        self,
+        response: R,
         max_bytes: int,
         what: str,
         *,
@@ -336,14 +398,14 @@ class RegistryClient:
         """
         started = time.monotonic()
         try:
-            declared = response.headers.get("content-length", "")
+            declared = self._header(response, "content-length") or ""
             if not truncate and declared.isdigit() and int(declared) > max_bytes:
                 raise OversizedContent(
                     f"{what} is {declared} bytes, over the {max_bytes}-byte limit; refusing to read it"
                 )
             body = bytearray()
-            # iter_bytes decodes Content-Encoding, so the cap bounds what is held in memory.
-            for chunk in response.iter_bytes():
+            # The chunks are decoded (Content-Encoding), so the cap bounds what is held in memory.
+            for chunk in self._chunks(response):
                 body += chunk
                 if len(body) > max_bytes:
                     if truncate:
@@ -355,12 +417,12 @@ class RegistryClient:
                         "the registry is too slow or hostile: retry later"
                     )
             return bytes(body)
-        except httpx.DecodingError as exc:
-            raise MalformedContent(f"{what}: its Content-Encoding does not decode: {exc}") from exc
-        except httpx.TransportError as exc:
-            raise RegistryUnavailable(f"{what}: {type(exc).__name__}: {exc}; retry later") from exc
+        except BodyError as exc:
+            if exc.undecodable:
+                raise MalformedContent(f"{what}: its Content-Encoding does not decode: {exc}") from exc
+            raise RegistryUnavailable(f"{what}: {exc}; retry later") from exc
         finally:
-            response.close()
+            self._close(response)
 
     def get_manifest(self, ref: str) -> tuple[bytes, str, str]:
         """``(bytes, media type, digest)`` of a manifest or index; the digest is checked against ``ref``.
@@ -372,7 +434,7 @@ class RegistryClient:
         digest = sha256_digest(data)
         if ref.startswith("sha256:") and digest != ref:
             raise VerificationFailed(f"manifest {ref} arrived with digest {digest}: refusing tampered content")
-        media_type = response.headers.get("content-type", "").split(";")[0]
+        media_type = (self._header(response, "content-type") or "").split(";")[0]
         if media_type not in INDEX_TYPES | MANIFEST_TYPES:
             media_type = str(load_json(data, f"manifest {ref}").get("mediaType", media_type))
         return data, media_type, digest
@@ -409,3 +471,7 @@ class RegistryClient:
             manifest = load_json(data, f"manifest {desc.digest}")
         config = Descriptor.from_json(manifest.get("config"))
         return config_labels(self.get_blob(config.digest, max_bytes=MAX_SMALL_BLOB_BYTES))
+
+    @classmethod
+    def for_reference(cls, ref: Reference, **kwargs: Any) -> Self:
+        return cls(ref.registry, ref.repository, **kwargs)

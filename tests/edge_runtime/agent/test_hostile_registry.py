@@ -1,6 +1,7 @@
 """The agent against a hostile registry, at the HTTP seam: a real HTTP server in a thread answers as the test
 programs it (huge bodies, wrong digests, arrays where objects belong, redirects, a slow drip, 403/500 storms,
-a flapping tag). The device side is the real :class:`RegistrySource` over the real :class:`RegistryClient`;
+a flapping tag). The device side is the real :class:`RegistrySource` over the real registry client — the
+device's :class:`Urllib3RegistryClient` and the MLOps side's httpx :class:`RegistryClient`, every case for both;
 containerd, the redirect and the probes are the agent's fakes (the device is already serving v1).
 
 Each case asserts: the update step returns a report (no exception escapes it) whose reason is the error
@@ -33,6 +34,8 @@ from edge_runtime.oci import (
     OCI_LAYER_GZIP,
     OCI_MANIFEST,
     RegistryClient,
+    RegistryReader,
+    Urllib3RegistryClient,
 )
 
 from .fakes import World, bundle_layer
@@ -222,10 +225,11 @@ class Device:
     agent: Reconciler
     registry: HostileRegistry
     serving: tuple[str, int | None]  # (container, redirect target) when the case starts
+    client: type[RegistryReader[Any]] = Urllib3RegistryClient
 
     def connect(self, **client: Any) -> None:
         """Point the agent at the hostile registry from now on."""
-        http = RegistryClient(self.registry.host, REPO, timeout=10, deadline=DEADLINE_S, **client)
+        http = self.client(self.registry.host, REPO, timeout=10, deadline=DEADLINE_S, **client)
         self.agent.source = RegistrySource(http, REPO, CHANNEL)
 
     def step(self) -> tuple[UpdateReport, int]:
@@ -255,8 +259,8 @@ def _reset_peak_rss() -> int:
     return _vm_kib("VmHWM") * 1024
 
 
-@pytest.fixture
-def device(tmp_path: Path) -> Iterator[Device]:
+@pytest.fixture(params=[Urllib3RegistryClient, RegistryClient], ids=["urllib3", "httpx"])
+def device(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Device]:
     world = World(tmp_path)
     world.publish("1")
     agent = world.agent()
@@ -264,7 +268,7 @@ def device(tmp_path: Path) -> Iterator[Device]:
     assert agent.reconcile().outcome == "updated"
     registry = HostileRegistry()
     serving = (world.runtime.running()[0].spec.name, world.switch.target())
-    dev = Device(world, agent, registry, serving)
+    dev = Device(world, agent, registry, serving, request.param)
     dev.connect()
     try:
         yield dev

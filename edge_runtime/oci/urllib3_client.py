@@ -2,13 +2,17 @@
 
 The device's client. python-tuf's ngclient fetcher already loads urllib3, so reading the registry through it
 costs the agent no second HTTP stack (httpx, httpcore, h11, idna and http.cookiejar are ~3.5 MB of RSS).
-Server certificates are verified against the system's CA store, as for the TUF metadata. Caps, deadlines,
-redirects and credentials follow :class:`~edge_runtime.oci.client.RegistryReader`'s rules, whatever the client.
+Server certificates are verified against the system's CA store (``SSL_CERT_FILE``/``SSL_CERT_DIR`` honoured), as
+for the TUF metadata; ``http_proxy``/``https_proxy``/``all_proxy``/``no_proxy`` are honoured as python-tuf and
+httpx do. Caps, deadlines, redirects and credentials follow :class:`~edge_runtime.oci.client.RegistryReader`'s
+rules, whatever the client.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator
+from urllib.parse import urlsplit
+from urllib.request import getproxies
 
 import urllib3
 from urllib3.exceptions import DecodeError, HTTPError, LocationParseError
@@ -44,18 +48,35 @@ class Urllib3RegistryClient(RegistryReader[urllib3.BaseHTTPResponse]):
             token_hosts=token_hosts,
         )
         # No retries and no redirects here: RegistryReader follows redirects by its rules, the agent backs off.
-        self._pool = pool or urllib3.PoolManager(
-            num_pools=4, timeout=urllib3.Timeout(connect=timeout, read=timeout), retries=False
-        )
+        self._timeout = urllib3.Timeout(connect=timeout, read=timeout)
+        self._pool = pool or urllib3.PoolManager(num_pools=4, timeout=self._timeout, retries=False)
+        self._proxied: dict[str, urllib3.ProxyManager] = {}
+        proxies = {} if pool is not None else getproxies()
+        self._proxies = {k: v for k, v in proxies.items() if k in ("http", "https", "all")}
+        self._no_proxy = [h.strip().lstrip(".").lower() for h in proxies.get("no", "").split(",") if h.strip()]
 
     def close(self) -> None:
         self._pool.clear()
+        for manager in self._proxied.values():
+            manager.clear()
+
+    def _manager(self, url: str) -> urllib3.PoolManager:
+        """The pool for ``url``: a proxy's when the environment names one for its scheme and ``no_proxy`` spares
+        it not."""
+        parts = urlsplit(url)
+        proxy = self._proxies.get(parts.scheme) or self._proxies.get("all")
+        host = (parts.hostname or "").lower()
+        if not proxy or any(h in ("*", host) or host.endswith("." + h) for h in self._no_proxy):
+            return self._pool
+        if proxy not in self._proxied:
+            self._proxied[proxy] = urllib3.ProxyManager(proxy, num_pools=4, timeout=self._timeout, retries=False)
+        return self._proxied[proxy]
 
     def _transmit(
         self, method: str, url: str, headers: dict[str, str], content: bytes | None, stream: bool
     ) -> urllib3.BaseHTTPResponse:
         try:
-            return self._pool.request(
+            return self._manager(url).request(
                 method,
                 url,
                 body=content,

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -29,6 +30,9 @@ ANSWERS: dict[str, tuple[int, dict[str, str], bytes]] = {
 }
 
 
+ASKED: list[str] = []  # request targets as the server saw them (absolute when it was asked as a proxy)
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -36,7 +40,8 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
-        status, headers, body = ANSWERS.get(self.path, (404, {}, b"{}"))
+        ASKED.append(self.path)
+        status, headers, body = ANSWERS.get(urlsplit(self.path).path, (404, {}, b"{}"))
         self.send_response(status)
         for key, value in {**headers, "Content-Length": str(len(body))}.items():
             self.send_header(key, value)
@@ -46,6 +51,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def registry() -> Iterator[str]:
+    ASKED.clear()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -80,3 +86,17 @@ def test_a_registry_that_is_down_is_a_temporary_error() -> None:
     with down, pytest.raises(RegistryUnavailable, match="is the registry up") as caught:
         down.head_manifest("v1")
     assert reason_of(caught.value) == "registry-unavailable"
+
+
+def test_the_proxy_from_the_environment_is_used_unless_no_proxy_spares_the_host(
+    registry: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("http_proxy", f"http://{registry}")  # the test server answers as the proxy too
+    monkeypatch.setenv("no_proxy", "")
+    with Urllib3RegistryClient("registry.example.com", "r", insecure=True) as client:
+        assert client.get_manifest("v1")[0] == MANIFEST
+    assert ASKED == ["http://registry.example.com/v2/r/manifests/v1"]  # asked as a proxy, for the registry
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    with Urllib3RegistryClient(registry, "r") as client:
+        assert client.get_manifest("v1")[0] == MANIFEST
+    assert ASKED[-1] == "/v2/r/manifests/v1"  # direct

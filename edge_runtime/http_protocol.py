@@ -5,8 +5,9 @@ send a request's head: a client that connects and sends nothing, or a byte now a
 its connection and buffer forever. Here each head must be complete within ``timeout_s`` of the connection
 opening or of the request's first byte; otherwise the connection is closed. Deadlines are kept as a time on
 the connection and checked by one timer that re-arms itself only when it fires early, so a request on a
-kept-alive connection schedules no timer at all (uvicorn's keep-alive timer, this head deadline and the body's
-``asyncio.timeout`` made three timer handles per request).
+kept-alive connection schedules no timer (uvicorn's keep-alive timer, this head deadline and the body's
+``asyncio.timeout`` made three timer handles per request). That holds while the keep-alive idle time and the
+read timeout are equal (5 s each by default); otherwise the shorter deadline re-arms the timer once per request.
 
 **Direct route.** ``POST <route.path>`` (the score route) is answered by the protocol itself: the body is
 collected here (capped at the route's limit, within its deadline) and handed to the route synchronously when
@@ -20,7 +21,9 @@ or a full write buffer.
 Reads are also capped at ``READ_CHUNK`` bytes per ``recv`` (asyncio's default is 256 KiB). A burst of many
 connections that each send most of a large body lands in one event-loop iteration, before any request handler
 runs: with 256 KiB reads, 200 such connections held ~40 MB at once (the service peaked at 95–101 MB against its
-100 MB limit); with 16 KiB reads they hold ~3 MB, and uvicorn's flow control pauses each one after 64 KiB.
+100 MB limit); with 16 KiB reads they hold ~3 MB. A direct request's body is buffered here up to the route's
+limit, and only requests holding one of the route's slots get that far (the others are refused on their
+headers and closed): at most slots × limit (16 × 256 KiB by default), plus one copy while it is scored.
 """
 
 from __future__ import annotations
@@ -135,6 +138,12 @@ class ServiceProtocol(HttpToolsProtocol):
         elif not self._answered:
             super().on_message_complete()
 
+    def eof_received(self) -> None:
+        direct, self._direct = self._direct, None
+        if direct is not None:  # half-closed before its body was complete: it never will be
+            direct.gone()
+        super().eof_received()
+
     # ── server callbacks ──────────────────────────────────────────────────────────────────────────
     def shutdown(self) -> None:
         if self._direct is not None:
@@ -187,7 +196,10 @@ class ServiceProtocol(HttpToolsProtocol):
 
     def _body_late(self) -> None:
         if self._direct is not None:
+            closing = self.transport.is_closing()
             self._reply(self._direct.timed_out())
+            if closing:  # its earlier answers were never read: drop them with the connection
+                self.transport.abort()
 
     # ── deadlines ─────────────────────────────────────────────────────────────────────────────────
     def _until(self, seconds: float, then: Callable[[], None]) -> None:
@@ -204,7 +216,9 @@ class ServiceProtocol(HttpToolsProtocol):
     def _check_deadline(self) -> None:
         self._timer = None
         deadline = self._deadline
-        if deadline is None or self.transport.is_closing():
+        # A closing transport needs no deadline, unless a direct request still holds a score slot: a client that
+        # half-closed, or stopped reading its earlier answers, would otherwise keep that slot until it leaves.
+        if deadline is None or (self.transport.is_closing() and self._direct is None):
             return
         if self.loop.time() < deadline:  # moved since this timer was armed: wait for the new one
             self._timer = self.loop.call_at(deadline, self._check_deadline)

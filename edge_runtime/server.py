@@ -262,6 +262,8 @@ class ScoringService:
                 return 499  # nginx's "client closed request": counted, nothing sent
             else:
                 reply = opened.answer(body)
+            finally:  # cancelled (the drain time ran out) while the body was arriving: free its slot
+                opened.gone()  # a no-op once the request was answered
         else:
             reply = opened
         await _answer(send, reply.status, reply.body, JSON_TYPE, list(reply.headers))

@@ -6,6 +6,7 @@ direct route and once without it (every request through the ASGI application), a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 import uvicorn
+from uvicorn.server import ServerState
 
 from edge_runtime.bundle import Bundle
 from edge_runtime.http_protocol import service_protocol
@@ -255,3 +257,90 @@ def test_request_heads_have_a_deadline_on_a_kept_alive_connection(model_bundle: 
         assert re.match(rb"HTTP/1.1 200 OK", conn.recv(65536))
         conn.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\n")  # and never the rest of the head
         assert conn.recv(65536) == b""
+
+
+class StuckTransport(asyncio.Transport):
+    """A transport whose earlier answers were never read: once closed it stays closing and never reports lost."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+        self.closing = self.aborted = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True  # asyncio keeps the connection until its write buffer drains: here, never
+
+    def abort(self) -> None:
+        self.closing = self.aborted = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1234) if name in ("peername", "sockname") else default
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+@pytest.mark.parametrize("closed_by", ["half-close", "a refused chunk"])
+def test_a_slot_held_by_a_closing_connection_is_freed(model_bundle: Bundle, closed_by: str) -> None:
+    """A client that stops reading, then half-closes (or sends a chunk the parser refuses) mid-body: the body's
+    deadline or the EOF frees its score slot, though the connection is never reported lost."""
+    settings = ServeSettings(bundle=model_bundle.path, read_timeout_seconds=1, max_concurrent_scores=1)
+    service = create_app(Scorer.load(model_bundle, max_streams=settings.max_streams), settings)
+    config = uvicorn.Config(service, lifespan="off", log_config=None)
+    config.load()
+    loop = asyncio.new_event_loop()
+    try:
+        protocol = service_protocol(1, DirectScoreRoute(service))(config, ServerState(), {}, _loop=loop)
+        transport = StuckTransport()
+        protocol.connection_made(transport)
+        if closed_by == "half-close":
+            protocol.data_received(post(score_body(1), JSON)[:-5])
+            assert service._scoring == 1
+            protocol.eof_received()
+            transport.close()  # what asyncio does when eof_received returns None
+        else:
+            head = post(b"", JSON, "Transfer-Encoding: chunked")
+            protocol.data_received(head + b"5\r\n[[1,2\r\nzz\r\n")  # a chunk size that is not hex
+            assert transport.closing
+        loop.run_until_complete(asyncio.sleep(2.5))  # past the body's deadline and the timer's re-check
+        assert service._scoring == 0
+        metrics = service.metrics.render()
+        if closed_by == "half-close":
+            assert 'route="/v1/score",status="499"} 1' in metrics
+        else:
+            assert 'route="/v1/score",status="408"} 1' in metrics
+            assert transport.aborted  # the unread answers are dropped with the connection
+    finally:
+        loop.close()
+
+
+def test_a_cancelled_asgi_score_request_frees_its_slot(model_bundle: Bundle) -> None:
+    """uvicorn cancels what is still running when the drain time runs out: the ASGI path's slot comes back."""
+    settings = ServeSettings(bundle=model_bundle.path, max_concurrent_scores=1)
+    service = create_app(Scorer.load(model_bundle, max_streams=settings.max_streams), settings)
+    scope = {"type": "http", "method": "POST", "path": "/v1/score", "headers": [(b"content-type", b"application/json")]}
+
+    async def never() -> dict[str, Any]:
+        await asyncio.Event().wait()  # the body never comes
+        raise AssertionError
+
+    async def send(message: Any) -> None:
+        raise AssertionError(f"nothing is answered, got {message}")
+
+    async def cancelled_mid_body() -> None:
+        task = asyncio.create_task(service(scope, never, send))
+        await asyncio.sleep(0.1)
+        assert service._scoring == 1
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancelled_mid_body())
+    assert service._scoring == 0

@@ -81,7 +81,8 @@ class AgentState:
         self.counters[name] = self.counters.get(name, 0) + n
 
     def record(self, entry: dict[str, Any]) -> None:
-        self.history.append(entry)
+        """Keep a step's report, with the rollout it ran under (the fleet's controller judges by it)."""
+        self.history.append({"rollout_id": self.rollout_id, **entry})
         del self.history[:-HISTORY_LIMIT]
 
     def to_dict(self) -> dict[str, Any]:

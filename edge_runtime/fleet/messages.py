@@ -85,6 +85,9 @@ class DeviceState:
     last_outcome: str = ""
     last_reason: str = ""
     rollout_id: str = ""  # the rollout whose decision the device last acted on
+    # The rollout under which last_outcome happened ("": rollout_id's, as older agents mean): a failure in an
+    # earlier rollout is not the current one's.
+    outcome_rollout_id: str = ""
     blocked: tuple[str, ...] = ()
     health: str = "unknown"
     last_seen: float = 0.0
@@ -162,6 +165,7 @@ def parse_state(payload: bytes, *, device_id: str | None = None) -> DeviceState:
             last_outcome=_field(doc, "last_outcome", str, ""),
             last_reason=_field(doc, "last_reason", str, ""),
             rollout_id=_field(doc, "rollout_id", str, ""),
+            outcome_rollout_id=_field(doc, "outcome_rollout_id", str, ""),
             blocked=tuple(_field(doc, "blocked", list, [])),
             health=_field(doc, "health", str, "unknown"),
             last_seen=float(_field(doc, "last_seen", (int, float), 0.0)),

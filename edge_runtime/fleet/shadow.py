@@ -16,17 +16,18 @@ EVENT_OUTCOMES = ("updated", "rolled_back", "refused", "error", "recovered")
 QUIET_OUTCOMES = ("unchanged", "skipped")
 
 
-def _last_real(state: Any, report: Any | None) -> tuple[str, str]:
-    """The last step that did something: a rollback stays the device's last outcome through the quiet steps
-    after it (``skipped``: blocked), so the rollout controller still sees it on its next look."""
+def _last_real(state: Any, report: Any | None) -> tuple[str, str, str]:
+    """The last step that did something, with the rollout it ran under: a rollback stays the device's last
+    outcome through the quiet steps after it (``skipped``: blocked), so the rollout controller still sees it on
+    its next look, and a later rollout does not take it for its own."""
     if report is not None and report.outcome not in QUIET_OUTCOMES:
-        return str(report.outcome), str(report.reason)
+        return str(report.outcome), str(report.reason), str(state.rollout_id)
     for entry in reversed(state.history):
         if entry.get("outcome") not in QUIET_OUTCOMES:
-            return str(entry.get("outcome", "")), str(entry.get("reason", ""))
+            return str(entry.get("outcome", "")), str(entry.get("reason", "")), str(entry.get("rollout_id", ""))
     if report is not None:
-        return str(report.outcome), str(report.reason)
-    return "", ""
+        return str(report.outcome), str(report.reason), str(state.rollout_id)
+    return "", "", ""
 
 
 def _version(text: str) -> int:
@@ -50,7 +51,7 @@ def device_state(
     cur = state.current
     idle = "serving" if cur is not None else "waiting"
     phase = state.phase if state.phase != "idle" else idle
-    last_outcome, last_reason = _last_real(state, report)
+    last_outcome, last_reason, outcome_rollout_id = _last_real(state, report)
     return DeviceState(
         device_id=device_id,
         groups=dict(groups),
@@ -62,6 +63,7 @@ def device_state(
         last_outcome=last_outcome,
         last_reason=last_reason,
         rollout_id=state.rollout_id,
+        outcome_rollout_id=outcome_rollout_id,
         blocked=tuple(sorted(state.blocked))[:8],
         health=health,
         last_seen=now,

@@ -165,7 +165,8 @@ def judge(
             continue
         in_wave.append(state.device_id)
         on_candidate = state.version == record.version
-        if state.last_outcome in FAILED_OUTCOMES and state.rollout_id == record.rollout_id:
+        outcome_rollout = state.outcome_rollout_id or state.rollout_id  # "": an older agent's, the current one
+        if state.last_outcome in FAILED_OUTCOMES and outcome_rollout == record.rollout_id:
             failures.append(Failure(state.device_id, f"{state.last_outcome}:{_code(state.last_reason)}"))
         elif on_candidate and not device.online:
             failures.append(Failure(state.device_id, "offline-after-switch"))

@@ -184,3 +184,26 @@ def test_captured_windows_leave_the_device_only_when_the_agent_opts_in(tmp_path:
 
     assert windows(capture=False) == [None, None]  # the service captured them; the agent keeps them
     assert windows(capture=True) == [small, "oversized"]
+
+
+def test_the_last_outcome_names_the_rollout_it_happened_in(tmp_path: Path) -> None:
+    """A rollback in one rollout, then the device follows another: the shadow still shows the rollback, under
+    the rollout it happened in, so the new rollout's controller does not count it against its own wave."""
+    world = World(tmp_path)
+    world.publish("1")
+    agent = world.agent()
+    out = Published()
+    link = FleetLink(
+        agent, out, device_id="d", groups={}, model="pump", field_fetch=lambda p: None,
+        anomaly_fetch=lambda p: None,
+    )  # fmt: skip
+    agent.recover()
+    link(agent.reconcile())
+    agent.state.rollout_id = "pump-v2-1"  # what a signed rollout record sets during a step
+    world.publish("2", Behaviour(score_offset=0.5))
+    link(agent.reconcile())
+    assert (out.states[-1].last_outcome, out.states[-1].outcome_rollout_id) == ("rolled_back", "pump-v2-1")
+    agent.state.rollout_id = "pump-v3-1"  # the next rollout, before this device acts in it
+    link(agent.reconcile())
+    last = out.states[-1]
+    assert (last.rollout_id, last.last_outcome, last.outcome_rollout_id) == ("pump-v3-1", "rolled_back", "pump-v2-1")

@@ -36,4 +36,4 @@ def test_history_is_bounded() -> None:
     for i in range(HISTORY_LIMIT + 5):
         state.record({"i": i})
     assert len(state.history) == HISTORY_LIMIT
-    assert state.history[-1] == {"i": HISTORY_LIMIT + 4}
+    assert state.history[-1] == {"rollout_id": "", "i": HISTORY_LIMIT + 4}  # with the rollout it ran under

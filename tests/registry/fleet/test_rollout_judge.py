@@ -47,6 +47,7 @@ def device(
     outcome: str = "updated",
     reason: str = "",
     rollout_id: str = RECORD.rollout_id,
+    outcome_rollout_id: str | None = None,  # default (""): the outcome happened in ``rollout_id``
     groups: dict[str, str] | None = None,
     model: str = "pump-anomaly",
 ) -> ObservedDevice:
@@ -59,6 +60,7 @@ def device(
         last_outcome=outcome,
         last_reason=reason,
         rollout_id=rollout_id,
+        outcome_rollout_id=outcome_rollout_id or "",
         health=health,
         last_seen=NOW - 5,
     )
@@ -198,6 +200,18 @@ def test_an_outcome_of_another_rollout_does_not_count() -> None:
     fleet = [o for o in healthy_fleet() if o.state.device_id != wave[0]]
     fleet.append(device(wave[0], version=8, outcome="rolled_back", reason="old", rollout_id="pump-anomaly-v6-1"))
     assert judge(RECORD, fleet, NOW).action == "advance"
+
+
+def test_a_failure_in_an_earlier_rollout_does_not_halt_the_device_s_new_one() -> None:
+    """A device that rolled back the previous rollout's version follows this one now (its wave opened): until
+    it acts, its last outcome is the old rollback, which must not count against this rollout."""
+    wave = in_wave()
+    fleet = [o for o in healthy_fleet() if o.state.device_id != wave[0]]
+    stale = device(wave[0], version=7, outcome="rolled_back", reason="old", outcome_rollout_id="pump-anomaly-v6-1")
+    decision = judge(RECORD, [*fleet, stale], NOW)
+    assert decision.action == "wait"
+    assert wave[0] in decision.waiting
+    assert not decision.failures
 
 
 def test_the_group_and_the_model_select_the_rollout_devices() -> None:

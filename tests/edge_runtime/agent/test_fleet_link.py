@@ -137,7 +137,8 @@ def test_new_anomalies_become_events_once_and_rate_limited(tmp_path: Path) -> No
     assert last.detail["suppressed_before"] == 7
 
 
-def test_a_rollback_stays_the_last_outcome_through_the_quiet_steps_after_it(tmp_path: Path) -> None:
+def _linked_on_v1(tmp_path: Path) -> tuple[World, Any, Published, FleetLink]:
+    """A device serving v1 whose fleet link publishes into ``Published``."""
     world = World(tmp_path)
     world.publish("1")
     agent = world.agent()
@@ -148,6 +149,11 @@ def test_a_rollback_stays_the_last_outcome_through_the_quiet_steps_after_it(tmp_
     )  # fmt: skip
     agent.recover()
     link(agent.reconcile())
+    return world, agent, out, link
+
+
+def test_a_rollback_stays_the_last_outcome_through_the_quiet_steps_after_it(tmp_path: Path) -> None:
+    world, agent, out, link = _linked_on_v1(tmp_path)
     world.publish("2", Behaviour(score_offset=0.5))
     link(agent.reconcile())
     skipped = agent.reconcile()
@@ -189,16 +195,7 @@ def test_captured_windows_leave_the_device_only_when_the_agent_opts_in(tmp_path:
 def test_the_last_outcome_names_the_rollout_it_happened_in(tmp_path: Path) -> None:
     """A rollback in one rollout, then the device follows another: the shadow still shows the rollback, under
     the rollout it happened in, so the new rollout's controller does not count it against its own wave."""
-    world = World(tmp_path)
-    world.publish("1")
-    agent = world.agent()
-    out = Published()
-    link = FleetLink(
-        agent, out, device_id="d", groups={}, model="pump", field_fetch=lambda p: None,
-        anomaly_fetch=lambda p: None,
-    )  # fmt: skip
-    agent.recover()
-    link(agent.reconcile())
+    world, agent, out, link = _linked_on_v1(tmp_path)
     agent.state.rollout_id = "pump-v2-1"  # what a signed rollout record sets during a step
     world.publish("2", Behaviour(score_offset=0.5))
     link(agent.reconcile())

@@ -157,9 +157,12 @@ class Reconciler:
         else:
             s.consecutive_failures = 0
         self.save()
-        level = logging.INFO if report.ok else logging.WARNING
-        if report.outcome != "unchanged":
-            log.log(level, "update step %s", report.outcome, extra=report.to_dict())
+        if report.ok:
+            if report.outcome != "unchanged":
+                log.info("update step %s", report.outcome, extra=report.to_dict())
+        else:  # the message says why too, not only the structured fields (a plain-text log shows no extras)
+            why = f"{report.reason}: {report.error}" if report.reason else report.error
+            log.warning("update step %s at %s (%s)", report.outcome, report.step, why, extra=report.to_dict())
         return report
 
     # ── containers ─────────────────────────────────────────────────────────────────────────────────

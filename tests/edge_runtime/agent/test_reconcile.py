@@ -104,14 +104,20 @@ FAILURES = {
 
 
 @pytest.mark.parametrize("case", FAILURES, ids=list(FAILURES))
-def test_failed_update_rolls_back_and_blocks_the_digest(world: World, case: str) -> None:
+def test_failed_update_rolls_back_and_blocks_the_digest(
+    world: World, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
     behaviour, step, words = FAILURES[case]
     agent = install(world, "1")
     bad = world.publish("2", behaviour)
-    report = agent.reconcile()
+    with caplog.at_level("WARNING", logger="otaml.agent"):
+        report = agent.reconcile()
     assert report.outcome == "rolled_back"
     assert report.step == step
     assert words in report.error
+    # The log line itself says why (a plain-text log shows none of the structured fields).
+    (logged,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("update step rolled_back")]
+    assert logged == f"update step rolled_back at {step} ({report.reason}: {report.error})"
     assert_serving(world, agent, "1")
     assert bad in agent.state.blocked
     assert world.config.image_ref(bad) not in world.runtime.images

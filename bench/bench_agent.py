@@ -49,7 +49,7 @@ from pipeline_models import train_default_models  # noqa: E402
 from proctree import tree  # noqa: E402
 
 from otaml.loadgen import LoadGenerator  # noqa: E402
-from otaml.localstack import free_port  # noqa: E402
+from otaml.ports import free_port  # noqa: E402
 
 REPO = "otaml/agent-bench"
 MODEL = "pump-anomaly"

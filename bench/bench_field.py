@@ -35,7 +35,7 @@ sys.path.insert(0, str(BENCH))
 from bench_serve import launched, measure, request_bodies  # noqa: E402
 from pipeline_models import train_default_models  # noqa: E402
 
-from otaml.localstack import free_port  # noqa: E402
+from otaml.ports import free_port  # noqa: E402
 
 _OBSERVE = """
 import json, sys, time

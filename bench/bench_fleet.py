@@ -337,7 +337,7 @@ class ContainerdDevice:
         cls, root: Path, device_id: str, options: Any, ctrd: Any, *, namespace: str, password_file: Path
     ) -> ContainerdDevice:
         from otaml.demo_device import AgentProcess, AgentSettings
-        from otaml.localstack import free_port
+        from otaml.ports import free_port
 
         root.mkdir(parents=True, exist_ok=True)
         ports = [free_port() for _ in range(3)]

@@ -52,7 +52,7 @@ from pipeline_models import TrainedModels, train_default_models  # noqa: E402
 from proctree import MB, TreeMonitor  # noqa: E402
 
 from otaml.loadgen import LoadGenerator  # noqa: E402
-from otaml.localstack import free_port  # noqa: E402
+from otaml.ports import free_port  # noqa: E402
 
 # --------------------------------------------------------------------------- servers
 

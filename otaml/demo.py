@@ -181,9 +181,9 @@ class _Loop:
             f"served at {metadata.url}; devices are provisioned with {trust.trusted_root.name}"
         )
         self.say(f"runtime base pinned by digest: {self.base.rsplit('@', 1)[1][:19]}…")
-        from otaml.localstack import free_port
+        from otaml.ports import free_port
 
-        ports = _distinct_ports(3, free_port)
+        ports = [free_port() for _ in range(3)]  # each handed out once
         settings = AgentSettings(
             registry_url=self.site.registry_url,
             repository=self.site.agent_repository,
@@ -432,15 +432,6 @@ class _Loop:
 class _Move:
     at: float  # time.monotonic() when the channel tag moved
     epoch: float
-
-
-def _distinct_ports(n: int, pick: Callable[[], int]) -> list[int]:
-    ports: list[int] = []
-    while len(ports) < n:
-        port = pick()
-        if port not in ports:
-            ports.append(port)
-    return ports
 
 
 def demo_ok(summary: DemoSummary) -> list[str]:

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
-import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +26,7 @@ from typing import Any
 from edge_runtime.agent.state import AgentState, StateStore
 from edge_runtime.errors import OtamlError
 from edge_runtime.oci import OCI_CONFIG, Platform
+from otaml.ports import free_port
 
 PI4 = "linux/arm64"
 X86 = "linux/amd64"
@@ -167,7 +166,6 @@ class LocalFleet:
         options: DeviceOptions,
         *,
         client_factory: Callable[[], Any] | None = None,
-        free_port: Callable[[], int] | None = None,
         cache_dir: Path | None = None,
     ) -> None:
         self.workdir = workdir
@@ -175,37 +173,12 @@ class LocalFleet:
         self.devices: list[Device] = []
         self.cache = BlobCache(cache_dir or workdir / "blob-cache")
         self._client_factory = client_factory
-        self._free_port = free_port
-        self._ports: set[int] = set()
-        self._next_port = 0
 
     def __enter__(self) -> LocalFleet:
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
-
-    def _port(self) -> int:
-        pick = self._free_port or self._service_port
-        while True:
-            port = pick()
-            if port not in self._ports:
-                self._ports.add(port)
-                return port
-
-    def _service_port(self) -> int:
-        """A free port below the kernel's ephemeral range: hundreds of devices' outgoing connections (probes, the
-        broker, the registry) take ephemeral ports, and one could take a port a device was given before its service
-        binds it."""
-        low = _ephemeral_low()
-        if not self._next_port:
-            self._next_port = random.randrange(10000, max(10001, low - 4000))
-        for _ in range(low):
-            port = self._next_port
-            self._next_port = port + 1 if port + 1 < low else 10000
-            if port not in self._ports and _bindable(port):
-                return port
-        raise FleetHarnessError(f"no free TCP port between 10000 and {low} on 127.0.0.1")
 
     def add(self, spec: DeviceSpec) -> Device:
         """Set up ``spec``'s agent, reporter and forwarder and start its poll loop."""
@@ -242,8 +215,8 @@ class LocalFleet:
             backoff_base_s=1.0,
             backoff_max_s=10.0,
             platform=spec.platform,
-            public_port=self._port(),
-            private_ports=(self._port(), self._port()),
+            public_port=free_port(),
+            private_ports=(free_port(), free_port()),
             service_host="127.0.0.1",
             drain_s=1,
             switch_grace_s=1,
@@ -326,22 +299,6 @@ class LocalFleet:
         with ThreadPoolExecutor(max_workers=16) as pool:
             list(pool.map(stop_device, self.devices))
         self.devices = []
-
-
-def _ephemeral_low(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> int:
-    try:
-        return int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def minimal_base(path: Path, platforms: Iterable[str], tag: str = "base") -> str:

@@ -36,6 +36,7 @@ from typing import NamedTuple
 import httpx
 
 from edge_runtime.errors import OtamlError
+from otaml.ports import free_port
 
 REGISTRY_CONFIG = """\
 version: 0.1
@@ -101,13 +102,6 @@ def find_tool(tool: str) -> str | None:
 def missing_tools(tools: tuple[str, ...]) -> list[str]:
     """The tools of ``tools`` that :func:`find_tool` does not find."""
     return [tool for tool in tools if find_tool(tool) is None]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on ``host`` right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def _tail(path: Path, n: int = 3000) -> str:

@@ -26,7 +26,7 @@ from edge_runtime.http_protocol import service_protocol
 from edge_runtime.scoring import Scorer
 from edge_runtime.server import DirectScoreRoute, ScoringService, create_app
 from edge_runtime.settings import ServeSettings
-from otaml.localstack import free_port
+from otaml.ports import free_port
 from tests.fixtures.bundles import synthetic_readings
 
 KEEP_ALIVE_S = 1

@@ -13,7 +13,8 @@ import httpx
 import pytest
 
 from edge_runtime.bundle import Bundle
-from tests.conftest import free_port, require
+from otaml.ports import free_port
+from tests.conftest import require
 
 REPO = Path(__file__).resolve().parents[2]
 FORBIDDEN = ("pipeline", "registry", "mlflow", "sklearn", "pandas", "skl2onnx", "onnx", "otaml")

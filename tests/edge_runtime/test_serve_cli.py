@@ -18,7 +18,8 @@ import httpx
 import pytest
 
 from edge_runtime.bundle import MODEL_JSON, Bundle
-from tests.conftest import free_port, require
+from otaml.ports import free_port
+from tests.conftest import require
 from tests.fixtures.bundles import synthetic_readings
 
 REPO = Path(__file__).resolve().parents[2]

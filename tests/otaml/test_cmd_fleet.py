@@ -12,7 +12,8 @@ from edge_runtime.fleet.messages import DeviceEvent, DeviceState, device_topic
 from edge_runtime.fleet.reporter import stop_network
 from otaml.cli import main
 from otaml.cmd_fleet import parse_broker, read_known_devices
-from otaml.localstack import LocalBroker, free_port
+from otaml.localstack import LocalBroker
+from otaml.ports import free_port
 
 
 def publish_as(broker: LocalBroker, user: str, messages: list[tuple[str, bytes]]) -> None:

@@ -14,9 +14,10 @@ import pytest
 
 from edge_runtime.bundle import Bundle
 from edge_runtime.oci import LABEL_BUNDLE_DIGEST, RegistryClient, select_platform
+from otaml.ports import free_port
 from registry.bake import BakeResult, bake
 from registry.oci.image import parse_index, parse_manifest
-from tests.conftest import free_port, require
+from tests.conftest import require
 from tests.fixtures.containerd import Containerd
 
 MEMORY_LIMIT = 100 * 1024 * 1024

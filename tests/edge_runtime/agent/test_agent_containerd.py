@@ -35,11 +35,12 @@ from edge_runtime.agent.config import AgentConfig
 from edge_runtime.agent.ctr import CtrRuntime
 from edge_runtime.agent.handover import IptablesRedirect
 from edge_runtime.agent.policy import NoDowngrade
-from edge_runtime.agent.reconcile import Reconciler
+from edge_runtime.agent.reconcile import Reconciler, UpdateReport
 from edge_runtime.agent.source import RegistrySource
 from edge_runtime.agent.state import StateStore
 from otaml.loadgen import LoadGenerator
-from tests.conftest import free_port, require
+from otaml.ports import free_port
+from tests.conftest import require
 
 pytestmark = pytest.mark.containerd
 
@@ -224,8 +225,6 @@ def device(
     socket = containerd.socket  # type: ignore[attr-defined]
     name = "e2e-" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:10]
     a, b = free_port(), free_port()
-    while b == a:
-        b = free_port()
     config = AgentConfig(
         registry_url=f"http://{images.registry}",
         repository=REPO,
@@ -269,8 +268,14 @@ def install_v1(device: Device) -> None:
     device.reconfigure(probation_s=0)
     report = device.agent.reconcile()
     device.reconfigure(probation_s=probation)
-    assert report.outcome == "updated", report.to_dict()
+    assert report.outcome == "updated", said(report)
     assert len(device.running()) == 1
+
+
+def said(report: UpdateReport) -> str:
+    """A report as an assertion message, why first (pytest cuts long messages short)."""
+    r = report
+    return f"{r.outcome} at {r.step} ({r.reason}): {r.error}; version {r.version} {r.digest}; {r.actions}"
 
 
 def assert_serving(device: Device, version: str, load: LoadGenerator) -> None:
@@ -318,7 +323,7 @@ def test_update_v1_to_v2_fails_no_request(device: Device) -> None:
         report = device.agent.reconcile()
         time.sleep(1.5)
     result = load.report()
-    assert report.outcome == "updated", report.to_dict()
+    assert report.outcome == "updated", said(report)
     assert result.total.failed == 0, result.errors[:5]
     assert set(result.versions) == {"1", "2"}
     assert_serving(device, "2", load)
@@ -402,7 +407,7 @@ def test_failed_canary_rolls_back_without_a_failed_request(
         report = device.agent.reconcile()
         time.sleep(1)
     result = load.report()
-    assert (report.outcome, report.step) == ("rolled_back", "canary"), report.to_dict()
+    assert (report.outcome, report.step) == ("rolled_back", "canary"), said(report)
     assert words in report.error
     assert result.total.failed == 0, result.errors[:5]
     assert bad in device.agent.state.blocked
@@ -470,7 +475,7 @@ def test_death_inside_probation_switches_back_to_the_warm_previous_container(dev
         time.sleep(1)
     striker.join()
     assert struck
-    assert (report.outcome, report.step) == ("rolled_back", "probation"), report.to_dict()
+    assert (report.outcome, report.step) == ("rolled_back", "probation"), said(report)
     assert ("was OOM-killed" if blow == "oom" else "exited") in report.error
     assert any("(warm " in action for action in report.actions), report.actions  # a redirect change, no restart
     assert bad in device.agent.state.blocked
@@ -506,7 +511,7 @@ def test_an_image_without_the_devices_platform_is_refused_and_never_pulled(devic
         report = device.agent.reconcile()
         again = device.agent.reconcile()
         time.sleep(1)
-    assert (report.outcome, report.step) == ("refused", "resolve"), report.to_dict()
+    assert (report.outcome, report.step) == ("refused", "resolve"), said(report)
     assert "linux/arm64" in report.error
     assert device.config.platform in report.error
     assert again.outcome == "skipped"
@@ -642,7 +647,7 @@ def test_a_corrupt_blob_fails_the_pull_and_changes_nothing(device: Device) -> No
         with device.load() as load:
             report = device.agent.reconcile()
             time.sleep(1)
-        assert (report.outcome, report.step) == ("error", "pull"), report.to_dict()
+        assert (report.outcome, report.step) == ("error", "pull"), said(report)
         assert set(proxy.served) == {layer}  # it vanished mid-blob (ctr may have asked for the blob twice)
         assert "digest" in report.error
         assert new not in device.agent.state.blocked
@@ -668,7 +673,7 @@ def test_the_registry_vanishing_mid_pull_keeps_serving_and_retries_later(device:
             report = device.agent.reconcile()
             unreachable = device.agent.reconcile()  # the registry is still gone: the next poll fails too
             time.sleep(1)
-        assert (report.outcome, report.step, report.temporary) == ("error", "pull", True), report.to_dict()
+        assert (report.outcome, report.step, report.temporary) == ("error", "pull", True), said(report)
         assert set(proxy.served) == {layer}  # it vanished mid-blob (ctr may have asked for the blob twice)
         assert (unreachable.outcome, unreachable.step, unreachable.temporary) == ("error", "poll", True)
         assert new not in device.agent.state.blocked  # the registry's fault, not the image's
@@ -767,7 +772,7 @@ def test_only_approved_images_run_and_a_rotated_key_keeps_the_fleet_updating(
     assert trusted.approve(device, "v1") == "approved"
     device.agent.recover()
     first = device.agent.reconcile()
-    assert first.outcome == "updated", first.to_dict()
+    assert first.outcome == "updated", said(first)
     with device.load() as load:
         # An image pushed onto the channel tag with skopeo is never pulled or run.
         skopeo_push(device, "unpulled")
@@ -802,11 +807,11 @@ def test_only_approved_images_run_and_a_rotated_key_keeps_the_fleet_updating(
         refused = device.agent.reconcile()
         time.sleep(1)
     result = load.report()
-    assert (pushed.outcome, pushed.digest) == ("unchanged", device.images.digests["v1"]), pushed.to_dict()
-    assert pending.outcome == "unchanged", pending.to_dict()
-    assert approved.outcome == "updated", approved.to_dict()
-    assert (rotated.outcome, rotated.version) == ("updated", "7"), rotated.to_dict()
-    assert (refused.outcome, refused.reason) == ("error", "bad-signature"), refused.to_dict()
+    assert (pushed.outcome, pushed.digest) == ("unchanged", device.images.digests["v1"]), said(pushed)
+    assert pending.outcome == "unchanged", said(pending)
+    assert approved.outcome == "updated", said(approved)
+    assert (rotated.outcome, rotated.version) == ("updated", "7"), said(rotated)
+    assert (refused.outcome, refused.reason) == ("error", "bad-signature"), said(refused)
     assert device.config.image_ref(device.images.digests["unpulled"]) not in device.runtime.list_images()
     assert result.total.failed == 0, result.errors[:5]
     assert_serving(device, "7", load)
@@ -845,11 +850,11 @@ def test_prefetch_pulls_a_rollouts_candidate_before_the_devices_wave_and_the_wav
             repo.publish_rollout(dataclasses.replace(record, wave=1), site.rollouts_signer(), expected=record)
         wave = device.agent.reconcile()
         time.sleep(1)
-    assert ahead.outcome == "unchanged", ahead.to_dict()
+    assert ahead.outcome == "unchanged", said(ahead)
     assert any("pre-fetched v2" in a for a in ahead.actions), ahead.actions
     assert fetched
     assert len(serving_then) == 1, "fetched, not started"
-    assert (wave.outcome, wave.version) == ("updated", "2"), wave.to_dict()
+    assert (wave.outcome, wave.version) == ("updated", "2"), said(wave)
     assert wave.bytes_pulled == 0, "the wave found every blob already in containerd's store"
     assert load.report().total.failed == 0
     assert_serving(device, "2", load)
@@ -871,7 +876,7 @@ def test_containerd_restarted_mid_update_converges_without_a_failed_request(
         while reports[-1].outcome != "updated" and len(reports) < 4:
             reports.append(device.agent.reconcile())
         time.sleep(1)
-    assert reports[-1].outcome == "updated", [r.to_dict() for r in reports]
+    assert reports[-1].outcome == "updated", [said(r) for r in reports]
     assert load.report().total.failed == 0, load.report().errors[:5]
     assert_serving(device, "2", load)
 

@@ -88,7 +88,7 @@ def test_http_prober_replays_golden_over_real_http(service: tuple[int, type[_Ser
 
 
 def test_http_prober_reports_a_closed_port_as_not_ready() -> None:
-    from tests.conftest import free_port
+    from otaml.ports import free_port
 
     port = free_port()
     prober = HttpProber(timeout_s=0.5)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from edge_runtime.agent.forwarder import ProxySwitch
-from tests.conftest import free_port
+from otaml.ports import free_port
 
 
 class Backend:

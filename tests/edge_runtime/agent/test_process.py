@@ -14,9 +14,9 @@ from edge_runtime.agent.source import RegistrySource
 from edge_runtime.bundle import Bundle
 from edge_runtime.errors import NotFound
 from otaml.demo_embedded import LayoutClient, minimal_base_image
+from otaml.ports import free_port
 from registry.bake import bake
 from registry.oci.layout import Layout
-from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ import pytest
 
 from edge_runtime.errors import MalformedContent, NotFound, RegistryUnavailable, reason_of
 from edge_runtime.oci import OCI_MANIFEST, Urllib3RegistryClient, sha256_digest
-from otaml.localstack import free_port
+from otaml.ports import free_port
 
 MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST}).encode()
 ANSWERS: dict[str, tuple[int, dict[str, str], bytes]] = {

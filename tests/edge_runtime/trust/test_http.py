@@ -17,8 +17,8 @@ import pytest
 
 from edge_runtime.trust.client import TrustClient, TrustSettings
 from edge_runtime.trust.errors import MetadataUnavailable, NotApproved, OversizedMetadata, RollbackRefused
+from otaml.ports import free_port
 from registry.tuf import keys
-from tests.conftest import free_port
 from tests.registry.tuf.fleet import Fleet, image, make_fleet
 
 pytestmark = pytest.mark.integration

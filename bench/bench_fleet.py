@@ -58,6 +58,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline_models import train_default_models
 from proctree import TreeMonitor
 
+from otaml.ports import block, start_at
+
 MODEL = "bench"
 REPO = "otaml/bench"
 CHANNEL = "production"
@@ -270,6 +272,7 @@ def worker(directory: Path) -> int:
         channel=o["channel"], poll_interval_s=float(o["poll_interval_s"]), probation_s=float(o["probation_s"]),
     )  # fmt: skip
     quiet_agent_logs(directory / "agents.log")
+    start_at(int(config["ports_from"]))  # a block of its own: the other workers pick ports too
     fleet = LocalFleet(directory, options, cache_dir=Path(config["cache"]))
 
     def write_stats() -> None:
@@ -468,6 +471,9 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
+    # Each process hands out service ports from a block of its own (3 per device; the workers start in parallel).
+    port_block = max(1000, 4 * args.shard_size)
+    start_at(block(0, port_block))
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-fleet-", dir="/tmp"))
     work.mkdir(parents=True, exist_ok=True)
     monitor = TreeMonitor(os.getpid(), interval=0.5).__enter__()
@@ -572,6 +578,7 @@ def main() -> int:
                         ],
                         "cache": str(work / "fleet" / "blob-cache"),
                         "start_interval_s": count / args.start_rate,
+                        "ports_from": block(index + 1, port_block),
                     },
                 )
             )

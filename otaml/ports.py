@@ -5,7 +5,8 @@ given to (a container that starts seconds later), the kernel may hand the same p
 ``bind(("127.0.0.1", 0))`` (a test's HTTP server; the kernel often returns a port it just freed) or the local end of
 an outgoing connection (probes, the broker, the registry). The service then cannot bind and exits. Ports below
 the ephemeral range are only ever taken by asking for them, so :func:`free_port` hands out each one once per
-process, starting from a random place so that processes running side by side rarely meet.
+process, starting from a random place so that processes running side by side rarely meet (or, with
+:func:`start_at`, from a block of their own).
 """
 
 from __future__ import annotations
@@ -43,6 +44,19 @@ def free_port() -> int:
                 _given.add(port)
                 return port
     raise NoFreePort(f"no free TCP port between {LOWEST} and {low} on 127.0.0.1")
+
+
+def start_at(port: int) -> None:
+    """Hand out ports from ``port`` on: processes that run side by side each take their own block."""
+    global _next
+    with _lock:
+        _next = port
+
+
+def block(index: int, size: int) -> int:
+    """The first port of block ``index`` of ``size`` ports (blocks wrap around below the ephemeral range)."""
+    span = max(size, ephemeral_low() - LOWEST)
+    return LOWEST + (index * size) % span
 
 
 def ephemeral_low(path: Path = PORT_RANGE) -> int:

@@ -31,3 +31,13 @@ def test_the_range_is_read_from_the_kernel_and_defaults_when_unreadable(tmp_path
     (tmp_path / "range").write_text("40000\t60999\n")
     assert ports.ephemeral_low(tmp_path / "range") == 40000
     assert ports.ephemeral_low(tmp_path / "missing") == 32768
+
+
+def test_processes_side_by_side_take_blocks_of_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    starts = [ports.block(i, 1000) for i in range(4)]
+    assert starts == [ports.LOWEST + 1000 * i for i in range(4)]
+    assert all(s + 1000 <= ports.ephemeral_low() for s in starts)
+    monkeypatch.setattr(ports, "_next", 0)
+    ports.start_at(starts[2] + 500)
+    taken = ports.free_port()
+    assert starts[2] + 500 <= taken < starts[3]

@@ -42,7 +42,7 @@ import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterator, Mapping
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, Self, TypedDict, TypeVar
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from edge_runtime.errors import (
@@ -157,6 +157,16 @@ def _registry_errors(body: bytes) -> str:
         return "; ".join(f"{e.get('code', '?')}: {e.get('message', '')}".strip() for e in errors) or text[:200]
     except (ValueError, AttributeError):
         return text[:200]
+
+
+class ReaderOptions(TypedDict, total=False):
+    """What every registry client takes besides its transport (defaults as :class:`RegistryReader`'s)."""
+
+    auth: tuple[str, str] | None
+    timeout: float
+    insecure: bool
+    deadline: float
+    token_hosts: Collection[str]
 
 
 class RegistryReader(ABC, Generic[R]):

@@ -7,12 +7,13 @@ The MLOps side's client: ``registry.oci.remote`` pushes through :meth:`RegistryC
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
+from typing import Unpack
 
 import httpx
 
 from edge_runtime.errors import MalformedContent, RegistryUnavailable
-from edge_runtime.oci.client import DEFAULT_DEADLINE, DEFAULT_TIMEOUT, BodyError, RegistryReader
+from edge_runtime.oci.client import BodyError, ReaderOptions, RegistryReader
 
 
 class RegistryClient(RegistryReader[httpx.Response]):
@@ -23,24 +24,12 @@ class RegistryClient(RegistryReader[httpx.Response]):
         registry: str,
         repository: str,
         *,
-        auth: tuple[str, str] | None = None,
         transport: httpx.BaseTransport | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-        insecure: bool = False,
-        deadline: float = DEFAULT_DEADLINE,
-        token_hosts: Collection[str] = (),
+        **options: Unpack[ReaderOptions],
     ) -> None:
-        super().__init__(
-            registry,
-            repository,
-            auth=auth,
-            timeout=timeout,
-            insecure=insecure,
-            deadline=deadline,
-            token_hosts=token_hosts,
-        )
+        super().__init__(registry, repository, **options)
         # Redirects are followed by RegistryReader (its rules: the cap, no https -> http, credentials stay home).
-        self._http = httpx.Client(transport=transport, timeout=timeout, follow_redirects=False)
+        self._http = httpx.Client(transport=transport, timeout=self.timeout, follow_redirects=False)
 
     def close(self) -> None:
         self._http.close()

@@ -10,7 +10,8 @@ rules, whatever the client.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
+from typing import Unpack
 from urllib.parse import urlsplit
 from urllib.request import getproxies
 
@@ -18,7 +19,7 @@ import urllib3
 from urllib3.exceptions import DecodeError, HTTPError, LocationParseError
 
 from edge_runtime.errors import MalformedContent, RegistryUnavailable
-from edge_runtime.oci.client import DEFAULT_DEADLINE, DEFAULT_TIMEOUT, BodyError, RegistryReader
+from edge_runtime.oci.client import BodyError, ReaderOptions, RegistryReader
 
 _CHUNK = 64 * 1024
 
@@ -31,24 +32,12 @@ class Urllib3RegistryClient(RegistryReader[urllib3.BaseHTTPResponse]):
         registry: str,
         repository: str,
         *,
-        auth: tuple[str, str] | None = None,
         pool: urllib3.PoolManager | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-        insecure: bool = False,
-        deadline: float = DEFAULT_DEADLINE,
-        token_hosts: Collection[str] = (),
+        **options: Unpack[ReaderOptions],
     ) -> None:
-        super().__init__(
-            registry,
-            repository,
-            auth=auth,
-            timeout=timeout,
-            insecure=insecure,
-            deadline=deadline,
-            token_hosts=token_hosts,
-        )
+        super().__init__(registry, repository, **options)
         # No retries and no redirects here: RegistryReader follows redirects by its rules, the agent backs off.
-        self._timeout = urllib3.Timeout(connect=timeout, read=timeout)
+        self._timeout = urllib3.Timeout(connect=self.timeout, read=self.timeout)
         self._pool = pool or urllib3.PoolManager(num_pools=4, timeout=self._timeout, retries=False)
         self._proxied: dict[str, urllib3.ProxyManager] = {}
         proxies = {} if pool is not None else getproxies()

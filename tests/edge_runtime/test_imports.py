@@ -15,6 +15,7 @@ import pytest
 from edge_runtime.bundle import Bundle
 from otaml.ports import free_port
 from tests.conftest import require
+from tests.edge_runtime.agent.test_imports import SCRIPT as AGENT_PROBE
 
 REPO = Path(__file__).resolve().parents[2]
 FORBIDDEN = ("pipeline", "registry", "mlflow", "sklearn", "pandas", "skl2onnx", "onnx", "otaml")
@@ -60,8 +61,18 @@ def test_serves_in_a_venv_with_only_the_edge_extra(model_bundle: Bundle, tmp_pat
         timeout=900,
     )
     require(pip.returncode == 0, "pip install of the edge extra", pip.stderr[-2000:])
-    probe = "import importlib.util as u; print([m for m in ('sklearn', 'mlflow', 'pandas') if u.find_spec(m)])"
+    probe = "import importlib.util as u; print([m for m in ('sklearn', 'mlflow', 'pandas', 'httpx') if u.find_spec(m)])"
     assert subprocess.run([str(python), "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    # The agent builds from the installed copy alone (no httpx: it reads the registry with urllib3).
+    agent = subprocess.run(
+        [str(python), "-c", AGENT_PROBE, str(tmp_path / "agent-state")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)},
+    )
+    assert agent.returncode == 0, agent.stderr[-2000:]
+    assert agent.stdout.splitlines() == ["Urllib3RegistryClient", ""]
     port = free_port()
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)}  # no PYTHONPATH: the installed copy only
     proc = subprocess.Popen(

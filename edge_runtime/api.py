@@ -92,7 +92,7 @@ def _responses(ok: dict[str, Any], *errors: int) -> dict[int | str, dict[str, An
 
 def api_app(service: ScoringService) -> FastAPI:
     """The FastAPI application for ``service``: the OpenAPI description and every route, same handlers."""
-    scorer, settings, handlers, endpoint = service.state.scorer, service.settings, service.handlers, service.endpoint
+    scorer, settings, handlers = service.state.scorer, service.settings, service.handlers
     card = scorer.card
 
     def respond(answer: Answer) -> Response:
@@ -124,8 +124,11 @@ def api_app(service: ScoringService) -> FastAPI:
     )
     async def score(request: Request) -> Response:
         """Score readings of one stream, continuing that stream's feature window."""
-        status, body = await endpoint.handle(request.scope["headers"], request.receive)
-        return Response(body, status_code=status, media_type="application/json")
+        reply = await service.score_reply(request.scope["headers"], request.receive)
+        if reply is None:  # the client left before its body arrived: nobody reads an answer
+            return Response(status_code=499)
+        headers = {name.decode(): value.decode() for name, value in reply.headers}
+        return Response(reply.body, status_code=reply.status, media_type="application/json", headers=headers)
 
     @app.get("/healthz", responses=_responses({"type": "object"}))
     async def healthz() -> Response:

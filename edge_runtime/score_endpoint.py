@@ -6,7 +6,6 @@ The service's router (:class:`edge_runtime.server.ScoringService`) and FastAPI's
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
@@ -119,22 +118,6 @@ class ScoreEndpoint:
         if self.metrics.field is not None:
             self.metrics.field.observe_error(exc.status)
         return exc.status, error_body(exc.code, exc.message)
-
-    async def handle(self, headers: Iterable[tuple[bytes, bytes]], receive: Receive) -> tuple[int, bytes]:
-        """Status and JSON body for one request (raises :class:`ClientGone` if the client left)."""
-        headers = list(headers)
-        refused = self.check_head(headers)
-        if refused is not None:
-            return refused
-        settings = self.settings
-        try:
-            async with asyncio.timeout(settings.read_timeout_seconds):
-                body = await read_body(receive, settings.max_body_bytes)
-        except TimeoutError:
-            return self.refusal(body_timeout(settings.read_timeout_seconds))
-        except RequestError as exc:
-            return self.refusal(exc)
-        return self.answer(body)
 
     def answer(self, body: bytes) -> tuple[int, bytes]:
         """Status and JSON body for a whole request body whose headers :meth:`check_head` accepted."""

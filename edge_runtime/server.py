@@ -247,27 +247,35 @@ class ScoringService:
         self.metrics.observe_request("POST", "/v1/score", status, time.perf_counter() - started)
 
     async def _score(self, scope: Scope, receive: Receive, send: Send) -> int:
-        opened = self.open_score(scope["headers"])
-        if isinstance(opened, ScoreRequest):
-            settings = self.settings
-            try:
-                async with asyncio.timeout(settings.read_timeout_seconds):
-                    body = await read_body(receive, settings.max_body_bytes)
-            except TimeoutError:
-                reply = opened.timed_out()
-            except RequestError:
-                reply = opened.too_large()
-            except ClientGone:
-                opened.gone()
-                return 499  # nginx's "client closed request": counted, nothing sent
-            else:
-                reply = opened.answer(body)
-            finally:  # cancelled (the drain time ran out) while the body was arriving: free its slot
-                opened.gone()  # a no-op once the request was answered
-        else:
-            reply = opened
+        reply = await self.score_reply(scope["headers"], receive)
+        if reply is None:
+            return 499  # nginx's "client closed request": counted, nothing sent
         await _answer(send, reply.status, reply.body, JSON_TYPE, list(reply.headers))
         return reply.status
+
+    async def score_reply(self, headers: list[tuple[bytes, bytes]], receive: Receive) -> Reply | None:
+        """The reply to a score request whose body comes from ``receive`` (``None``: the client left first).
+
+        The ASGI path and the FastAPI application's route both answer through here: one token check, one
+        concurrency limit, one body limit and deadline (the direct route shares them through :meth:`open_score`).
+        """
+        opened = self.open_score(headers)
+        if not isinstance(opened, ScoreRequest):
+            return opened
+        settings = self.settings
+        try:
+            async with asyncio.timeout(settings.read_timeout_seconds):
+                body = await read_body(receive, settings.max_body_bytes)
+        except TimeoutError:
+            return opened.timed_out()
+        except RequestError:
+            return opened.too_large()
+        except ClientGone:
+            return None
+        else:
+            return opened.answer(body)
+        finally:  # gone, or cancelled (the drain time ran out) while the body was arriving: free its slot
+            opened.gone()  # a no-op once the request was answered
 
 
 class ScoreRequest:

@@ -536,6 +536,32 @@ def test_an_api_token_guards_scoring_but_not_the_probes(model_bundle: Bundle, tm
     assert scored[0] == 1  # only the authorised request scored
     assert client.get("/readyz").status_code == 200
     assert client.get("/metrics").status_code == 200
+    # The FastAPI application (mounted elsewhere, or for tooling) scores through the same guard.
+    framework = ASGIClient(client.app.api)
+    refused = post(framework, body)
+    assert (refused.status_code, refused.json()) == (401, missing.json())
+    assert refused.headers["www-authenticate"] == missing.headers["www-authenticate"]
+    assert post(framework, body, {**JSON, "authorization": "Bearer s3cret-token-0123456789"}).status_code == 200
+
+
+def test_the_fastapi_route_shares_the_services_score_slots(model_bundle: Bundle) -> None:
+    """One concurrency limit whichever path a score request takes: the FastAPI route holds a slot too."""
+    client = make_client(model_bundle, max_concurrent_scores=1, read_timeout_seconds=1)
+    service, framework = client.app, ASGIClient(client.app.api)
+    body = {"stream": "a", "readings": [[60.0, 0.5, 3.0]]}
+    held = service.open_score([(b"content-type", b"application/json")])  # a request whose body is arriving
+    busy = post(framework, body)
+    assert (busy.status_code, busy.json()["error"]["code"]) == (503, "busy")
+    held.gone()
+    assert post(framework, body).status_code == 200
+
+    async def never() -> Any:  # a client that never sends its body
+        await asyncio.sleep(3600)
+
+    reply = asyncio.run(service.score_reply([(b"content-type", b"application/json")], never))
+    assert reply is not None
+    assert reply.status == 408
+    assert post(framework, body).status_code == 200  # the late request's slot is free again
 
 
 def test_a_short_or_missing_token_file_is_a_clear_settings_error(model_bundle: Bundle, tmp_path: Path) -> None:

@@ -419,7 +419,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=20, help="device agents (default 20)")
     parser.add_argument("--waves", default="5,20,50,100", help="rollout waves, cumulative %% (default 5,20,50,100)")
-    parser.add_argument("--soak", type=float, default=10.0, help="soak of each wave, s (default 10)")
+    parser.add_argument(
+        "--soak", type=float, default=60.0, help="soak of each wave, s (default 60; otaml rollout start's is 600)"
+    )
     parser.add_argument("--poll", type=float, default=15.0, help="device poll interval, s (±20%% jitter; default 15)")
     parser.add_argument("--probation", type=float, default=3.0, help="device probation, s (default 3)")
     parser.add_argument("--step", type=float, default=3.0, help="controller interval, s (default 3)")

@@ -130,7 +130,7 @@ def run_status(args: argparse.Namespace) -> int:
     snapshot = snapshot_reader(args)()
     now = time.time()
     if args.json:
-        print(json.dumps(summarize(snapshot, now), indent=2))
+        print(json.dumps(summarize(snapshot, now), indent=2, allow_nan=False))  # device numbers are checked finite
     else:
         print(render(snapshot, now))
     return 0

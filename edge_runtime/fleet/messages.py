@@ -120,11 +120,20 @@ class DeviceEvent:
         return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
 
 
+def strict_json(payload: bytes | str) -> Any:
+    """``json.loads`` refusing ``NaN`` and ``Infinity`` (Python accepts them; JSON has no such numbers)."""
+    return json.loads(payload, parse_constant=_no_constant)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def _load(payload: bytes) -> dict[str, Any]:
     if len(payload) > MAX_MESSAGE_BYTES:
         raise MalformedMessage(f"message of {len(payload)} bytes is larger than the {MAX_MESSAGE_BYTES}-byte cap")
     try:
-        doc = json.loads(payload)
+        doc = strict_json(payload)
     except (UnicodeDecodeError, ValueError) as exc:
         raise MalformedMessage(f"message is not JSON: {exc}") from exc
     except RecursionError:  # a few kilobytes of nested brackets

@@ -23,7 +23,6 @@ reason                 the message
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import secrets
@@ -45,6 +44,7 @@ from edge_runtime.fleet.messages import (
     parse_event,
     parse_state,
     split_topic,
+    strict_json,
 )
 from edge_runtime.fleet.reporter import stop_network
 
@@ -151,7 +151,7 @@ class FleetCollector:
             self._device(device_id).online = payload == b"online"
         else:  # field: a compact JSON object
             try:
-                doc = json.loads(payload)
+                doc = strict_json(payload)
             except (UnicodeDecodeError, ValueError, RecursionError) as exc:
                 raise _Refused("malformed", f"field summary is not JSON: {exc!r}"[:300]) from None
             if not isinstance(doc, dict):

@@ -16,7 +16,8 @@ Errors::
     OtamlError
     └── RolloutError                 a rollout operation was refused; nothing was published
         ├── RolloutInputError        a bad argument: unknown rollout, unapproved version, ... (also InputError)
-        └── FleetStateError          the fleet's states cannot be read (file missing, not JSON, too large)
+        └── FleetStateError          the fleet's states cannot be read (file missing, not JSON, too large, or
+                                     the broker's retained messages did not all arrive in time)
     registry.tuf.errors.RolloutConflict   another controller or operator published first (nothing written)
 """
 
@@ -417,6 +418,13 @@ class SnapshotStateSource:
         views = getattr(snapshot, "devices", None)
         if not isinstance(views, Mapping):
             raise FleetStateError(f"the fleet snapshot has no device map (got {type(snapshot).__name__})")
+        if getattr(snapshot, "complete", True) is False:
+            # Judging part of the fleet could halt a good rollout (a device whose availability had not arrived
+            # counts as offline) or advance past a failed device whose state had not arrived: judge nobody.
+            raise FleetStateError(
+                f"the broker was still sending retained messages when the collection timed out ({len(views)} "
+                "devices so far); not judging part of the fleet: raise the broker timeout (--broker-timeout)"
+            )
         found: list[ObservedDevice] = []
         notes: list[str] = []
         for device_id, view in views.items():
@@ -558,8 +566,12 @@ class RolloutService:
         """One judgement per moving rollout; publish advances and halts. Safe to run from several controllers."""
         results: list[StepResult] = []
         records = [r for r in self.store.records() if r.active]
-        devices = self._devices() if records else []
         now = self._clock()
+        try:
+            devices = self._devices() if records else []
+        except FleetStateError:
+            self.store.keep_fresh(now)  # nothing judged, but the records stay valid while the fleet cannot be read
+            raise
         for record in records:
             decision = judge(record, devices, now, self.model_health)
             if not decision.changed:

@@ -117,8 +117,9 @@ def render(snapshot: FleetSnapshot, now: float) -> str:
                 ",".join(f"{k}={v}" for k, v in sorted(d["groups"].items())) or "-",
             )
         )
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
-    lines += ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    shown = [[_printable(str(cell)) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in shown) for i in range(len(header))]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in shown]
     lines.append("")
     lines.append(
         "versions: "
@@ -139,7 +140,15 @@ def render(snapshot: FleetSnapshot, now: float) -> str:
             + ")"
         )
         lines += [f"  {r['topic']}: {r['reason']}: {r['detail']}" for r in doc["rejected_samples"][:5]]
-    return "\n".join(lines)
+    # Every string here came from a device: a control character must not reach the operator's terminal.
+    return "\n".join(_printable(line) for line in lines)
+
+
+def _printable(text: str) -> str:
+    """``text`` with control and other unprintable characters shown escaped (``\\x1b``), never sent raw."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _age(seconds: float) -> str:

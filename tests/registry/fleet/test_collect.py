@@ -45,6 +45,10 @@ def test_keeps_state_availability_field_and_events() -> None:
         ("otaml/f/devices/pi-1/field", b"[]", "malformed"),
         ("otaml/f/devices/pi-1/state", b"[" * 1500 + b"]" * 1500, "malformed"),  # too deep for the parser
         ("otaml/f/devices/pi-1/field", b"[" * 1500 + b"]" * 1500, "malformed"),
+        # Python's json takes NaN and Infinity; JSON (and `otaml fleet status --json`'s readers) does not.
+        ("otaml/f/devices/pi-1/state", b'{"device_id": "pi-1", "last_seen": NaN}', "malformed"),
+        ("otaml/f/devices/pi-1/events", b'{"device_id": "pi-1", "kind": "update", "at": Infinity}', "malformed"),
+        ("otaml/f/devices/pi-1/field", b'{"anomaly_ratio": -Infinity}', "malformed"),
         ("otaml/f/devices/pi-1/events", b'{"device_id": "pi-1", "kind": 3}', "malformed"),
         ("otaml/f/devices/pi-1/state", b"{" + b" " * MAX_MESSAGE_BYTES + b"}", "oversized"),
         ("otaml/f/devices/pi-1/state", DeviceState("pi-2").to_json(), "device-mismatch"),

@@ -357,3 +357,45 @@ def test_the_snapshot_source_reads_the_collector_shape_and_notes_what_is_missing
     assert len(calls) == 2  # read afresh at every step: the controller keeps nothing
     with pytest.raises(FleetStateError, match="no device map"):
         SnapshotStateSource(lambda: None).devices()
+
+
+def test_a_snapshot_cut_short_by_the_timeout_judges_nobody_and_keeps_the_records_fresh(fleet: Fleet) -> None:
+    """Part of the fleet is not the fleet: a device whose availability had not arrived would count as offline."""
+
+    @dataclass
+    class View:
+        state: DeviceState
+        online: bool | None
+
+    @dataclass
+    class Snapshot:
+        devices: dict[str, View]
+        complete: bool
+
+    clock = Clock()
+    states = StaticStateSource()
+    service = RolloutService(store_of(fleet), states, clock=clock)
+    record = service.start(MODEL, 8, channel=CHANNEL, waves=(25, 100), soak_s=60)
+    healthy = reports(record)
+    # The last device's availability message had not arrived when the collection timed out.
+    views = {o.state.device_id: View(o.state, True) for o in healthy}
+    views[DEVICES[-1]] = View(healthy[-1].state, None)
+    cut = Snapshot(views, complete=False)
+    service.states = SnapshotStateSource(lambda: cut)
+    clock.at += 61
+    rollouts = fleet.repo.rollouts()
+    assert rollouts is not None
+    clock.at = rollouts.signed.expires.timestamp() - 86400  # also due for re-signing
+    with pytest.raises(FleetStateError, match="raise the broker timeout"):
+        service.step()
+    kept = provision(fleet.path.parent, fleet).client.rollout(CHANNEL, MODEL)
+    assert kept is not None
+    assert (kept.state, kept.wave) == ("running", 0)  # neither halted nor advanced
+    renewed = fleet.repo.rollouts()
+    assert renewed is not None
+    assert renewed.signed.version > rollouts.signed.version  # re-signed all the same
+    # The whole fleet, once it arrives, is judged as usual.
+    cut.complete = True
+    views[DEVICES[-1]].online = True
+    [result] = service.step()
+    assert result.decision.action == "advance"

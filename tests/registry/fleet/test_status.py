@@ -91,3 +91,22 @@ def test_table_names_every_device_failure_and_refusal() -> None:
     assert "  pi-1: refused v4 (not-approved)" in lines
     assert "offline: pi-2" in lines
     assert "refused device messages: 1 (malformed: 1)" in lines
+
+
+def test_control_characters_from_a_device_never_reach_the_terminal() -> None:
+    collector = FleetCollector("plant", clock=lambda: NOW)
+    hostile = DeviceState(
+        "pi-1",
+        {"hw": "pi4\x1b[2J"},
+        model="pump\x07",
+        version=3,
+        last_outcome="refused",
+        last_reason="\x1b[2J\x1b[31mPWNED\x1b[0m\nfake line",
+        last_seen=NOW,
+    )
+    collector.feed("otaml/plant/devices/pi-1/state", hostile.to_json())
+    text = render(collector.snapshot, NOW)
+    assert all(c.isprintable() for line in text.splitlines() for c in line)
+    assert "refused(\\x1b[2J\\x1b[31mPWNED\\x1b[0m\\nfake line)" in text
+    assert not any(line.startswith("fake line") for line in text.splitlines())  # no line of its own
+    assert "pump\\x07" in text

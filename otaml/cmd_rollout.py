@@ -82,7 +82,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     start.add_argument("version", metavar="VERSION", type=int, help="the approved model version to roll out")
     start.add_argument("--waves", type=waves, default=(1, 10, 50, 100), help="cumulative %% (default 1,10,50,100)")
     start.add_argument("--max-failure-rate", type=float, default=0.05, help="halt above this share (default 0.05)")
-    start.add_argument("--soak", type=duration, default=600.0, help="time each wave runs healthy (default 10m)")
+    start.add_argument(
+        "--soak",
+        type=duration,
+        default=600.0,
+        help="least time from a wave's opening to the next wave; every device of the wave must be healthy on the "
+        "new version by then (default 10m)",
+    )
     start.add_argument("--group", type=group, action="append", default=[], help="only devices with KEY=VALUE")
     common(start)
     start.set_defaults(func=run_start)

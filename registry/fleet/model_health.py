@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.errors import InputError
+from edge_runtime.field_metrics import DEFAULT_WINDOW
 from edge_runtime.fleet.rollout import RolloutRecord, bucket, matches
 
 
@@ -116,8 +117,11 @@ class ModelVerdict:
 
 
 def _ratio(views: list[FieldView]) -> float:
-    total = sum(v.readings for v in views)
-    return sum(v.anomaly_ratio * v.readings for v in views) / total if total else 0.0
+    """The readings-weighted anomaly ratio; one device weighs at most a default field window of readings, so a
+    device reporting a huge window (a bug, or a lying device outside the wave) cannot outweigh the others."""
+    weights = [min(v.readings, DEFAULT_WINDOW) for v in views]
+    total = sum(weights)
+    return sum(v.anomaly_ratio * w for v, w in zip(views, weights, strict=True)) / total if total else 0.0
 
 
 def _psi(views: list[FieldView]) -> dict[str, float]:

@@ -71,6 +71,17 @@ def test_a_ratio_within_the_factor_of_the_stable_version_passes() -> None:
     assert judge(RECORD, fleet(summary(3, 0.02), summary(2, 0.0)), NOW, LIMITS).action == "advance"
 
 
+def test_one_device_claiming_a_huge_window_does_not_outweigh_the_stable_fleet() -> None:
+    """A device outside the wave that reports every reading anomalous over a billion readings (a bug, or a lie)
+    weighs one field window, so the stable baseline stays what the rest of the fleet sees."""
+    devices = fleet(summary(3, 0.93), summary(2, 0.02))
+    liar = next(i for i, d in enumerate(devices) if d.state.device_id in OUTSIDE)
+    devices[liar] = ObservedDevice(devices[liar].state, True, summary(2, 1.0, readings=10**9))
+    decision = judge(RECORD, devices, NOW, LIMITS)
+    assert decision.action == "halt", decision.reason
+    assert {f.code for f in decision.failures} == {"model-anomaly-ratio"}
+
+
 def test_without_stable_devices_reporting_an_absolute_cap_applies() -> None:
     devices = [(d, {}, summary(3, 0.8)) for d in IN_WAVE]
     verdict = assess(RECORD, devices, LIMITS)

@@ -68,10 +68,13 @@ def test_minimal_base_lists_each_platform(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("broker_down", [False, True], ids=["broker-up", "broker-down-during-the-install"])
 def test_a_fleet_device_installs_the_approved_version_and_reports_it(
-    tmp_path: Path, mqtt_broker: LocalBroker, model_bundle: Bundle
+    tmp_path: Path, mqtt_broker: LocalBroker, model_bundle: Bundle, broker_down: bool
 ) -> None:
-    """One device of the harness against a real broker, real TUF metadata over HTTP and an OCI layout."""
+    """One device of the harness against a real broker, real TUF metadata over HTTP and an OCI layout.
+
+    With the broker down the device installs all the same, and reports once the broker is back."""
     from edge_runtime.trust.approval import Approval
     from otaml.demo_embedded import LayoutClient
     from otaml.local_fleet import DeviceOptions, DeviceSpec, LocalFleet
@@ -113,12 +116,16 @@ def test_a_fleet_device_installs_the_approved_version_and_reports_it(
         )
         layout = Layout(tmp_path / "images")
         with LocalFleet(tmp_path / "fleet", options, client_factory=lambda: LayoutClient(layout)) as fleet:
+            if broker_down:
+                mqtt_broker.stop()
             device = fleet.add(DeviceSpec("pi-a", {"hw": "pi4"}, PI4))
             deadline = time.monotonic() + 120
             while device.serving_version() != "1":
                 assert fleet.problems() == []
                 assert time.monotonic() < deadline, device.state().last_error
                 time.sleep(0.3)
+            if broker_down:
+                mqtt_broker.start()  # on the same port; it kept nothing, so the device must send its state again
             password = mqtt_broker.password("controller")
             deadline = time.monotonic() + 30
             while True:

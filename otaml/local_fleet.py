@@ -262,6 +262,7 @@ class LocalFleet:
             model=o.model,
             field_interval_s=o.field_interval_s,
         )
+        reconciler.on_phase = link.phase_changed
         device = Device(spec, reconciler, reporter, link, runtime, switch)
         device.thread.start()
         self.devices.append(device)

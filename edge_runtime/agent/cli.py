@@ -123,6 +123,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             field_interval_s=config.field_interval_s,
             capture_windows=config.fleet.capture_windows,
         )
+        reconciler.on_phase = on_report.phase_changed
     try:
         report = run(reconciler, stop, max_steps=2 if args.once else None, on_report=on_report)
     finally:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from edge_runtime.fleet.messages import MAX_MESSAGE_BYTES, DeviceEvent, DeviceState
-from edge_runtime.fleet.shadow import device_state, update_event
+from edge_runtime.fleet.shadow import device_state, started_event, update_event
 
 log = logging.getLogger("otaml.agent")
 
@@ -119,6 +119,21 @@ class FleetLink:
             self._publish_field(state.current.port)
         if state.current is not None:
             self._publish_anomalies(state.current.container, state.current.port, now)
+
+    def phase_changed(self) -> None:
+        """An update entered a phase (pulling, canary, handover, probation): the shadow says so at once, its health
+        ``unknown`` until the step ends (the controller waits for it, and judges it by this phase if it goes
+        offline now); pulling also sends a ``started`` event. Wired as the reconciler's ``on_phase``."""
+        state = self.reconciler.state
+        now = self._clock()
+        self.publisher.publish_state(
+            device_state(
+                state, None, device_id=self.device_id, groups=self.groups, model=self.model, health="unknown", now=now
+            )
+        )
+        event = started_event(state, device_id=self.device_id, now=now)
+        if event is not None:
+            self.publisher.publish_event(event)
 
     def _publish_anomalies(self, container: str, port: int, now: float) -> None:
         try:

@@ -121,6 +121,9 @@ class Reconciler:
         self.monotonic = monotonic
         self.sleep = sleep
         self.available_memory = available_memory or mem_available_bytes
+        # Told after each update phase is saved (the fleet link publishes it): a device that dies mid-update is
+        # then judged by the phase it died in, not by the state it reported before the update began.
+        self.on_phase: Callable[[], None] | None = None
         self.state: AgentState = store.load()
         self._retry: int | None = None  # the desired approval's retry count (TUF); None before the first poll
         self._upcoming: Approval | None = None  # a running rollout's candidate, not yet for this device
@@ -136,6 +139,11 @@ class Reconciler:
         self.state.phase = phase
         self.state.phase_started = self.clock()
         self.save()
+        if self.on_phase is not None:
+            try:
+                self.on_phase()
+            except Exception:  # reporting never stops an update
+                log.exception("reporting the %s phase failed", phase)
 
     def _finish(self, report: UpdateReport, started: float) -> UpdateReport:
         s = self.state

@@ -70,6 +70,21 @@ def device_state(
     )
 
 
+def started_event(state: Any, *, device_id: str, now: float) -> DeviceEvent | None:
+    """The event for an update that began pulling its candidate (``state`` an AgentState); None otherwise."""
+    cand = state.candidate
+    if state.phase != "pulling" or cand is None:
+        return None
+    return DeviceEvent(
+        device_id=device_id,
+        kind="update",
+        at=now,
+        outcome="started",
+        version=_version(cand.version),
+        detail={"digest": cand.digest, "step": "pull"},
+    )
+
+
 def update_event(report: Any, *, device_id: str, now: float) -> DeviceEvent | None:
     """The event for a step that changed something or failed; None for a quiet step."""
     if report.outcome not in EVENT_OUTCOMES:

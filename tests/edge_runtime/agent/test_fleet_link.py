@@ -76,6 +76,41 @@ def test_each_step_publishes_the_shadow_and_changes_publish_events(tmp_path: Pat
     assert out.states[-1].blocked
 
 
+def test_an_update_reports_each_phase_as_it_enters_it_with_a_started_event(tmp_path: Path) -> None:
+    """A device that dies mid-update must be judged by the phase it died in: each phase reaches the broker at once,
+    its health unknown until the step ends (the controller waits for it), and pulling sends ``started``."""
+    world = World(tmp_path)
+    world.publish("1")
+    agent = world.agent()
+    out = Published()
+    link = FleetLink(
+        agent, out, device_id="pump-7", groups={}, model="pump", anomaly_fetch=lambda port: {"seq": 0, "events": []}
+    )
+    agent.on_phase = link.phase_changed
+    link(agent.recover())
+    link(agent.reconcile())
+    world.publish("2")
+    before = len(out.states)
+    link(agent.reconcile())
+    during = out.states[before:-1]
+    assert [(s.phase, s.version, s.health) for s in during] == [
+        ("pulling", 1, "unknown"),
+        ("canary", 1, "unknown"),
+        ("handover", 1, "unknown"),
+        ("probation", 2, "unknown"),  # the candidate serves now, not yet judged healthy
+    ]
+    assert {s.rollout_id for s in during} == {agent.state.rollout_id}
+    assert (out.states[-1].phase, out.states[-1].version, out.states[-1].health) == ("serving", 2, "ok")
+    assert [(e.outcome, e.version) for e in out.events][-2:] == [("started", 2), ("updated", 2)]
+
+    def broken() -> None:
+        raise OSError("the broker client is gone")
+
+    agent.on_phase = broken  # reporting never stops an update
+    world.publish("3")
+    assert agent.reconcile().outcome == "updated"
+
+
 def test_a_failing_field_fetch_never_stops_the_link(tmp_path: Path) -> None:
     world = World(tmp_path)
     world.publish("1")

@@ -329,6 +329,20 @@ def test_a_device_chosen_reason_code_enters_the_signed_halt_reason_short_and_pla
     assert f"{wave[0]} (error:unknown)" in judge(replace(RECORD, max_failure_rate=0.0), fleet, NOW).reason
 
 
+def test_a_device_in_probation_is_waited_for_and_fails_the_wave_if_it_dies_there() -> None:
+    """What the agent's phase report says mid-update: on the candidate, phase probation, health unknown."""
+    from dataclasses import replace as _replace
+
+    wave = in_wave()
+    others = [o for o in healthy_fleet() if o.state.device_id != wave[0]]
+    probation = _replace(device(wave[0], outcome="").state, phase="probation", health="unknown")
+    decision = judge(RECORD, [*others, ObservedDevice(probation, True)], NOW)
+    assert (decision.action, decision.waiting) == ("wait", (wave[0],))
+    decision = judge(replace(RECORD, max_failure_rate=0.0), [*others, ObservedDevice(probation, False)], NOW)
+    assert decision.action == "halt"
+    assert [str(f) for f in decision.failures] == [f"{wave[0]} (offline-after-switch)"]
+
+
 def test_devices_that_go_offline_mid_update_fail_the_wave_and_an_all_offline_wave_never_advances() -> None:
     from dataclasses import replace as _replace
 

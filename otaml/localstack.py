@@ -316,6 +316,8 @@ listener {port} 127.0.0.1
 password_file {dir}/passwords
 acl_file {dir}/acl
 persistence false
+# Every fleet message is at most 4,096 bytes (MAX_MESSAGE_BYTES): the broker refuses anything far larger.
+max_packet_size 8192
 user {user}
 log_dest file {dir}/mosquitto.log
 log_type error
@@ -326,10 +328,14 @@ connection_messages true
 """
 
 # The fleet's access rules (docs/fleet.md). Mosquitto applies ``pattern`` lines to every user, ``%u`` being the
-# username: a device (username = device id) may write only under its own topics, in any fleet; it reads nothing.
-# The controller reads every fleet topic and writes only the control topics.
+# username: a device (username = device id) may write only its own four topics (edge_runtime.fleet.messages.KINDS),
+# in any fleet, nothing below them; it reads nothing. The controller reads every fleet topic and writes only the
+# control topics.
 BROKER_ACL = """\
-pattern write otaml/+/devices/%u/#
+pattern write otaml/+/devices/%u/state
+pattern write otaml/+/devices/%u/availability
+pattern write otaml/+/devices/%u/events
+pattern write otaml/+/devices/%u/field
 
 user {controller}
 topic read otaml/#

@@ -7,6 +7,7 @@ device, a broker outage and its return on the same port.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -335,6 +336,8 @@ def test_a_device_cannot_write_another_devices_topics(mqtt_broker: LocalBroker) 
                 forger.publish(
                     device_topic("f", "pi-b", kind), payload, qos=1, retain=kind != "events"
                 ).wait_for_publish(10)
+            # Below its own topics it writes nothing either (no retained sub-topics for every reader to download).
+            forger.publish(device_topic("f", "pi-a", "state") + "/junk", b"{}", qos=1, retain=True).wait_for_publish(10)
             marker = device_topic("f", "pi-a", "events")
             forger.publish(marker, DeviceEvent("pi-a", "update", 1.0).to_json(), qos=1).wait_for_publish(10)
             # One connection's messages arrive in order: once the marker is here, the forgeries would be too.
@@ -350,6 +353,19 @@ def test_a_device_cannot_write_another_devices_topics(mqtt_broker: LocalBroker) 
             state = snap.devices["pi-b"].state
             assert state is not None
             assert (state.version, snap.devices["pi-b"].online) == (7, True)
+            assert not [t for t, _, _ in watcher.messages if t.endswith("/junk")]  # the marker came after it
+            # A message far over the fleet's 4,096-byte cap never reaches the broker's store (max_packet_size).
+            big = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="pi-a-big")
+            big.username_pw_set("pi-a", mqtt_broker.password("pi-a"))
+            big.connect(mqtt_broker.instance.host, mqtt_broker.instance.port)
+            big.loop_start()
+            with contextlib.suppress(Exception):  # the broker drops the connection instead of acknowledging
+                big.publish(device_topic("f", "pi-a", "state"), b" " * 20_000, qos=1, retain=True).wait_for_publish(3)
+            stop_network(big)
+            snap = collect(
+                mqtt_broker.instance.host, mqtt_broker.instance.port, "f", password=mqtt_broker.password("controller")
+            )
+            assert "oversized" not in snap.rejected, snap.rejected_samples
     finally:
         watcher.close()
 

@@ -90,7 +90,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "new version by then (default 10m)",
     )
     start.add_argument("--group", type=group, action="append", default=[], help="only devices with KEY=VALUE")
-    common(start)
+    common(
+        start,
+        states="the fleet's reported states (JSON): the rollout id is then chosen so that the first wave holds a "
+        "device of every hardware class (group hw)",
+    )
     start.set_defaults(func=run_start)
 
     status = rsub.add_parser("status", help="where a rollout is, and why it halted (devices, reason codes)")

@@ -24,6 +24,7 @@ Errors::
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import time
@@ -46,6 +47,7 @@ MAX_NAMED = 20  # devices named in a halt reason; the record is signed and read 
 MAX_CODE = 48
 _CODE_CHARS = re.compile(r"[^A-Za-z0-9._:/-]")
 Action = Literal["advance", "halt", "wait", "hold"]
+log = logging.getLogger("otaml.fleet")
 
 
 class RolloutError(OtamlError):
@@ -67,6 +69,8 @@ class FleetStateError(RolloutError):
 
 
 UPDATE_PHASES = ("pulling", "canary", "handover", "probation")
+HARDWARE_KEY = "hw"  # the device group that names its hardware class (a fault may show on one class only)
+FIRST_WAVE_TRIES = 1000
 
 
 # --- the pure core -------------------------------------------------------------------------------------------
@@ -521,7 +525,9 @@ class RolloutService:
         now = self._clock()
         try:
             record = RolloutRecord(
-                rollout_id=_rollout_id(model, version, now),
+                rollout_id=_first_wave_id(
+                    _rollout_id(model, version, now), waves[0] if waves else 0, self._fleet(model, channel, group)
+                ),
                 model=model,
                 channel=channel,
                 version=version,
@@ -540,6 +546,17 @@ class RolloutService:
             raise RolloutInputError(f"rollout of {model} v{version} on {channel}: {exc}") from exc
         self.store.publish(record, expected=current)
         return record
+
+    def _fleet(self, model: str, channel: str, group: Mapping[str, str] | None) -> list[tuple[str, str]]:
+        """(device id, hardware class) of the devices a rollout of ``model`` on ``channel`` would move, as the state
+        source reports them now; empty without one."""
+        if self.states is None:
+            return []
+        return [
+            (s.device_id, s.groups.get(HARDWARE_KEY, ""))
+            for s in (d.state for d in self.states.devices())
+            if s.model == model and s.groups.get("channel", channel) == channel and matches(s.groups, dict(group or {}))
+        ]
 
     def pause(self, model: str, *, channel: str) -> RolloutRecord:
         """Stop advancing (devices stay where they are; a pause still halts on failures)."""
@@ -617,6 +634,27 @@ def _stable_version(current: RolloutRecord | None, approved: Sequence[int], vers
             "return to when it halts (ship the first version by approving it on the channel)"
         )
     return max(below)
+
+
+def _first_wave_id(base: str, percent: int, devices: Sequence[tuple[str, str]]) -> str:
+    """``base``, or with the fleet known the first of ``base-1``, ``base-2``... whose first wave holds a device of
+    every hardware class: a wave with no device (or none of the class a fault shows on) would advance after its soak
+    and hand a bad version to the next, larger wave. Membership stays each device's own signed bucket rule."""
+    if not devices:
+        return base
+    classes = {hw for _, hw in devices}
+    for n in range(FIRST_WAVE_TRIES):
+        rollout_id = base if n == 0 else f"{base[:58]}-{n}"
+        if {hw for device_id, hw in devices if bucket(device_id, rollout_id) < percent} >= classes:
+            return rollout_id
+    log.warning(
+        "no rollout id in %d tries puts a device of every hardware class (%s) in the first %d%% wave; using %s",
+        FIRST_WAVE_TRIES,
+        ", ".join(sorted(classes)),
+        percent,
+        base,
+    )
+    return base
 
 
 def _rollout_id(model: str, version: int, now: float) -> str:

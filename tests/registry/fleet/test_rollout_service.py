@@ -399,3 +399,30 @@ def test_a_snapshot_cut_short_by_the_timeout_judges_nobody_and_keeps_the_records
     views[DEVICES[-1]].online = True
     [result] = service.step()
     assert result.decision.action == "advance"
+
+
+def test_with_the_fleet_known_the_first_wave_holds_a_device_of_every_hardware_class(fleet: Fleet) -> None:
+    """A first wave with no device of a class would advance after its soak and hand a fault that only that class
+    shows to the next, larger wave: start picks a rollout id whose first wave holds each class."""
+    from edge_runtime.fleet.rollout import bucket
+
+    devices = [f"pi-{i}" for i in range(12)]
+    classes = {d: ("pi4" if i % 2 else "x86") for i, d in enumerate(devices)}
+    states = StaticStateSource()
+    states.items = [
+        ObservedDevice(DeviceState(device_id=d, model=MODEL, version=7, groups={"hw": classes[d]}), True)
+        for d in devices
+    ]
+    states.items.append(ObservedDevice(DeviceState(device_id="other", model="another-model", version=1), True))
+    clock = Clock()
+    blind = RolloutService(store_of(fleet), None, clock=clock).start(MODEL, 8, channel=CHANNEL, waves=(5, 100))
+    in_blind = {classes[d] for d in devices if bucket(d, blind.rollout_id) < 5}
+    RolloutService(store_of(fleet), None, clock=clock).abort(MODEL, channel=CHANNEL)
+    seen = RolloutService(store_of(fleet), states, clock=clock).start(MODEL, 8, channel=CHANNEL, waves=(5, 100))
+    assert {classes[d] for d in devices if bucket(d, seen.rollout_id) < 5} == {"pi4", "x86"}
+    assert in_blind != {"pi4", "x86"}, "this clock's plain id must leave a class out, or the test shows nothing"
+    assert seen.rollout_id.startswith(blind.rollout_id + "-")  # the same id with a suffix
+    # Each device still decides by its own bucket: exactly the first-wave devices get the candidate.
+    assert [d for d in devices if seen.version_for(d, {"hw": classes[d]}) == 8] == [
+        d for d in devices if bucket(d, seen.rollout_id) < 5
+    ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -19,6 +20,17 @@ from typing import Any
 
 from edge_runtime.errors import InputError
 from edge_runtime.fleet.messages import check_id
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,7 +45,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=os.environ.get("OTAML_FLEET_DEVICES", ""),
         help="file of the fleet's device ids, one a line: messages from any other device are counted, not shown",
     )
-    status.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the broker (default 10)")
+    status.add_argument("--timeout", type=seconds, default=10.0, help="seconds to wait for the broker (default 10)")
     status.add_argument(
         "--quiet-s", type=float, default=0.5, help="the retained burst has ended after this many silent seconds"
     )

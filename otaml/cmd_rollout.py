@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_runtime.errors import InputError, OtamlError
 from otaml.cmd_fleet import broker_options as connection_options
+from otaml.cmd_fleet import seconds
 
 if TYPE_CHECKING:
     from edge_runtime.fleet.rollout import RolloutRecord
@@ -142,7 +143,7 @@ def broker_options(p: argparse.ArgumentParser) -> None:
         default=env("OTAML_FLEET_DEVICES", ""),
         help="file of the fleet's device ids: messages from any other device are counted, not judged",
     )
-    p.add_argument("--broker-timeout", type=float, default=10.0, help="seconds to wait for the broker (default 10)")
+    p.add_argument("--broker-timeout", type=seconds, default=10.0, help="seconds to wait for the broker (default 10)")
     p.add_argument(
         "--gates",
         default=env("OTAML_GATES", ""),

@@ -108,6 +108,17 @@ def test_bad_broker_address_names_the_value(value: str) -> None:
         parse_broker(value)
 
 
+@pytest.mark.parametrize("value", ["inf", "nan", "0", "-1", "ten"])
+def test_a_broker_timeout_must_be_a_positive_finite_number(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from otaml.cli import main
+
+    for argv in (["fleet", "status", "--timeout", value], ["rollout", "step", "--broker-timeout", value]):
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        assert exited.value.code == 2
+        assert f"{value!r} is not a positive number of seconds" in capsys.readouterr().err
+
+
 def test_broker_address() -> None:
     assert parse_broker("mqtt.example.org:8883") == ("mqtt.example.org", 8883)
     assert parse_broker("[::1]:1883") == ("::1", 1883)

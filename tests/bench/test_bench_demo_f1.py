@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import numpy as np
 
 from pipeline.synth import ANOMALY_KINDS, NORMAL_KIND, synth_telemetry
 from pipeline.telemetry import telemetry_from_frame
 from pipeline.training import TrainConfig, prepare
+from tests.bench import load_bench
 
-ROOT = Path(__file__).resolve().parents[2]
 SMALL = {"devices": 2, "days": 1.0}
 
 
-def _load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_demo_f1", ROOT / "bench" / "bench_demo_f1.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
+bench = load_bench("bench_demo_f1")
 
 
 def test_the_echo_is_the_normal_rows_after_an_event_within_its_stream() -> None:

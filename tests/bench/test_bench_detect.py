@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import shutil
-import sys
 from collections import Counter
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -18,22 +15,13 @@ import pytest
 from pipeline.detectors import BASELINE, DETECTORS
 from pipeline.telemetry import telemetry_from_frame
 from pipeline.training import BEST_PR_AUC_RULE, TrainConfig, prepare
+from tests.bench import load_bench
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data"
 
 
-def _load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_detect", ROOT / "bench" / "bench_detect.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
+bench = load_bench("bench_detect")
 
 
 def _file_labels(name: str) -> Counter[str]:

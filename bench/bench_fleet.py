@@ -21,6 +21,11 @@ runs the same approved digests.
    take it. It must halt after its first wave, and the wave's devices must return to v2. The default first wave is
    5 %: a 1 % wave of 200 devices holds about 2, often no pi4 at all (then the halt comes one wave later).
 4. Idle: ``--idle`` s with nothing to do, to measure what an idle device costs (MQTT bytes, registry requests).
+   The window is one heartbeat long by default (``--heartbeat``, the agent's 900 s): a device re-publishes its
+   unchanged state once per heartbeat, so a window of that length holds exactly one of each device's. The MQTT
+   figure is the payload the devices' reporters publish (states, events, heartbeats), without MQTT and TCP framing
+   (``bench/bench_reporter.py`` measures one device's idle bytes on the wire); with ``--idle`` shorter than the
+   heartbeat it is not measured (null).
 
 The TUF metadata is published to the served directory the way a CDN upload is done: changed files first,
 ``timestamp.json`` last, so a device never sees half a publication (an approval and the rollout that holds it
@@ -430,7 +435,12 @@ def main() -> int:
     )
     parser.add_argument("--load-devices", type=int, default=3, help="light devices under load without containerd")
     parser.add_argument("--rate", type=float, default=10.0, help="load per device under load, req/s (default 10)")
-    parser.add_argument("--idle", type=float, default=120.0, help="idle window measured at the end, s (default 120)")
+    parser.add_argument(
+        "--heartbeat", type=float, default=900.0, help="devices' heartbeat, s (default 900, the agent's default)"
+    )
+    parser.add_argument(
+        "--idle", type=float, default=None, help="idle window measured at the end, s (default: one heartbeat)"
+    )
     parser.add_argument("--start-rate", type=float, default=4.0, help="devices started per second (default 4)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep files here (default: a temp dir)")
     parser.add_argument("--shard-size", type=int, default=50, help="devices per worker process (default 50)")
@@ -439,6 +449,14 @@ def main() -> int:
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker)
+    if not args.heartbeat >= 1:
+        parser.error(f"--heartbeat {args.heartbeat:g}: the agent takes 1 s or more")
+    if args.idle is not None and args.idle < args.heartbeat:
+        print(
+            f"bench_fleet: --idle {args.idle:g} is shorter than the heartbeat ({args.heartbeat:g} s): the idle MQTT "
+            "figure would miss the heartbeats and is not measured (broker_bytes_per_device_hour: null)",
+            file=sys.stderr,
+        )
 
     def interrupted(_signum: int, _frame: object) -> None:  # SIGTERM cleans up like Ctrl-C: no orphan services
         raise KeyboardInterrupt
@@ -535,6 +553,7 @@ def main() -> int:
                         digest=baked.digest,
                         length=baked.index_size,
                         base_digest=parse_ref(base).digest or "",
+                        staged=repo.stages(CHANNEL, MODEL, version),  # as `otaml promote` approves it
                     ),
                     first,
                 )
@@ -558,6 +577,7 @@ def main() -> int:
             channel=CHANNEL,
             poll_interval_s=args.poll,
             probation_s=args.probation,
+            heartbeat_s=args.heartbeat,
         )
         t0 = time.monotonic()
         shards = []
@@ -645,7 +665,7 @@ def main() -> int:
         # ── the good rollout ──
         bake_and_approve(2, base_all)
         service.start(MODEL, 2, channel=CHANNEL, waves=waves, max_failure_rate=0.05, soak_s=args.soak)
-        publish_metadata(site.metadata_dir, served)  # the approval and its rollout: one publication
+        publish_metadata(site.metadata_dir, served)  # the (staged) approval and its rollout
         good_t0 = time.monotonic()
         say(f"good rollout of v2 started: waves {waves}, soak {args.soak:g} s")
         good_state = drive("v2", timeout_s=len(waves) * (args.soak + 4 * args.poll) + 300)
@@ -694,12 +714,13 @@ def main() -> int:
         say(f"load: {failed} failed of {requests} requests ({on} devices)")
 
         # ── idle ──
-        time.sleep(min(30.0, args.idle / 4))  # the last steps' states and events reach the broker first
-        say(f"idle window: {args.idle:g} s")
+        idle = args.heartbeat if args.idle is None else args.idle
+        time.sleep(min(30.0, idle / 4))  # the last steps' states and events reach the broker first
+        say(f"idle window: {idle:g} s (heartbeat {args.heartbeat:g} s)")
         reg0, meta0, mqtt0 = proxy.counts.snapshot(), meta.counts.snapshot(), fleet.broker_bytes()
-        time.sleep(args.idle)
+        time.sleep(idle)
         reg1, meta1, mqtt1 = proxy.counts.snapshot(), meta.counts.snapshot(), fleet.broker_bytes()
-        hours = args.idle / 3600
+        hours = idle / 3600
         n = len(specs) + len(ctr_devices)
         reg_requests = sum((reg1[0] - reg0[0]).values())
         say(
@@ -722,7 +743,11 @@ def main() -> int:
             "bad_rollout_halted": bad_state == "halted" and halted_wave == 0,
             "bad_rollout_devices_affected": len(affected),
             "failed_requests": failed,
-            "broker_bytes_per_device_hour": round((mqtt1 - mqtt0) / max(len(specs), 1) / hours),  # light devices'
+            # The light devices' published payload; a window shorter than a heartbeat would miss the heartbeats.
+            "broker_bytes_per_device_hour": round((mqtt1 - mqtt0) / max(len(specs), 1) / hours)
+            if idle >= args.heartbeat
+            else None,
+            "heartbeat_s": args.heartbeat,
             "containerd_devices": len(ctr_devices),
             "registry_requests_per_device_hour": round(reg_requests / n / hours, 1),
         }

@@ -12,6 +12,7 @@ import getpass
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from edge_runtime.errors import InputError
@@ -39,6 +40,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     promote.add_argument("--force", action="store_true", help="promote despite failed gates (needs --reason)")
     promote.add_argument("--reason", default="", help="why: required with --force, recorded either way")
     promote.add_argument("--gates", help="gates file (default: $OTAML_GATES or registry/gates.toml)")
+    promote.add_argument(
+        "--all-at-once",
+        action="store_true",
+        help="approve it for every device of the channel at once, no waves (default: when an earlier version runs, "
+        "the approval is staged and devices move when `otaml rollout start` opens a wave)",
+    )
     _image_options(promote)
     _common(promote)
     promote.set_defaults(func=run_promote)
@@ -80,6 +87,10 @@ def _publisher(args: argparse.Namespace) -> Any:
     from registry.promotion import ImageTarget, RegistryPublisher, TrustTarget
 
     trust = TrustTarget.from_options(args.trust_dir, args.approval_key)
+    if getattr(args, "all_at_once", False):
+        if trust is None:
+            raise InputError("--all-at-once is about the approval: give --trust-dir and --approval-key too.")
+        trust = replace(trust, all_at_once=True)
     target = ImageTarget.from_options(
         args.base_image, args.image_repo, args.signing_key, args.expires_in_days, trust=trust
     )
@@ -113,7 +124,7 @@ def run_promote(args: argparse.Namespace) -> int:
         print(json.dumps(_report_dict(report), indent=2))
         return 0
     _print_gates(report.gates)
-    _print_outcome(report)
+    _print_outcome(report, all_at_once=args.all_at_once)
     return 0
 
 
@@ -153,7 +164,7 @@ def _print_gates(gates: Any) -> None:
         print(f"  {r.status.upper():7} {r.name:14} {r.detail}")
 
 
-def _print_outcome(report: Any) -> None:
+def _print_outcome(report: Any, *, all_at_once: bool = False) -> None:
     what = "rolled back" if report.action == "rollback" else "promoted"
     previous = f" (was v{report.previous_version})" if report.previous_version else ""
     print(
@@ -166,12 +177,19 @@ def _print_outcome(report: Any) -> None:
         img = report.image
         print(f"  image {img.repository}:{img.version_tag} = {img.digest}")
         print(f"  signed ({img.signature_tag}); channel tag {img.channel_tag} moved")
-        if img.approval == "approved":
-            print("  approved in the trust site: devices will run it")
+        if img.approval == "approved" and img.staged:
+            print(
+                "  approved in the trust site, staged: devices stay on the version they run until a rollout opens a "
+                f"wave: `otaml rollout start {report.name} {report.version} --channel {report.channel} ...`"
+            )
+        elif img.approval == "approved":
+            who = "every device of the channel moves at once (--all-at-once)" if all_at_once else "devices will run it"
+            print(f"  approved in the trust site: {who}")
         elif img.approval == "pending":
+            then = "; staged: then `otaml rollout start` moves devices in waves" if img.staged else ""
             print(
                 f"  approval PENDING: {img.approvals_missing} more approver signature(s) needed before devices run "
-                "it: `otaml trust approve --dir TRUST_DIR --key approver-N.key`"
+                f"it: `otaml trust approve --dir TRUST_DIR --key approver-N.key`{then}"
             )
         else:
             print("  note: no trust site given (--trust-dir): devices, which run only approved images, will not run it")

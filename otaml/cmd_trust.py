@@ -113,7 +113,14 @@ def status_dict(site_dir: str) -> dict[str, Any]:
             "timestamp": repo.timestamp().signed.expires.isoformat(),
         },
         "approvals": [
-            {"channel": a.channel, "model": a.model, "version": a.version, "digest": a.digest, "base": a.base_digest}
+            {
+                "channel": a.channel,
+                "model": a.model,
+                "version": a.version,
+                "digest": a.digest,
+                "base": a.base_digest,
+                "staged": a.staged,
+            }
             for a in repo.approvals()
         ],
         "pending": None
@@ -137,7 +144,8 @@ def run_status(args: argparse.Namespace) -> int:
         print(f"  {role:<9} expires {when}")
     print("approved:" if data["approvals"] else "approved: nothing yet")
     for a in data["approvals"]:
-        print(f"  {a['channel']}/{a['model']}/{a['version']}  {a['digest']}")
+        staged = "  (staged: waits for `otaml rollout start`)" if a["staged"] else ""
+        print(f"  {a['channel']}/{a['model']}/{a['version']}  {a['digest']}{staged}")
     p = data["pending"]
     if p:
         print(
@@ -153,7 +161,13 @@ def run_approve(args: argparse.Namespace) -> int:
     signer = keys.load_signer(args.key)
     with TrustSite(site_dir(args)).locked() as repo:
         status = repo.approve_pending(signer)
-    if status.state == "approved":
+    if status.state == "approved" and status.approval.staged:
+        a = status.approval
+        print(
+            f"approved {a.target_path} ({a.digest}), staged: devices move when a rollout opens a wave: "
+            f"`otaml rollout start {a.model} {a.version} --channel {a.channel} ...`"
+        )
+    elif status.state == "approved":
         print(f"approved {status.approval.target_path} ({status.approval.digest}): devices will run it")
     else:
         print(f"signed {status.approval.target_path}: {status.missing} more signature(s) needed")

@@ -331,16 +331,21 @@ class _Loop:
         row = self.summary.row(version)
         if row is None:
             raise DemoFailed(f"no version {version} in the demo's list")
-        report, row.promotion, moved = self.approve(version, signing_key, CHANNEL)
+        report, row.promotion, moved = self.approve(version, signing_key, CHANNEL, all_at_once=True)
         self.publish()
         row.digest = report.image.digest
         self.say(f"  {report.image.repository}:{report.image.version_tag} = {row.digest[:19]}… signed, {CHANNEL} moved")
         self.moves[version] = moved
         return row
 
-    def approve(self, version: str, signing_key: Path, channel: str) -> tuple[Any, str, _Move]:
+    def approve(
+        self, version: str, signing_key: Path, channel: str, *, all_at_once: bool = False
+    ) -> tuple[Any, str, _Move]:
         """Promote ``version`` to ``channel`` (forced past the gates if they refuse) and complete its approval with
-        the second approver key; the trust site holds it, :meth:`publish` sends it to the devices."""
+        the second approver key; the trust site holds it, :meth:`publish` sends it to the devices.
+
+        ``all_at_once``: the single device's story approves each version for every device at once (one device, no
+        waves); the fleet's story (``otaml.demo_fleet``) approves them staged and rolls them out in waves."""
         from registry.promotion import ImageTarget, PromotionRefused, RegistryPublisher, TrustTarget, promote
         from registry.tuf import keys
         from registry.tuf.site import TrustSite
@@ -352,12 +357,13 @@ class _Loop:
                     repository=self.site.repository,
                     signing_key=signing_key,
                     reference=self.site.agent_repository,  # what devices pull from, signed as docker-reference
-                    trust=TrustTarget(self.trust_dir, self.approver_keys[0]),
+                    trust=TrustTarget(self.trust_dir, self.approver_keys[0], all_at_once=all_at_once),
                 )
             )
         )
+        how = ", --all-at-once: one device, no waves" if all_at_once else ""
         self.say(
-            f"promoting v{version} to {channel} (gates: metrics, parity, size, latency; then bake, sign, move tag)"
+            f"promoting v{version} to {channel} (gates: metrics, parity, size, latency; then bake, sign, move tag{how})"
         )
         kwargs: dict[str, Any] = {"approver": APPROVER, "publisher": publisher, "tracking_uri": self.tracking_uri}
         try:
@@ -384,6 +390,8 @@ class _Loop:
                 status = repo.approve_pending(keys.load_signer(self.approver_keys[1]))
             if status.state != "approved":
                 raise DemoFailed(f"v{version} is still not approved after the second signature: {status}")
+        if report.image.staged:
+            self.say(f"  approved, staged: no device on {channel} moves until a rollout opens a wave")
         return report, promotion, _Move(publisher.moved_at, publisher.moved_epoch)
 
     def follow(self, agent: Agent, row: VersionRow, what: str) -> None:

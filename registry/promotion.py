@@ -22,7 +22,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -55,10 +55,15 @@ class TrustTarget:
 
     With a threshold above one (production: 2 of 3), one promotion records a *pending* approval; a second
     approver completes it with ``otaml trust approve``. Devices run only approved images.
+
+    In a fleet that rolls out in waves (the site has a ``rollouts`` key, as ``otaml trust init`` makes it), an
+    approval made while an earlier version runs is *staged*: no device moves until ``otaml rollout start`` opens a
+    wave. ``all_at_once`` (``otaml promote --all-at-once``) approves it for every device at once instead.
     """
 
     site: Path
     approval_key: Path
+    all_at_once: bool = False
 
     @classmethod
     def from_options(
@@ -160,11 +165,13 @@ class ImageOutcome:
     signature_tag: str
     approval: str = ""  # "approved" | "pending" | "" (no trust site configured)
     approvals_missing: int = 0
+    staged: bool = False  # approved for a rollout: no device moves until `otaml rollout start` opens a wave
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "approval": self.approval,
             "approvals_missing": self.approvals_missing,
+            "staged": self.staged,
             "repository": self.repository,
             "digest": self.digest,
             "version_tag": self.version_tag,
@@ -639,7 +646,7 @@ class RegistryPublisher:
         finally:
             close_store(store)
         baking.tag(f"{repository}@{digest}", channel)
-        approval, missing = "", 0
+        approval, missing, staged = "", 0, False
         if self.target.trust is not None and approver_key is not None:
             status = _approve(
                 self.target.trust,
@@ -655,6 +662,7 @@ class RegistryPublisher:
                 rollback=rollback is not None,
             )
             approval, missing = status.state, status.missing
+            staged = status.approval.staged and rollback is None
         return ImageOutcome(
             repository=repository,
             digest=digest,
@@ -663,6 +671,7 @@ class RegistryPublisher:
             signature_tag=sig_tag,
             approval=approval,
             approvals_missing=missing,
+            staged=staged,
         )
 
 
@@ -681,7 +690,7 @@ def _approve(trust: TrustTarget, signer: Any, approval: Approval, *, rollback: b
 
     with TrustSite(trust.site).locked() as repo:
         if rollback:
-            if approval not in repo.approvals():
+            if not any(a.same_image(approval) for a in repo.approvals()):
                 repo_status = repo.propose(approval, signer)  # an old version approved before trust existed
                 if repo_status.state != "approved":
                     raise InputError(
@@ -689,4 +698,5 @@ def _approve(trust: TrustTarget, signer: Any, approval: Approval, *, rollback: b
                         "back to it: `otaml trust approve` with another approver key, then roll back again."
                     )
             return repo.withdraw(approval.channel, approval.model, above=approval.version, signer=signer)
-        return repo.propose(approval, signer)
+        staged = not trust.all_at_once and repo.stages(approval.channel, approval.model, approval.version)
+        return repo.propose(replace(approval, staged=staged), signer)

@@ -4,7 +4,8 @@ Each poll refreshes the fleet's TUF metadata (:class:`edge_runtime.trust.client.
 
     approvals for (channel, model) ─► rollout record? ─► the version for this device ─► its approved digest
 
-- Without a rollout record the device runs the highest approved version.
+- Without a rollout record the device runs the highest approved version that is not *staged* (an approval made
+  while an earlier version runs, in a fleet that rolls out in waves: it waits for ``otaml rollout start``).
 - With one, the device computes its own wave membership from the signed record
   (:meth:`edge_runtime.fleet.rollout.RolloutRecord.version_for`): neither the registry nor the broker can widen it.
 - Versions go down only by a signed act: an approval withdrawn by the MLOps keys (``otaml rollback``), or a
@@ -87,8 +88,7 @@ class TrustPolicy:
             )
         record = self.rollout(self.channel, self.model) if self.rollout is not None else None
         if record is None:
-            latest = found[-1]
-            return Desired(latest, approvals.targets_version, why=f"v{latest.version}: the highest approved")
+            return self._highest_not_staged(found, approvals.targets_version)
         version = record.version_for(self.device_id, self.groups)
         if version == 0:  # a first rollout: no stable version, and this device is not in the wave yet
             raise NotApproved(
@@ -124,6 +124,20 @@ class TrustPolicy:
             why=f"v{version}: rollout {record.rollout_id} {record.state}, {where} wave {record.wave + 1}",
             upcoming=upcoming,
         )
+
+    def _highest_not_staged(self, found: list[Approval], targets_version: int) -> Desired:
+        ready = [a for a in found if not a.staged]
+        if not ready:
+            staged = ", ".join(f"v{a.version}" for a in found)
+            raise NotApproved(
+                f"{self.channel}/{self.model} {staged} approved but staged, and no rollout has started: the device "
+                "keeps what it runs until `otaml rollout start` puts it in a wave"
+            )
+        latest = ready[-1]
+        why = f"v{latest.version}: the highest approved"
+        if above := ", ".join(f"v{a.version}" for a in found if a.version > latest.version):
+            why += f" ({above} staged: waiting for a rollout)"
+        return Desired(latest, targets_version, why=why)
 
     def check(self, image: CandidateImage) -> None:
         """Approve ``image`` only if it is the approved digest of its labelled model and version on this channel."""

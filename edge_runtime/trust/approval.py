@@ -3,6 +3,8 @@
 Target path ``<channel>/<model>/<version>`` (e.g. ``production/pump-anomaly/7``); ``length`` and
 ``hashes.sha256`` are the OCI image index's size and digest; ``custom`` repeats channel, model and version
 (so the device never trusts the path alone) and records the base image digest the bundle was baked on.
+``staged: true`` marks an approval that waits for a rollout: a device runs it only when a signed rollout record
+puts it in a wave, never as "the highest approved version" (:mod:`edge_runtime.agent.trust_policy`).
 Pure data: no python-tuf import, so status code and the agent can use it cheaply.
 """
 
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from edge_runtime.errors import InputError
@@ -46,6 +48,9 @@ class Approval:
     base_digest: str
     # Raised by `otaml trust retry`: a signed "try this digest again" that lifts a device's block on it.
     retry: int = 0
+    # Set by `otaml promote` when the fleet rolls out in waves and an earlier version already runs: approved, but no
+    # device moves to it until `otaml rollout start` opens a wave (a signed record names it).
+    staged: bool = False
 
     def __post_init__(self) -> None:
         check_name("channel", self.channel)
@@ -58,6 +63,12 @@ class Approval:
             raise InputError(f"image index length {self.length!r} is not a positive number of bytes")
         if isinstance(self.retry, bool) or not isinstance(self.retry, int) or self.retry < 0:
             raise InputError(f"retry {self.retry!r} is not a count (an integer >= 0)")
+        if not isinstance(self.staged, bool):
+            raise InputError(f"staged {self.staged!r} is not true or false")
+
+    def same_image(self, other: Approval) -> bool:
+        """The same channel, model, version and image: ``retry`` and ``staged`` are how it ships, not what."""
+        return replace(self, retry=0, staged=False) == replace(other, retry=0, staged=False)
 
     @property
     def target_path(self) -> str:
@@ -77,6 +88,8 @@ class Approval:
         }
         if self.retry:
             fields["retry"] = self.retry
+        if self.staged:
+            fields["staged"] = True
         return fields
 
     @classmethod
@@ -94,6 +107,7 @@ class Approval:
                 length=length,
                 base_digest=custom.get("base_digest"),  # type: ignore[arg-type]
                 retry=custom.get("retry", 0),
+                staged=custom.get("staged", False),
             )
         except InputError as exc:
             raise MalformedMetadata(f"target {path!r} is not a valid otaml approval: {exc}") from exc

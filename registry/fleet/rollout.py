@@ -38,6 +38,7 @@ from securesystemslib.signer import Signer
 from edge_runtime.errors import InputError, OtamlError
 from edge_runtime.fleet.messages import MAX_MESSAGE_BYTES, DeviceState, MalformedMessage, check_id, parse_state
 from edge_runtime.fleet.rollout import NAME_RE, ROLLOUT_ID_RE, RolloutRecord, bucket, matches
+from edge_runtime.trust.approval import Approval
 from registry.fleet.model_health import ModelHealthLimits, assess
 from registry.tuf.errors import RolloutConflict
 from registry.tuf.repository import FleetRepository
@@ -300,8 +301,8 @@ class RecordStore(Protocol):
         :class:`~registry.tuf.errors.RolloutConflict` and write nothing."""
         ...
 
-    def approved_versions(self, channel: str, model: str) -> list[int]:
-        """Versions of ``model`` approved for ``channel`` (the four-eyes targets), lowest first."""
+    def approvals(self, channel: str, model: str) -> list[Approval]:
+        """Approvals of ``model`` for ``channel`` (the four-eyes targets), lowest version first."""
         ...
 
     def keep_fresh(self, now: float) -> bool:
@@ -328,8 +329,9 @@ class TufRecordStore:
     def publish(self, record: RolloutRecord, *, expected: RolloutRecord | None) -> None:
         self.repo.publish_rollout(record, self._need_signer(), expected=expected)
 
-    def approved_versions(self, channel: str, model: str) -> list[int]:
-        return sorted(a.version for a in self.repo.approvals() if (a.channel, a.model) == (channel, model))
+    def approvals(self, channel: str, model: str) -> list[Approval]:
+        found = [a for a in self.repo.approvals() if (a.channel, a.model) == (channel, model)]
+        return sorted(found, key=lambda a: a.version)
 
     def keep_fresh(self, now: float) -> bool:
         md = self.repo.rollouts()
@@ -500,8 +502,9 @@ class RolloutService:
         soak_s: float = 600.0,
         group: Mapping[str, str] | None = None,
     ) -> RolloutRecord:
-        """Publish a new rollout of approved ``version``; its stable version is the last completed rollout's, or
-        else the highest approved version below it. Refused while another rollout of the model is moving."""
+        """Publish a new rollout of approved ``version``; its stable version is the last completed rollout's (or
+        after a halted or aborted one its stable version), or else the version devices run without a record: the
+        highest approved version that is not staged. Refused while another rollout of the model is moving."""
         for kind, value in (("channel", channel), ("model", model)):
             if not isinstance(value, str) or not NAME_RE.match(value):
                 raise RolloutInputError(f"{kind} {value!r} is not a valid name: letters, digits, '.', '_', '-'")
@@ -511,13 +514,14 @@ class RolloutService:
                 f"rollout {current.rollout_id} of {model} v{current.version} on {channel} is {current.state}; "
                 f"let it complete, or abort it (otaml rollout abort {model} --channel {channel}) first"
             )
-        approved = self.store.approved_versions(channel, model)
+        approvals = self.store.approvals(channel, model)
+        approved = [a.version for a in approvals]
         if version not in approved:
             raise RolloutInputError(
                 f"{model} v{version} is not approved for channel {channel!r} (approved: "
                 f"{', '.join(f'v{v}' for v in approved) or 'none'}); approve it with the MLOps keys first"
             )
-        stable = _stable_version(current, approved, version)
+        stable = _stable_version(current, approvals, version)
         if stable >= version:
             raise RolloutInputError(
                 f"{model} v{version} is not above the stable v{stable} on {channel}; a rollout only moves forward"
@@ -624,16 +628,18 @@ class RolloutService:
         return record
 
 
-def _stable_version(current: RolloutRecord | None, approved: Sequence[int], version: int) -> int:
+def _stable_version(current: RolloutRecord | None, approvals: Sequence[Approval], version: int) -> int:
+    """The version devices run outside the waves: the last rollout's outcome, or else what devices run without a
+    record (the highest approved version that is not staged)."""
     if current is not None:
         return current.version if current.state == "completed" else current.stable_version
-    below = [v for v in approved if v < version]
-    if not below:
+    running = [a.version for a in approvals if not a.staged]
+    if not running:
         raise RolloutInputError(
-            f"no approved version below v{version} to fall back to; a rollout needs a stable version that devices "
-            "return to when it halts (ship the first version by approving it on the channel)"
+            f"no approved version for devices to run outside the waves of v{version}; a rollout needs a stable "
+            "version that devices return to when it halts (ship the first version by approving it on the channel)"
         )
-    return max(below)
+    return max(running)
 
 
 def _first_wave_id(base: str, percent: int, devices: Sequence[tuple[str, str]]) -> str:

@@ -432,7 +432,7 @@ class FleetRepository:
         existing = current.signed.targets.get(approval.target_path)
         if existing is not None:
             published = Approval.from_target(existing.path, existing.length, existing.hashes, existing.custom)
-            if dataclasses.replace(published, retry=0) != dataclasses.replace(approval, retry=0):
+            if not published.same_image(approval):
                 raise ApprovalError(
                     f"{approval.target_path} is already approved as {published.digest} (base {published.base_digest}); "
                     f"approved versions are immutable, so {approval.digest} needs a new model version"
@@ -455,6 +455,14 @@ class FleetRepository:
         )
         md.sign(signer)
         return self._settle(md, approval)
+
+    def stages(self, channel: str, model: str, version: int) -> bool:
+        """Whether a new approval of ``model`` ``version`` on ``channel`` should be *staged* (wait for a rollout):
+        this repository signs rollout records, and devices already run a lower approved version, which a rollout
+        moves from in waves. A model's first version is never staged: there is nothing to roll back to."""
+        if self.rollouts() is None:
+            return False
+        return any((a.channel, a.model) == (channel, model) and a.version < version for a in self.approvals())
 
     @_locked
     def approve_pending(self, signer: Signer) -> ApprovalStatus:
@@ -489,6 +497,13 @@ class FleetRepository:
         if not kept or kept[-1].version != above:
             raise ApprovalError(
                 f"{channel}/{model}/{above} is not approved, so devices could not roll back to it; approve it first"
+            )
+        if kept[-1].staged and self.rollout_record(channel, model) is None:
+            ran = [f"v{a.version}" for a in kept if not a.staged]
+            raise ApprovalError(
+                f"{channel}/{model}/{above} is staged and no rollout ever moved devices to it: they would not return "
+                f"to it. Roll back to a version they ran ({', '.join(ran) or 'none'}), or roll v{above} out with "
+                "`otaml rollout start`"
             )
         doomed = [
             a.target_path for a in self.approvals() if (a.channel, a.model) == (channel, model) and a.version > above

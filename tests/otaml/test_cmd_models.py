@@ -115,3 +115,50 @@ def test_keys_generate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     code, _, err = run(capsys, "keys", "generate", "--out", str(tmp_path))
     assert code == 1
     assert "already exists" in err
+
+
+def test_promote_stages_a_version_while_another_runs_and_all_at_once_says_so(
+    tracking_uri: str, model_bundle: Bundle, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_image_registry: None
+) -> None:
+    from registry.oci.layout import Layout
+    from registry.oci.refs import pinned
+    from registry.signing import generate_keys
+    from registry.tuf.site import init
+    from tests.registry.oci.fakes import write_fake_base
+
+    write_fake_base(tmp_path / "base")
+    Layout(tmp_path / "repo", create=True)
+    site = init(tmp_path / "trust", tmp_path / "offline", approvers=1, threshold=1)
+    image = [
+        "--base-image",
+        pinned(f"oci:{tmp_path / 'base'}:base"),
+        "--image-repo",
+        f"oci:{tmp_path / 'repo'}",
+        "--signing-key",
+        str(generate_keys(tmp_path / "keys").private_key),
+    ]
+    trust = ["--trust-dir", str(site.site.path), "--approval-key", str(site.approver_keys[0])]
+    v1, v2, v3 = (register_version("pump", model_bundle.path) for _ in range(3))
+    promote = ["promote", "pump", "--to", "production", "--approver", "alice", *image]
+
+    code, _, err = run(capsys, *promote[:2], v1, *promote[2:], "--all-at-once")
+    assert (code, err.strip()) == (
+        1,
+        "otaml promote: error: --all-at-once is about the approval: give --trust-dir and --approval-key too.",
+    )
+    code, out, _ = run(capsys, *promote[:2], v1, *promote[2:], *trust)
+    assert code == 0
+    assert "approved in the trust site: devices will run it" in out
+    code, out, _ = run(capsys, *promote[:2], v2, *promote[2:], *trust)
+    assert code == 0
+    assert "staged: devices stay on the version they run until a rollout opens a wave" in out
+    assert f"`otaml rollout start pump {v2} --channel production ...`" in out
+    code, out, _ = run(capsys, *promote[:2], v3, *promote[2:], *trust, "--all-at-once", "--json")
+    assert code == 0
+    assert (json.loads(out)["image"]["approval"], json.loads(out)["image"]["staged"]) == ("approved", False)
+    code, out, _ = run(capsys, "trust", "status", "--dir", str(site.site.path))
+    assert code == 0
+    listed = [
+        line.split()[0] + (" staged" if "staged" in line else "") for line in out.splitlines() if "/pump/" in line
+    ]
+    assert listed == [f"production/pump/{v1}", f"production/pump/{v2} staged", f"production/pump/{v3}"]

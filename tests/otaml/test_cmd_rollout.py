@@ -29,7 +29,7 @@ from tests.edge_runtime.trust.fakes import Device, provision
 from tests.otaml.test_cmd_fleet import publish_as
 from tests.registry.tuf.fleet import image
 
-MODEL = "pump-anomaly"
+MODEL, CHANNEL = "pump-anomaly", "production"
 DEVICES = [f"dev-{i:02d}" for i in range(30)]
 DEVICES_ON_BROKER = ("pi-a", "pi-b", "pi-c")  # the users of tests/fixtures/mqtt_broker.py
 
@@ -50,9 +50,10 @@ class Site:
         return FleetRepository.read_only(self.store)
 
     def approve(self, version: int) -> None:
+        """Approve as `otaml promote` does: staged once a lower version runs."""
         first, second = (keys.load_signer(self.keys_out / f"approver-{i}.key") for i in (1, 2))
         with TrustSite(self.path).locked() as repo:
-            repo.propose(image(version), first)
+            repo.propose(image(version, staged=repo.stages(CHANNEL, MODEL, version)), first)
             repo.approve_pending(second)
 
     def device(self, tmp_path: Path) -> Device:
@@ -62,6 +63,7 @@ class Site:
 @pytest.fixture
 def fleet(tmp_path: Path) -> Site:
     init(tmp_path / "site", tmp_path / "keys")
+    """v6 runs on every device; v7 and v8 are approved as `otaml promote` approves them: staged for a rollout."""
     site = Site(tmp_path / "site", tmp_path / "keys")
     for version in (6, 7, 8):
         site.approve(version)
@@ -287,9 +289,13 @@ def test_enable_adds_the_rollouts_role_to_an_older_site(tmp_path: Path, capsys: 
     assert main(["rollout", "enable", *one, "--key", str(keys_out / "approver-3.key"), *where(tmp_path)]) == 0
     assert "rollouts role added" in capsys.readouterr().out
     assert (site_dir / "online" / "rollouts.key").stat().st_mode & 0o777 == 0o600
-    assert main(["rollout", "start", MODEL, "7", *where(tmp_path)]) == 0
+    # Approved before the site had rollouts, v7 went to every device: a rollout of it would move nobody.
+    assert main(["rollout", "start", MODEL, "7", *where(tmp_path)]) == 1
+    assert "v7 is not above the stable v7" in capsys.readouterr().err
+    site.approve(8)  # with the rollouts role, a new version is staged for a rollout
+    assert [(a.version, a.staged) for a in site.repo.approvals()] == [(6, False), (7, False), (8, True)]
+    assert main(["rollout", "start", MODEL, "8", *where(tmp_path)]) == 0
     assert site.device(tmp_path).client.rollout("production", MODEL) == published(site)
-    assert [a.version for a in site.repo.approvals()] == [6, 7]
 
 
 def test_run_steps_until_complete_and_two_controller_processes_at_once_do_not_corrupt_it(

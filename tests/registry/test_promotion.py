@@ -460,3 +460,51 @@ def test_promotion_approves_into_the_trust_site_with_four_eyes_and_rollback_with
     assert [a.version for a in repo.approvals()] == [1, 2]
     repo.approve_pending(keys.load_signer(site.approver_keys[1]))
     assert [a.version for a in repo.approvals()] == [1]
+
+
+def test_promotion_stages_a_version_while_another_runs_unless_all_at_once(model_bundle: Bundle, tmp_path: Path) -> None:
+    """In a site that rolls out in waves, v1 goes to every device (nothing to fall back to); v2, promoted while
+    v1 runs, is approved but staged until a rollout; ``all_at_once`` approves v3 for every device at once."""
+    from dataclasses import replace
+
+    from registry.oci.layout import Layout
+    from registry.oci.refs import pinned
+    from registry.promotion import ImageTarget, RegistryPublisher, TrustTarget
+    from registry.signing import generate_keys
+    from registry.tuf.site import TrustSite, init
+    from tests.registry.oci.fakes import write_fake_base
+
+    write_fake_base(tmp_path / "base")
+    Layout(tmp_path / "repo", create=True)
+    site = init(tmp_path / "trust", tmp_path / "offline", approvers=1, threshold=1)
+    target = ImageTarget(
+        base=pinned(f"oci:{tmp_path / 'base'}:base"),
+        repository=f"oci:{tmp_path / 'repo'}",
+        signing_key=generate_keys(tmp_path / "keys").private_key,
+        trust=TrustTarget(site.site.path, site.approver_keys[0]),
+    )
+
+    def publish(version: str, target: ImageTarget = target, **kwargs: Any) -> Any:
+        bundle = _card_copy(model_bundle, tmp_path / f"pump{version}", "pump", version)
+        return RegistryPublisher(target).publish(
+            name="pump", version=version, channel="production", bundle_dir=bundle, approver="alice", **kwargs
+        )
+
+    assert [(o.approval, o.staged) for o in (publish("1"), publish("2"))] == [("approved", False), ("approved", True)]
+    assert publish("2").staged, "promoting it again reports the published approval"
+    all_at_once = replace(target, trust=replace(target.trust, all_at_once=True))
+    assert publish("3", all_at_once).staged is False
+    repo = TrustSite(site.site.path).open()
+    assert [(a.version, a.staged) for a in repo.approvals()] == [(1, False), (2, True), (3, False)]
+    from registry.cosign import RollbackAuthorisation
+
+    def back_to(version: str) -> Any:
+        by = RollbackAuthorisation(from_version="3", to_version=version, authorised_by="b", reason="r", at="t")
+        return publish(version, rollback=by)
+
+    # Devices run v3 and never ran v2 (staged, never rolled out): a rollback to it would not take them there.
+    with pytest.raises(InputError, match=r"production/pump/2 is staged and no rollout ever moved devices to it.*v1"):
+        back_to("2")
+    assert [a.version for a in repo.approvals()] == [1, 2, 3]
+    assert back_to("1").approval == "approved"
+    assert [a.version for a in repo.approvals()] == [1]

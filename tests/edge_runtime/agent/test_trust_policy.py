@@ -28,8 +28,8 @@ MODEL = "pump"
 CHANNEL = "production"
 
 
-def approval(version: str) -> Approval:
-    return Approval(CHANNEL, MODEL, int(version), digest_of(version), 1000, BASE_DIGEST)
+def approval(version: str, *, staged: bool = False) -> Approval:
+    return Approval(CHANNEL, MODEL, int(version), digest_of(version), 1000, BASE_DIGEST, staged=staged)
 
 
 class Setup:
@@ -40,9 +40,9 @@ class Setup:
         self.record: RolloutRecord | None = None
         self.groups: dict[str, str] = {}
 
-    def approve(self, version: str) -> None:
+    def approve(self, version: str, *, staged: bool = False) -> None:
         self.world.publish(version, move=False)
-        status = self.fleet.approve(approval(version))
+        status = self.fleet.approve(approval(version, staged=staged))
         assert status.state == "approved"
 
     def agent(self, device_id: str = "dev-1", prefetch: bool = False) -> Reconciler:
@@ -218,6 +218,33 @@ def test_old_metadata_is_refused_even_after_the_metadata_directory_is_wiped(setu
     report = setup.agent().reconcile()
     assert (report.outcome, report.reason) == ("error", "rollback")
     assert serving(setup) == digest_of("2")
+
+
+def test_a_staged_approval_moves_no_device_until_a_rollout_puts_it_in_a_wave(setup: Setup) -> None:
+    setup.approve("1")
+    agent = setup.agent("dev-1")
+    agent.recover()
+    assert agent.reconcile().outcome == "updated"
+    setup.approve("2", staged=True)
+    setup.approve("3", staged=True)
+    report = agent.reconcile()
+    assert report.outcome != "updated", report
+    assert serving(setup) == digest_of("1"), "a staged approval alone moves nobody"
+    assert agent.state.trust_status == "ok"
+    assert "v1: the highest approved (v2, v3 staged: waiting for a rollout)" in agent.state.desired
+    setup.record = _record((100,), 0)  # the rollout of v2 opens its only wave
+    assert agent.reconcile().outcome == "updated"
+    assert serving(setup) == digest_of("2")
+
+
+def test_a_model_whose_every_approval_is_staged_runs_nothing_and_says_why(setup: Setup) -> None:
+    setup.approve("1", staged=True)
+    agent = setup.agent()
+    agent.recover()
+    report = agent.reconcile()
+    assert (report.outcome, report.reason) == ("error", "not-approved")
+    assert "production/pump v1 approved but staged, and no rollout has started" in report.error
+    assert serving(setup) is None
 
 
 def _record(percent_waves: tuple[int, ...], wave: int, state: str = "running") -> RolloutRecord:

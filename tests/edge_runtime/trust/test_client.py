@@ -206,6 +206,17 @@ def test_approval_fields_are_validated() -> None:
         Approval.from_target("production/m/2", 1, {"sha256": "ab" * 32}, image(1, model="m").custom())
 
 
+def test_staged_is_signed_in_the_target_and_read_back_strictly() -> None:
+    staged = image(2, staged=True)
+    assert staged.custom()["staged"] is True
+    assert "staged" not in image(2).custom()
+    assert Approval.from_target(staged.target_path, staged.length, {"sha256": staged.sha256}, staged.custom()) == staged
+    assert staged.same_image(image(2))
+    assert not staged.same_image(image(2, tag="other"))
+    with pytest.raises(MalformedMetadata, match="staged 'yes' is not true or false"):
+        Approval.from_target(staged.target_path, 1, {"sha256": staged.sha256}, {**staged.custom(), "staged": "yes"})
+
+
 def test_the_scoring_service_never_imports_tuf() -> None:
     probe = (
         "import sys, json\n"

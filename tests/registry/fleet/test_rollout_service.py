@@ -46,9 +46,12 @@ class Clock:
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Fleet:
+    """v7 runs on every device (v6 before it, v7 approved all at once); v8 is approved as `otaml promote` approves
+    a version while another runs: staged for a rollout."""
     fleet = make_fleet(tmp_path / "repo")
-    for version in (6, 7, 8):
-        fleet.approve(image(version))
+    fleet.approve(image(6))
+    fleet.approve(image(7))
+    fleet.approve(image(8, staged=fleet.repo.stages(CHANNEL, MODEL, 8)))
     return fleet
 
 
@@ -80,7 +83,12 @@ def reports(record: RolloutRecord, *, bad: bool = False) -> list[ObservedDevice]
     return out
 
 
-def test_start_takes_the_highest_approved_version_below_as_stable(fleet: Fleet) -> None:
+def test_start_takes_the_version_devices_run_as_stable(fleet: Fleet) -> None:
+    assert [(a.version, a.staged) for a in store_of(fleet).approvals(CHANNEL, MODEL)] == [
+        (6, False),
+        (7, False),
+        (8, True),
+    ]
     clock = Clock()
     service = RolloutService(store_of(fleet), clock=clock)
     record = service.start(MODEL, 8, channel=CHANNEL, waves=(10, 100), soak_s=60)
@@ -96,11 +104,12 @@ def test_start_refuses_unapproved_versions_and_a_second_moving_rollout(fleet: Fl
         RolloutInputError, match=r"v9 is not approved for channel 'production' \(approved: v6, v7, v8\)"
     ):
         service.start(MODEL, 9, channel=CHANNEL, waves=(100,))
-    with pytest.raises(RolloutInputError, match="no approved version below v6"):
-        service.start(MODEL, 6, channel=CHANNEL, waves=(100,))
+    for below in (6, 7):  # devices run v7: a rollout only moves them forward
+        with pytest.raises(RolloutInputError, match=f"v{below} is not above the stable v7"):
+            service.start(MODEL, below, channel=CHANNEL, waves=(100,))
     with pytest.raises(RolloutInputError, match="not approved for channel 'staging'"):
         service.start(MODEL, 8, channel="staging", waves=(100,))
-    service.start(MODEL, 7, channel=CHANNEL, waves=(100,))
+    service.start(MODEL, 8, channel=CHANNEL, waves=(100,))
     with pytest.raises(RolloutInputError, match="is running; let it complete, or abort it"):
         service.start(MODEL, 8, channel=CHANNEL, waves=(100,))
     service.abort(MODEL, channel=CHANNEL)

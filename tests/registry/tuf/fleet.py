@@ -76,8 +76,10 @@ def make_fleet(path: Path, *, clock: Clock | None = None, kind: keys.KeyKind = "
     return Fleet(store, repo, root_keys, targets_keys, snapshot_key, timestamp_key, clock, rollouts_key)
 
 
-def image(version: int, *, channel: str = "production", model: str = "pump-anomaly", tag: str = "") -> Approval:
-    """An approval for a made-up image index (its digest depends on every argument)."""
+def image(
+    version: int, *, channel: str = "production", model: str = "pump-anomaly", tag: str = "", staged: bool = False
+) -> Approval:
+    """An approval for a made-up image index (its digest depends on every argument but ``staged``)."""
     index = f'{{"index": "{channel}/{model}/{version}{tag}"}}'.encode()
     return Approval(
         channel=channel,
@@ -86,4 +88,5 @@ def image(version: int, *, channel: str = "production", model: str = "pump-anoma
         digest="sha256:" + hashlib.sha256(index).hexdigest(),
         length=len(index),
         base_digest=BASE_DIGEST,
+        staged=staged,
     )

@@ -146,6 +146,20 @@ def test_approved_versions_are_immutable(fleet: Fleet) -> None:
         fleet.repo.propose(image(7, tag="other bytes"), fleet.targets_keys[0])
 
 
+def test_a_new_version_is_staged_only_where_rollouts_move_devices_from_an_earlier_one(tmp_path: Path) -> None:
+    fleet = make_fleet(tmp_path / "waves")
+    assert not fleet.repo.stages("production", "pump-anomaly", 7), "a model's first version: nothing to fall back to"
+    fleet.approve(image(7))
+    assert fleet.repo.stages("production", "pump-anomaly", 8)
+    assert not fleet.repo.stages("staging", "pump-anomaly", 8), "another channel has no version yet"
+    assert not fleet.repo.stages("production", "other-model", 8)
+    # Approved again with a different staged flag: the same image, reported as published, not a conflict.
+    assert fleet.repo.propose(image(7, staged=True), fleet.targets_keys[0]).approval == image(7)
+    plain = make_fleet(tmp_path / "plain", rollouts=False)
+    plain.approve(image(7))
+    assert not plain.repo.stages("production", "pump-anomaly", 8), "no rollouts role: no rollout could ever move it"
+
+
 def test_one_pending_approval_at_a_time(fleet: Fleet) -> None:
     fleet.repo.propose(image(7), fleet.targets_keys[0])
     with pytest.raises(ApprovalError, match="waiting for 1 more signature"):

@@ -1,0 +1,130 @@
+"""Staged approvals: paths by which a staged version still reaches devices without a rollout of it.
+
+Each test plays the real repository, the real rollout service and the device's own decision
+(:class:`edge_runtime.agent.trust_policy.TrustPolicy`, reading the published approvals and record in place of the
+TUF client). They are expected to fail until the gaps are closed (``xfail(strict=True)``: a fix turns them green
+and strict makes the suite say so).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from edge_runtime.agent.trust_policy import TrustPolicy
+from edge_runtime.trust.approval import ApprovalSet
+from edge_runtime.trust.errors import TrustError
+from registry.fleet.rollout import RolloutService, TufRecordStore
+from registry.tuf.errors import ApprovalError
+from tests.registry.tuf.fleet import Fleet, image, make_fleet
+
+CHANNEL, MODEL = "production", "pump-anomaly"
+DEVICES = [f"dev-{i}" for i in range(40)]
+
+
+class _Published:
+    """The published approvals, as the device's TUF client returns them after a refresh."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+
+    def refresh(self) -> ApprovalSet:
+        repo = self.fleet.repo
+        return ApprovalSet(tuple(repo.approvals()), repo.targets().signed.version, "")
+
+
+def versions_run(fleet: Fleet) -> Counter[int | str]:
+    """How many devices run each version (a device that may run nothing new counts as 'keeps')."""
+    out: Counter[int | str] = Counter()
+    for device in DEVICES:
+        policy = TrustPolicy(_Published(fleet), CHANNEL, MODEL, device, {}, rollout=fleet.repo.rollout_record)
+        try:
+            out[policy.desired().version] += 1
+        except TrustError:
+            out["keeps"] += 1
+    return out
+
+
+def promote(fleet: Fleet, version: int) -> None:
+    """What `otaml promote` approves (registry.promotion._approve), with four eyes."""
+    staged = fleet.repo.stages(CHANNEL, MODEL, version)
+    assert fleet.approve(dataclasses.replace(image(version), staged=staged)).state == "approved"
+
+
+def roll_back(fleet: Fleet, to: int) -> None:
+    if fleet.repo.withdraw(CHANNEL, MODEL, above=to, signer=fleet.targets_keys[0]).state == "pending":
+        fleet.repo.approve_pending(fleet.targets_keys[1])
+
+
+def service(fleet: Fleet) -> RolloutService:
+    return RolloutService(TufRecordStore(fleet.repo, fleet.rollouts_key), clock=lambda: 1000.0)
+
+
+def finish(fleet: Fleet, state: str) -> None:
+    record = fleet.repo.rollout_record(CHANNEL, MODEL)
+    assert record is not None
+    assert fleet.rollouts_key is not None
+    fleet.repo.publish_rollout(dataclasses.replace(record, state=state), fleet.rollouts_key, expected=record)
+
+
+@pytest.mark.xfail(strict=True, reason="withdraw only asks whether *a* record exists, not whether one shipped v2")
+def test_a_rollback_to_a_staged_version_only_another_rollout_shipped_is_refused(tmp_path: Path) -> None:
+    fleet = make_fleet(tmp_path / "repo")
+    for version in (1, 2, 3):
+        promote(fleet, version)
+    service(fleet).start(MODEL, 3, channel=CHANNEL, waves=(100,), soak_s=0)  # stable v1: v2 is skipped
+    finish(fleet, "completed")
+    assert versions_run(fleet) == {3: len(DEVICES)}
+    with pytest.raises(ApprovalError, match="staged and no rollout ever moved devices to it"):
+        roll_back(fleet, 2)
+    assert versions_run(fleet) == {3: len(DEVICES)}, "every device went to v2, which no device ever ran"
+
+
+@pytest.mark.xfail(strict=True, reason="trust_policy's withdrawn-record fallback picks staged versions too")
+def test_a_withdrawn_candidate_never_sends_devices_to_a_staged_version(tmp_path: Path) -> None:
+    fleet = make_fleet(tmp_path / "repo")
+    promote(fleet, 1)
+    promote(fleet, 3)
+    service(fleet).start(MODEL, 3, channel=CHANNEL, waves=(50, 100), soak_s=0)
+    roll_back(fleet, 1)  # v3 withdrawn while its record still runs
+    assert versions_run(fleet) == {1: len(DEVICES)}
+    promote(fleet, 2)  # staged: v1 is approved below it; no rollout of v2 exists
+    assert versions_run(fleet) == {1: len(DEVICES)}, "the wave of the withdrawn v3 went to the staged v2"
+
+
+@pytest.mark.xfail(strict=True, reason="a completed group rollout's version becomes everyone's stable version")
+def test_a_rollout_after_a_group_rollout_moves_no_device_outside_its_waves(tmp_path: Path) -> None:
+    fleet = make_fleet(tmp_path / "repo")
+    promote(fleet, 1)
+    promote(fleet, 2)
+    service(fleet).start(MODEL, 2, channel=CHANNEL, waves=(100,), soak_s=0, group={"hw": "pi4"})
+    finish(fleet, "completed")
+    promote(fleet, 3)
+    record = service(fleet).start(MODEL, 3, channel=CHANNEL, waves=(1, 100), soak_s=0)
+    x86 = [d for d in DEVICES if not record.in_wave(d, {"hw": "x86"})]
+    policy = {
+        d: TrustPolicy(_Published(fleet), CHANNEL, MODEL, d, {"hw": "x86"}, rollout=fleet.repo.rollout_record)
+        for d in x86
+    }
+    moved = sorted(d for d, p in policy.items() if p.desired().version != 1)
+    assert not moved, f"{len(moved)} x86 devices, never in a wave of v2, moved from v1 to v2 at once"
+
+
+def test_the_second_approver_is_shown_whether_a_pending_approval_is_staged(tmp_path: Path) -> None:
+    from otaml.cmd_trust import status_dict
+    from registry.tuf import keys
+    from registry.tuf.site import TrustSite, init
+
+    site = init(tmp_path / "trust", tmp_path / "keys", approvers=3, threshold=2)
+    first, second = (keys.load_signer(p) for p in site.approver_keys[:2])
+    with TrustSite(site.site.path).locked() as repo:
+        repo.propose(image(1), first)
+        repo.approve_pending(second)
+        repo.propose(image(2), first)  # not staged: `--all-at-once`, or one approver key misused
+    pending = status_dict(str(site.site.path))["pending"]
+    if "staged" not in pending:
+        pytest.xfail("`otaml trust status` does not show the pending approval's staged flag")
+    assert pending["staged"] is False

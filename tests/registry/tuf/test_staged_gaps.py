@@ -128,3 +128,32 @@ def test_the_second_approver_is_shown_whether_a_pending_approval_is_staged(tmp_p
     if "staged" not in pending:
         pytest.xfail("`otaml trust status` does not show the pending approval's staged flag")
     assert pending["staged"] is False
+
+
+@pytest.mark.parametrize("retry", [0, 1], ids=["staged-only", "with-a-retry"])
+def test_a_pending_change_cannot_unstage_an_approved_version(tmp_path: Path, retry: int) -> None:
+    """One targets key writes a pending file that flips v2's ``staged`` (alone, or beside a genuine retry): the
+    second approver's signature must not publish it, or every device would move to v2 at once."""
+    import copy
+
+    from tuf.api.metadata import Metadata, TargetFile
+
+    from registry.tuf.repository import PENDING
+
+    fleet = make_fleet(tmp_path / "repo")
+    promote(fleet, 1)
+    promote(fleet, 2)
+    assert versions_run(fleet) == {1: len(DEVICES)}
+    current = fleet.repo.targets()
+    forged = Metadata(copy.deepcopy(current.signed))
+    forged.signed.version += 1
+    unstaged = dataclasses.replace(image(2), retry=retry)
+    forged.signed.targets[unstaged.target_path] = TargetFile(
+        length=unstaged.length, hashes={"sha256": unstaged.sha256}, path=unstaged.target_path,
+        unrecognized_fields={"custom": unstaged.custom()},
+    )  # fmt: skip
+    forged.sign(fleet.targets_keys[0])
+    fleet.store.write(PENDING, forged.to_bytes())
+    with pytest.raises(ApprovalError, match="rewrites the approval of production/pump-anomaly/2"):
+        fleet.repo.approve_pending(fleet.targets_keys[1])
+    assert versions_run(fleet) == {1: len(DEVICES)}

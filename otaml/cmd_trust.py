@@ -128,6 +128,7 @@ def status_dict(site_dir: str) -> dict[str, Any]:
         else {
             "target": pending.approval.target_path,
             "digest": pending.approval.digest,
+            "staged": pending.approval.staged,
             "signed_by": list(pending.signed_by),
             "missing": pending.missing,
         },
@@ -144,12 +145,14 @@ def run_status(args: argparse.Namespace) -> int:
         print(f"  {role:<9} expires {when}")
     print("approved:" if data["approvals"] else "approved: nothing yet")
     for a in data["approvals"]:
-        staged = "  (staged: waits for `otaml rollout start`)" if a["staged"] else ""
+        staged = "  (staged: devices move to it with a rollout)" if a["staged"] else ""
         print(f"  {a['channel']}/{a['model']}/{a['version']}  {a['digest']}{staged}")
     p = data["pending"]
     if p:
+        how = "staged: devices move with a rollout" if p["staged"] else "not staged: devices may run it at once"
         print(
-            f"pending: {p['target']} {p['digest']} — {p['missing']} more signature(s): `otaml trust approve --key ...`"
+            f"pending: {p['target']} {p['digest']} ({how}) — {p['missing']} more signature(s): "
+            "`otaml trust approve --key ...`"
         )
     return 0
 

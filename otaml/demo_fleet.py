@@ -121,6 +121,10 @@ def run_fleet(ctx: FleetContext, versions: tuple[str, str, str, str]) -> dict[st
 
     def rollout(version: str, what: str, soak_s: float = SOAK_S) -> Any:
         ctx.promote(version, CHANNEL)
+        if service.store.get(CHANNEL, ctx.model) is None:  # the model's first rollout: show the approval is staged
+            ctx.publish()
+            _hold_on_staged(fleet, site.open().targets().signed.version, version)
+            say(f"fleet: v{version} approved and published, staged: every device read it and stays where it is")
         record = service.start(ctx.model, int(version), channel=CHANNEL, waves=WAVES, soak_s=soak_s)
         ctx.publish()
         first_waves[version] = [d for d, hw in DEVICES if record.in_wave(d, {"hw": hw})]
@@ -217,6 +221,22 @@ def _wait_reported(read: Callable[[], Any], version: str) -> Any:
         if time.monotonic() > deadline:
             raise DemoFailed(f"the devices did not report v{version} within {TIMEOUT_S:.0f} s: {reported}")
         time.sleep(0.5)
+
+
+def _hold_on_staged(fleet: Any, targets_version: int, version: str) -> None:
+    """Once every device has read targets ``targets_version`` (the staged approval of ``version``), none may want
+    ``version``: a staged approval alone moves nobody."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while True:
+        states = {d.spec.device_id: d.state() for d in fleet.devices}
+        if all(s.trust_floor >= targets_version for s in states.values()):
+            break
+        if time.monotonic() > deadline:
+            raise DemoFailed(f"the devices did not read targets v{targets_version} within {TIMEOUT_S:.0f} s")
+        time.sleep(0.5)
+    moving = {d: s.desired for d, s in states.items() if f"v{version} staged" not in s.desired}
+    if moving:
+        raise DemoFailed(f"the staged approval of v{version} reached devices before any rollout: {moving}")
 
 
 def _wait(fleet: Any, done: Callable[[dict[str, str]], bool], what: str) -> None:

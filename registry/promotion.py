@@ -611,6 +611,8 @@ class RegistryPublisher:
         key = signing.load_private_key(self.target.signing_key)  # before pushing anything: fail early
         base_digest = self.target.base_digest  # a base pinned by digest, or nothing is baked
         approver_key = _approver_key(self.target.trust)
+        if self.target.trust is not None and self.target.trust.all_at_once and not rollback:
+            _check_all_at_once(self.target.trust, channel, name)
         ref = parse_ref(self.target.repository)
         if ref.tag or ref.digest:
             raise InputError(
@@ -682,6 +684,19 @@ def _approver_key(trust: TrustTarget | None) -> Any:
     from registry.tuf import keys
 
     return keys.load_signer(trust.approval_key)
+
+
+def _check_all_at_once(trust: TrustTarget, channel: str, model: str) -> None:
+    """``--all-at-once`` means nothing once a rollout record decides: refuse it before anything is pushed."""
+    from registry.tuf.site import TrustSite
+
+    record = TrustSite(trust.site).open().rollout_record(channel, model)
+    if record is not None:
+        raise InputError(
+            f"--all-at-once: rollout {record.rollout_id} ({record.state}) decides which version the devices of "
+            f"{model} on {channel} run, so an approval alone moves none of them. Approve without --all-at-once, "
+            f"then `otaml rollout start {model} VERSION --channel {channel} --waves 100` moves them all at once"
+        )
 
 
 def _approve(trust: TrustTarget, signer: Any, approval: Approval, *, rollback: bool) -> Any:

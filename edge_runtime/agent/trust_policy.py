@@ -98,8 +98,9 @@ class TrustPolicy:
         chosen = next((a for a in found if a.version == version), None)
         if chosen is None:
             # The record names a version no longer approved (withdrawn by `otaml rollback`, a signed act of the
-            # approvers): the highest approved version below it, never anything above.
-            below = [a for a in found if a.version < version]
+            # approvers): the highest approved version below it that devices ran (not staged, or the record's
+            # stable version), never anything above.
+            below = [a for a in found if a.version < version and (not a.staged or a.version == record.stable_version)]
             if not below:
                 raise NotApproved(
                     f"rollout {record.rollout_id} sends this device to v{version}, which is not approved for "

@@ -514,6 +514,14 @@ class RolloutService:
                 f"rollout {current.rollout_id} of {model} v{current.version} on {channel} is {current.state}; "
                 f"let it complete, or abort it (otaml rollout abort {model} --channel {channel}) first"
             )
+        grouped = current is not None and current.state == "completed" and current.group
+        if current is not None and grouped and current.group != dict(group or {}):
+            only = ",".join(f"{k}={v}" for k, v in sorted(current.group.items()))
+            raise RolloutInputError(
+                f"rollout {current.rollout_id} moved only the devices of group {only} to v{current.version}; the "
+                f"others run v{current.stable_version}, and one record per model and channel cannot hold both. Roll "
+                f"out to the same group (--group {only}), or give device groups that move on their own a channel each"
+            )
         approvals = self.store.approvals(channel, model)
         approved = [a.version for a in approvals]
         if version not in approved:

@@ -447,12 +447,7 @@ class FleetRepository:
         md = Metadata(copy.deepcopy(current.signed))
         md.signed.version += 1
         md.signed.expires = self._now() + self.expiry.targets
-        md.signed.targets[approval.target_path] = TargetFile(
-            length=approval.length,
-            hashes={"sha256": approval.sha256},
-            path=approval.target_path,
-            unrecognized_fields={"custom": approval.custom()},
-        )
+        md.signed.targets[approval.target_path] = _target_file(approval)
         md.sign(signer)
         return self._settle(md, approval)
 
@@ -489,21 +484,16 @@ class FleetRepository:
     def withdraw(self, channel: str, model: str, *, above: int, signer: Signer) -> ApprovalStatus:
         """Withdraw every approval of ``model`` on ``channel`` above version ``above`` (a signed rollback).
 
-        Devices then run the highest version still approved (``above`` itself, which must be approved). Like
-        :meth:`propose`, published at once when one key meets the threshold, else pending.
+        Devices then run the highest version still approved (``above`` itself, which must be approved). A staged
+        ``above`` is approved again, not staged, in the same publication: the approvers send devices to it, whether
+        a rollout ever did or not. Like :meth:`propose`, published at once when one key meets the threshold, else
+        pending.
         """
         current = self.targets()
         kept = [a for a in self.approvals() if (a.channel, a.model) == (channel, model) and a.version <= above]
         if not kept or kept[-1].version != above:
             raise ApprovalError(
                 f"{channel}/{model}/{above} is not approved, so devices could not roll back to it; approve it first"
-            )
-        if kept[-1].staged and self.rollout_record(channel, model) is None:
-            ran = [f"v{a.version}" for a in kept if not a.staged]
-            raise ApprovalError(
-                f"{channel}/{model}/{above} is staged and no rollout ever moved devices to it: they would not return "
-                f"to it. Roll back to a version they ran ({', '.join(ran) or 'none'}), or roll v{above} out with "
-                "`otaml rollout start`"
             )
         doomed = [
             a.target_path for a in self.approvals() if (a.channel, a.model) == (channel, model) and a.version > above
@@ -521,8 +511,10 @@ class FleetRepository:
         md.signed.expires = self._now() + self.expiry.targets
         for path in doomed:
             del md.signed.targets[path]
+        back_to = dataclasses.replace(kept[-1], staged=False)
+        md.signed.targets[back_to.target_path] = _target_file(back_to)
         md.sign(signer)
-        return self._settle(md, kept[-1])
+        return self._settle(md, back_to)
 
     def retry(self, channel: str, model: str, version: int, *, signer: Signer) -> ApprovalStatus:
         """Re-issue the approval of ``channel/model/version`` with ``retry`` raised by one: a signed act that
@@ -544,12 +536,7 @@ class FleetRepository:
         md = Metadata(copy.deepcopy(current.signed))
         md.signed.version += 1
         md.signed.expires = self._now() + self.expiry.targets
-        md.signed.targets[path] = TargetFile(
-            length=again.length,
-            hashes={"sha256": again.sha256},
-            path=path,
-            unrecognized_fields={"custom": again.custom()},
-        )
+        md.signed.targets[path] = _target_file(again)
         md.sign(signer)
         return self._settle(md, again)
 
@@ -799,9 +786,9 @@ class FleetRepository:
 def _added_target(published: Targets, proposed: Targets) -> Approval:
     """The approval a pending change is about — and a check that it is *only* that change, since the second
     approver signs the whole file: one target added; or (a withdrawal) versions of one model removed, naming the
-    highest version left; or (a retry) one target whose ``retry`` alone went up. Anything else in the file
-    (another target changed, delegations, expiry beyond the usual) is refused, so one stolen key cannot slip a
-    second change past the approver who is shown the first."""
+    highest version left (approved again without its ``staged`` flag, if it had one); or (a retry) one target
+    whose ``retry`` alone went up. Anything else in the file (another target changed, delegations, expiry beyond
+    the usual) is refused, so one stolen key cannot slip a second change past the approver who is shown the first."""
     new = [t for path, t in proposed.targets.items() if path not in published.targets]
     gone = [path for path in published.targets if path not in proposed.targets]
     changed = [t for path, t in proposed.targets.items() if path in published.targets and t != published.targets[path]]
@@ -818,7 +805,7 @@ def _added_target(published: Targets, proposed: Targets) -> Approval:
     if len(new) == 1 and not gone and not changed:
         t = new[0]
         return Approval.from_target(t.path, t.length, t.hashes, t.custom)
-    if gone and not new and not changed:
+    if gone and not new and len(changed) <= 1:
         prefix = gone[0].rsplit("/", 1)[0] + "/"
         if all(path.startswith(prefix) for path in gone):
             left = [
@@ -826,11 +813,30 @@ def _added_target(published: Targets, proposed: Targets) -> Approval:
                 for path, t in proposed.targets.items()
                 if path.startswith(prefix)
             ]
-            if left:
-                return max(left, key=lambda a: a.version)
+            back_to = max(left, key=lambda a: a.version) if left else None
+            if back_to is not None and (not changed or _unstaged(published, changed[0], back_to)):
+                return back_to
     raise ApprovalError(
         f"the pending change adds {len(new)}, removes {len(gone)} and changes {len(changed)} targets; expected one "
         "approval, one withdrawal or one retry: discard it"
+    )
+
+
+def _unstaged(published: Targets, changed: TargetFile, back_to: Approval) -> bool:
+    """Whether ``changed`` is the withdrawal's ``back_to`` approved again with only its ``staged`` flag cleared."""
+    if changed.path != back_to.target_path or back_to.staged:
+        return False
+    before = published.targets[changed.path]
+    old = Approval.from_target(before.path, before.length, before.hashes, before.custom)
+    return old.staged and dataclasses.replace(old, staged=False) == back_to
+
+
+def _target_file(approval: Approval) -> TargetFile:
+    return TargetFile(
+        length=approval.length,
+        hashes={"sha256": approval.sha256},
+        path=approval.target_path,
+        unrecognized_fields={"custom": approval.custom()},
     )
 
 

@@ -44,6 +44,21 @@ def test_init_status_approve_and_refresh(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["trust", "status", "--dir", str(site), "--json"]) == 0
     assert [a["version"] for a in json.loads(capsys.readouterr().out)["approvals"]] == [1]
 
+    # v2, approved while v1 runs, is staged: the second approver sees it before signing, and after.
+    with TrustSite(site).locked() as repo:
+        staged = Approval("production", "pump", 2, "sha256:" + "ef" * 32, 900, BASE, staged=True)
+        repo.propose(staged, keys.load_signer(offline / "approver-1.key"))
+    assert main(["trust", "status", "--dir", str(site)]) == 0
+    assert "pending: production/pump/2 sha256:efef" in (out := capsys.readouterr().out)
+    assert "(staged: devices move with a rollout) — 1 more signature(s)" in out
+    assert main(["trust", "status", "--dir", str(site), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["pending"]["staged"] is True
+    assert main(["trust", "approve", "--dir", str(site), "--key", str(offline / "approver-2.key")]) == 0
+    assert "staged: devices move when a rollout opens a wave: `otaml rollout start pump 2" in capsys.readouterr().out
+    assert main(["trust", "status", "--dir", str(site), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["approvals"]
+    assert [(a["version"], a["staged"]) for a in listed] == [(1, False), (2, True)]
+
 
 def test_no_site_given_says_how(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch

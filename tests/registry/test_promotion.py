@@ -502,9 +502,17 @@ def test_promotion_stages_a_version_while_another_runs_unless_all_at_once(model_
         by = RollbackAuthorisation(from_version="3", to_version=version, authorised_by="b", reason="r", at="t")
         return publish(version, rollback=by)
 
-    # Devices run v3 and never ran v2 (staged, never rolled out): a rollback to it would not take them there.
-    with pytest.raises(InputError, match=r"production/pump/2 is staged and no rollout ever moved devices to it.*v1"):
-        back_to("2")
-    assert [a.version for a in repo.approvals()] == [1, 2, 3]
-    assert back_to("1").approval == "approved"
-    assert [a.version for a in repo.approvals()] == [1]
+    # Devices run v3 and never ran the staged v2: rolling back to it approves it for them in the same signed act.
+    assert (back_to("2").approval, back_to("2").staged) == ("approved", False)
+    assert [(a.version, a.staged) for a in repo.approvals()] == [(1, False), (2, False)]
+    # Once a rollout record decides, --all-at-once would move nobody: refused before anything is pushed.
+    from registry.fleet.rollout import RolloutService, TufRecordStore
+
+    assert publish("4").staged
+    store = TufRecordStore(TrustSite(site.site.path).open(), TrustSite(site.site.path).rollouts_signer())
+    RolloutService(store).start("pump", 4, channel="production", waves=(100,))
+    with pytest.raises(InputError, match=r"--all-at-once: rollout pump-v4-\w+ \(running\) decides"):
+        publish("5", all_at_once)
+    tags = Layout(tmp_path / "repo").tags()
+    assert "model-v4" in tags
+    assert "model-v5" not in tags

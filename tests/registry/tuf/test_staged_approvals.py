@@ -1,9 +1,9 @@
-"""Staged approvals: paths by which a staged version still reaches devices without a rollout of it.
+"""Staged approvals: no path by which a staged version reaches devices without a rollout of it or a signed rollback
+to it.
 
 Each test plays the real repository, the real rollout service and the device's own decision
 (:class:`edge_runtime.agent.trust_policy.TrustPolicy`, reading the published approvals and record in place of the
-TUF client). They are expected to fail until the gaps are closed (``xfail(strict=True)``: a fix turns them green
-and strict makes the suite say so).
+TUF client).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 from edge_runtime.agent.trust_policy import TrustPolicy
 from edge_runtime.trust.approval import ApprovalSet
 from edge_runtime.trust.errors import TrustError
-from registry.fleet.rollout import RolloutService, TufRecordStore
+from registry.fleet.rollout import RolloutInputError, RolloutService, TufRecordStore
 from registry.tuf.errors import ApprovalError
 from tests.registry.tuf.fleet import Fleet, image, make_fleet
 
@@ -70,20 +70,18 @@ def finish(fleet: Fleet, state: str) -> None:
     fleet.repo.publish_rollout(dataclasses.replace(record, state=state), fleet.rollouts_key, expected=record)
 
 
-@pytest.mark.xfail(strict=True, reason="withdraw only asks whether *a* record exists, not whether one shipped v2")
-def test_a_rollback_to_a_staged_version_only_another_rollout_shipped_is_refused(tmp_path: Path) -> None:
+def test_a_rollback_to_a_staged_version_approves_it_for_the_devices_in_the_same_signed_act(tmp_path: Path) -> None:
     fleet = make_fleet(tmp_path / "repo")
     for version in (1, 2, 3):
         promote(fleet, version)
     service(fleet).start(MODEL, 3, channel=CHANNEL, waves=(100,), soak_s=0)  # stable v1: v2 is skipped
     finish(fleet, "completed")
     assert versions_run(fleet) == {3: len(DEVICES)}
-    with pytest.raises(ApprovalError, match="staged and no rollout ever moved devices to it"):
-        roll_back(fleet, 2)
-    assert versions_run(fleet) == {3: len(DEVICES)}, "every device went to v2, which no device ever ran"
+    roll_back(fleet, 2)  # four eyes: the second approver signs the withdrawal of v3 and v2 no longer staged
+    assert [(a.version, a.staged) for a in fleet.repo.approvals()] == [(1, False), (2, False)]
+    assert versions_run(fleet) == {2: len(DEVICES)}
 
 
-@pytest.mark.xfail(strict=True, reason="trust_policy's withdrawn-record fallback picks staged versions too")
 def test_a_withdrawn_candidate_never_sends_devices_to_a_staged_version(tmp_path: Path) -> None:
     fleet = make_fleet(tmp_path / "repo")
     promote(fleet, 1)
@@ -95,22 +93,20 @@ def test_a_withdrawn_candidate_never_sends_devices_to_a_staged_version(tmp_path:
     assert versions_run(fleet) == {1: len(DEVICES)}, "the wave of the withdrawn v3 went to the staged v2"
 
 
-@pytest.mark.xfail(strict=True, reason="a completed group rollout's version becomes everyone's stable version")
-def test_a_rollout_after_a_group_rollout_moves_no_device_outside_its_waves(tmp_path: Path) -> None:
+def test_after_a_group_rollout_only_a_rollout_of_the_same_group_may_start(tmp_path: Path) -> None:
+    """Devices outside a completed group rollout still run its stable version: a rollout of another group (or of
+    everyone) would take the completed version as stable and move them to it without a wave."""
     fleet = make_fleet(tmp_path / "repo")
     promote(fleet, 1)
     promote(fleet, 2)
     service(fleet).start(MODEL, 2, channel=CHANNEL, waves=(100,), soak_s=0, group={"hw": "pi4"})
     finish(fleet, "completed")
     promote(fleet, 3)
-    record = service(fleet).start(MODEL, 3, channel=CHANNEL, waves=(1, 100), soak_s=0)
-    x86 = [d for d in DEVICES if not record.in_wave(d, {"hw": "x86"})]
-    policy = {
-        d: TrustPolicy(_Published(fleet), CHANNEL, MODEL, d, {"hw": "x86"}, rollout=fleet.repo.rollout_record)
-        for d in x86
-    }
-    moved = sorted(d for d, p in policy.items() if p.desired().version != 1)
-    assert not moved, f"{len(moved)} x86 devices, never in a wave of v2, moved from v1 to v2 at once"
+    for group in (None, {"hw": "x86"}):
+        with pytest.raises(RolloutInputError, match=r"moved only the devices of group hw=pi4 to v2; the others run v1"):
+            service(fleet).start(MODEL, 3, channel=CHANNEL, waves=(1, 100), soak_s=0, group=group)
+    record = service(fleet).start(MODEL, 3, channel=CHANNEL, waves=(1, 100), soak_s=0, group={"hw": "pi4"})
+    assert (record.stable_version, record.group) == (2, {"hw": "pi4"})
 
 
 def test_the_second_approver_is_shown_whether_a_pending_approval_is_staged(tmp_path: Path) -> None:
@@ -125,8 +121,6 @@ def test_the_second_approver_is_shown_whether_a_pending_approval_is_staged(tmp_p
         repo.approve_pending(second)
         repo.propose(image(2), first)  # not staged: `--all-at-once`, or one approver key misused
     pending = status_dict(str(site.site.path))["pending"]
-    if "staged" not in pending:
-        pytest.xfail("`otaml trust status` does not show the pending approval's staged flag")
     assert pending["staged"] is False
 
 
@@ -157,3 +151,35 @@ def test_a_pending_change_cannot_unstage_an_approved_version(tmp_path: Path, ret
     with pytest.raises(ApprovalError, match="rewrites the approval of production/pump-anomaly/2"):
         fleet.repo.approve_pending(fleet.targets_keys[1])
     assert versions_run(fleet) == {1: len(DEVICES)}
+
+
+def test_a_pending_rollback_unstages_only_the_version_it_goes_back_to(tmp_path: Path) -> None:
+    """The second approver signs the whole file: a withdrawal may clear ``staged`` on the version it goes back to,
+    and nothing else — not another version's flag, not the target's image."""
+    import copy
+
+    from tuf.api.metadata import Metadata, TargetFile
+
+    from registry.tuf.repository import PENDING
+
+    fleet = make_fleet(tmp_path / "repo")
+    for version in (1, 2, 3, 4):
+        promote(fleet, version)
+    assert fleet.repo.withdraw(CHANNEL, MODEL, above=3, signer=fleet.targets_keys[0]).state == "pending"
+    honest = Metadata.from_bytes(fleet.store.read(PENDING))
+    fleet.repo.discard_pending()
+    for forge in (image(2), image(3, tag="another image")):  # v2 unstaged beside; v3 unstaged but rewritten
+        forged = Metadata(copy.deepcopy(honest.signed))
+        forged.signed.targets[forge.target_path] = TargetFile(
+            length=forge.length, hashes={"sha256": forge.sha256}, path=forge.target_path,
+            unrecognized_fields={"custom": forge.custom()},
+        )  # fmt: skip
+        forged.signatures.clear()
+        forged.sign(fleet.targets_keys[0])
+        fleet.store.write(PENDING, forged.to_bytes())
+        with pytest.raises(ApprovalError, match="expected one approval, one withdrawal or one retry"):
+            fleet.repo.approve_pending(fleet.targets_keys[1])
+        fleet.repo.discard_pending()
+    roll_back(fleet, 3)
+    assert [(a.version, a.staged) for a in fleet.repo.approvals()] == [(1, False), (2, True), (3, False)]
+    assert versions_run(fleet) == {3: len(DEVICES)}

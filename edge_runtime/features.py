@@ -11,6 +11,12 @@ lagged raw values ``x[t-1] .. x[t-lags]`` (``lags < window``: the window holds t
 ``max``     rolling maximum
 ``delta``   ``x[t] - x[t-1]`` (0 for the first reading)
 ``dev``     ``x[t] - mean`` (distance from the rolling mean)
+``mad``     rolling median absolute deviation from the rolling median: a spread that one or two
+            extreme readings barely move, so it does not echo a spike for the rest of the window
+            as ``std`` does
+``flat``    how long the reading has been held: the number of readings before ``x[t]`` in the
+            window that equal it without a break, minus one (a single repeat, e.g. a gap filled
+            forward, counts 0); a stuck sensor counts up to ``window - 2``. Scale-free: a count.
 ==========  =====================================================
 
 ``lag<k>``  ``x[t-k]``, the reading ``k`` steps back (the feature group that sliding-window
@@ -19,7 +25,7 @@ lagged raw values ``x[t-1] .. x[t-lags]`` (``lags < window``: the window holds t
 Per-stream normalisation (``normalize="window"``): every level-carrying feature (the raw value,
 ``mean``, ``min``, ``max`` and the lags) is taken relative to the stream's own rolling mean, so
 devices with different baselines (a fleet of pumps does not share one level) share one model.
-``std``, ``delta`` and ``dev`` carry no level and are unchanged. It needs no state beyond the window.
+``std``, ``delta``, ``dev``, ``mad`` and ``flat`` carry no level and are unchanged. It needs no state beyond the window.
 
 Before a stream has ``window`` readings its window is padded with its first reading, so the
 first feature vector of a stream is well defined and batch and streaming agree exactly.
@@ -38,8 +44,8 @@ from edge_runtime.errors import InputError
 
 Array = npt.NDArray[np.float64]
 
-STATS: tuple[str, ...] = ("mean", "std", "min", "max", "delta", "dev")
-DEFAULT_STATS: tuple[str, ...] = STATS
+STATS: tuple[str, ...] = ("mean", "std", "min", "max", "delta", "dev", "mad", "flat")
+DEFAULT_STATS: tuple[str, ...] = ("mean", "std", "min", "max", "delta", "dev")
 NORMALIZATIONS: tuple[str, ...] = ("none", "window")
 # Features that carry the stream's level: per-stream normalisation subtracts the rolling mean from them.
 _LEVEL_STATS = frozenset({"mean", "min", "max"})
@@ -158,6 +164,13 @@ def _stats_of_windows(values: Array, windows: Array, previous: Array, spec: Feat
             out[:, :, k] = values - previous
         elif stat == "dev":
             out[:, :, k] = values - mean
+        elif stat == "mad":
+            median = _median(windows)
+            out[:, :, k] = _median(np.abs(windows - median[..., None]))
+        elif stat == "flat":
+            # Newest first: same[..., j] is x[t-j] == x[t-j-1]; the run is the unbroken prefix of Trues.
+            same = windows[..., :0:-1] == windows[..., -2::-1]
+            out[:, :, k] = np.maximum(np.cumprod(same, axis=-1).sum(axis=-1) - 1, 0)
         if centred and stat in _LEVEL_STATS:
             out[:, :, k] -= mean
     if spec.lags:
@@ -166,6 +179,13 @@ def _stats_of_windows(values: Array, windows: Array, previous: Array, spec: Feat
         lagged = windows[..., -2 : -2 - spec.lags : -1]
         out[:, :, first:] = lagged - mean[..., None] if centred else lagged
     return out.reshape(n, s * spec.per_sensor)
+
+
+def _median(windows: Array) -> Array:
+    """The median over the last axis. Not ``np.median``: it imports ``numpy.ma``, which the runtime image leaves out."""
+    ordered = np.sort(windows, axis=-1)
+    width = ordered.shape[-1]
+    return (ordered[..., (width - 1) // 2] + ordered[..., width // 2]) / 2
 
 
 def _features(spec: FeatureSpec, x: Array, history: Array, last: Array) -> Array:

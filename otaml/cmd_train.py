@@ -13,7 +13,17 @@ import time
 from typing import Any
 
 # pipeline.detectors.DETECTORS, spelled out so `otaml --help` does not import scikit-learn (a test keeps them equal).
-DETECTOR_CHOICES = ("iforest", "pca", "autoencoder", "iforest_raw", "iforest_lag", "pca_lag", "kmeans_lag", "all")
+DETECTOR_CHOICES = (
+    "iforest",
+    "pca",
+    "autoencoder",
+    "iforest_raw",
+    "iforest_lag",
+    "pca_lag",
+    "kmeans_lag",
+    "pca_robust",
+    "all",
+)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pytest
 
 from pipeline.synth import ANOMALY_KINDS, NORMAL_KIND, synth_telemetry
 from pipeline.telemetry import telemetry_from_frame
@@ -59,3 +62,12 @@ def test_one_seed_splits_the_test_anomalies_by_kind_and_the_false_alarms_by_echo
         assert summary["test_recall_by_kind"][kind] == {"recall": round(hit / rows, 3), "rows": 2 * rows}
     assert summary["false_alarms"] == 2 * row["false_alarms"]
     assert summary["median_best_f1_on_test"] == round(row["test_best_f1"], 3)
+
+
+def test_first_seed_draws_the_seeds_after_it(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench.main(["--seeds", "1", "--first-seed", "7", "--detector", "pca", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["first_seed"] == 7
+    assert [r["seed"] for r in out["versions"]["v1"]["per_seed"]] == [7]
+    with pytest.raises(SystemExit):
+        bench.main(["--first-seed", "-1"])

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_runtime.features import FeatureSpec, FeatureSpecError, StreamWindow, batch_features
+from edge_runtime.features import STATS, FeatureSpec, FeatureSpecError, StreamWindow, batch_features
 
 
 def _readings(n: int, s: int, seed: int = 0) -> np.ndarray:
@@ -49,14 +49,19 @@ def test_batch_statistics_match_a_naive_rolling_window() -> None:
     seed=st.integers(0, 2**16),
     lag_share=st.floats(0.0, 1.0),
     normalize=st.sampled_from(["none", "window"]),
+    every_stat=st.booleans(),
 )
 def test_streaming_in_any_chunks_equals_batch_exactly(
-    n: int, window: int, sensors: int, cuts: list[int], seed: int, lag_share: float, normalize: str
+    n: int, window: int, sensors: int, cuts: list[int], seed: int, lag_share: float, normalize: str, every_stat: bool
 ) -> None:
     lags = int(lag_share * (window - 1))
     normalize = normalize if window > 1 else "none"
-    spec = FeatureSpec(tuple(f"s{i}" for i in range(sensors)), window=window, lags=lags, normalize=normalize)
-    x = _readings(n, sensors, seed)
+    stats = STATS if every_stat else FeatureSpec.__dataclass_fields__["stats"].default
+    spec = FeatureSpec(
+        tuple(f"s{i}" for i in range(sensors)), window=window, stats=stats, lags=lags, normalize=normalize
+    )
+    # Rounded readings repeat now and then, so `flat` is exercised, not always 0.
+    x = np.round(_readings(n, sensors, seed), 0 if every_stat else 12)
     stream = StreamWindow(spec)
     bounds = sorted({0, n, *[c for c in cuts if c <= n]})
     parts = [stream.push(x[a:b]) for a, b in itertools.pairwise(bounds)]
@@ -155,3 +160,62 @@ def test_copy_is_independent_and_scores_identically() -> None:
     np.testing.assert_array_equal(copied_single, window.push(more[:1]))
     np.testing.assert_array_equal(copied_batch, window.push(more[1:]))
     assert window.state() == copy.state()
+
+
+def test_mad_and_flat_match_a_naive_rolling_window() -> None:
+    spec = FeatureSpec(("a", "b"), window=6, stats=("mad", "flat"))
+    x = np.round(_readings(60, 2, seed=3), 0)  # integer readings: runs of equal values occur
+    feats = batch_features(spec, x).reshape(60, 2, 3)
+    for t in range(60):
+        window = np.array([x[max(i, 0)] for i in range(t - 5, t + 1)])  # padded with the first reading
+        for j in range(2):
+            w = window[:, j]
+            run = 0
+            while run < 5 and w[-2 - run] == w[-1]:
+                run += 1
+            assert feats[t, j, 1] == np.median(np.abs(w - np.median(w)))
+            assert feats[t, j, 2] == max(run - 1, 0)
+
+
+def test_flat_counts_how_long_a_stuck_reading_is_held_and_forgets_it_at_once() -> None:
+    spec = FeatureSpec(("a",), window=8, stats=("flat",))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=40)
+    x[10] = x[9]  # one repeat, as a gap filled forward gives: not a stuck sensor
+    x[20:32] = x[20]  # stuck for 12 readings
+    flat = batch_features(spec, x[:, None])[:, 1]
+    assert flat[10] == 0
+    np.testing.assert_array_equal(flat[20:32], [0, 0, 1, 2, 3, 4, 5, 6, 6, 6, 6, 6])  # capped at window - 2
+    assert flat[32] == 0  # no echo: the first changed reading counts 0
+
+
+def test_mad_barely_moves_for_a_spike_that_inflates_std_for_the_whole_window() -> None:
+    spec = FeatureSpec(("a",), window=16, stats=("std", "mad"))
+    x = np.random.default_rng(1).normal(size=(200, 1))
+    spiked = x.copy()
+    spiked[100] += 20.0
+    clean, dirty = batch_features(spec, x), batch_features(spec, spiked)
+    after = slice(101, 116)  # the readings whose window still holds the spike
+    assert np.all(dirty[after, 1] > 3 * clean[after, 1])  # std
+    assert np.all(np.abs(dirty[after, 2] - clean[after, 2]) < 0.5 * clean[after, 2])  # mad
+
+
+def test_every_statistic_runs_without_numpy_ma_which_the_runtime_image_removes() -> None:
+    # np.median imports numpy.ma on its first call; Dockerfile.runtime prunes numpy/ma, so the device's golden
+    # self-test failed to run a model that reads `mad` ("No module named 'numpy.ma'").
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys; sys.modules['numpy.ma'] = None\n"
+        "import numpy as np\n"
+        "from edge_runtime.features import STATS, FeatureSpec, StreamWindow, batch_features\n"
+        "spec = FeatureSpec(('a', 'b'), window=8, stats=STATS)\n"
+        "x = np.arange(80.0).reshape(40, 2) % 5\n"
+        "batch_features(spec, x)\n"
+        "StreamWindow(spec).push(x[:1])\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr

@@ -7,6 +7,7 @@ from sklearn.base import clone
 from edge_runtime.errors import InputError
 from pipeline.detectors import (
     DETECTORS,
+    ROBUST_STATS,
     PCAReconstructionDetector,
     UnknownDetector,
     anomaly_scores,
@@ -88,8 +89,41 @@ def test_each_detector_reads_its_own_feature_group() -> None:
     assert lagged.stats == ()
     assert lagged.lags == 7
     assert lagged.n_features == 16
+    robust = feature_spec("pca_robust", sensors, 8)
+    assert robust.stats == ROBUST_STATS
+    assert "flat" in robust.stats
+    assert "mad" in robust.stats
     with pytest.raises(UnknownDetector, match="kmeans_lag"):
         feature_spec("svm", sensors, 8)
+
+
+def _stuck_sensor_scores(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of ``name`` on a held-out synthetic day: its normal rows, and a sensor stuck for 60 readings."""
+    from edge_runtime.features import batch_features
+    from pipeline.detectors import feature_spec
+    from pipeline.synth import SENSORS, synth_telemetry
+
+    frame = synth_telemetry(devices=1, days=3, seed=5)
+    x = frame[list(SENSORS)].ffill().to_numpy()
+    normal = frame["label"].to_numpy() == 0
+    spec = feature_spec(name, SENSORS, 16)
+    fit_rows = np.arange(len(x)) < 2880
+    pipeline = make_detector(name).fit(batch_features(spec, x)[fit_rows & normal])
+    held_out = x[2880:].copy()
+    held_normal = normal[2880:]
+    clean_run = np.convolve(held_normal.astype(int), np.ones(80, dtype=int), "valid") == 80  # rows i .. i+79 normal
+    start = int(np.flatnonzero(clean_run[100:])[0]) + 100
+    stuck = held_out.copy()
+    stuck[start : start + 60, 2] = stuck[start, 2]  # motor_current stuck
+    normal_scores = anomaly_scores(pipeline, batch_features(spec, held_out))[held_normal]
+    # Readings 4 .. 59 of the stuck stretch: held three times in a row at least.
+    stuck_scores = anomaly_scores(pipeline, batch_features(spec, stuck))[start + 4 : start + 60]
+    return normal_scores, stuck_scores
+
+
+def test_pca_robust_scores_a_stuck_sensor_above_normal_readings() -> None:
+    normal, stuck = _stuck_sensor_scores("pca_robust")
+    assert np.min(stuck) > np.quantile(normal, 0.99)
 
 
 def test_kmeans_score_is_the_distance_to_the_nearest_centre(data: tuple[np.ndarray, np.ndarray]) -> None:

@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any
 from edge_runtime.errors import OtamlError
 from edge_runtime.jsonlog import configure_logging
 from edge_runtime.memory import limit_malloc_arenas, release_startup_pages
-from edge_runtime.settings import GOLDEN_FAILURE_MODES, HTTP_PARSERS, LOG_LEVELS, ServeSettings, SettingsError
+from edge_runtime.settings import (
+    EVENT_LOOPS,
+    GOLDEN_FAILURE_MODES,
+    HTTP_PARSERS,
+    LOG_LEVELS,
+    ServeSettings,
+    SettingsError,
+)
 
 if TYPE_CHECKING:
     from edge_runtime.server import ScoringService
@@ -65,6 +72,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="page out start-up-only library pages after loading (env OTAML_RELEASE_STARTUP_PAGES, default true)",
     )
     add("--http", choices=HTTP_PARSERS, help="HTTP parser (env OTAML_HTTP, default auto: httptools if installed)")
+    add("--loop", choices=EVENT_LOOPS, help="event loop (env OTAML_LOOP, default auto: uvloop if installed)")
     add(
         "--field-metrics",
         choices=("true", "false"),
@@ -80,6 +88,27 @@ def _http_parser(choice: str) -> str:
     import importlib.util
 
     return "httptools" if importlib.util.find_spec("httptools") else "h11"
+
+
+def _event_loop(choice: str) -> tuple[str, str]:
+    """The event loop uvicorn runs (``uvloop`` or ``asyncio``) and why; SettingsError if uvloop is asked for and absent.
+
+    uvloop (libuv, in C) wakes up and moves bytes with far fewer Python-level steps than asyncio's selector loop:
+    at a low request rate, where every request runs on cold caches, that is most of the HTTP server's cost
+    (docs/footprint.md). Where no uvloop wheel exists for the platform, ``auto`` falls back to asyncio.
+    """
+    if choice == "asyncio":
+        return "asyncio", "asked for (OTAML_LOOP=asyncio)"
+    try:
+        import uvloop  # noqa: F401
+    except ImportError as exc:
+        if choice == "uvloop":
+            raise SettingsError(
+                f"Config 'OTAML_LOOP' has value 'uvloop', but uvloop cannot be imported ({exc}). "
+                "Install it (pip install uvloop) or use auto/asyncio."
+            ) from None
+        return "asyncio", f"uvloop is not installed ({exc}); asyncio's selector loop serves instead"
+    return "uvloop", "asked for (OTAML_LOOP=uvloop)" if choice == "uvloop" else "installed"
 
 
 def _protocol(settings: ServeSettings, service: ScoringService) -> Any:
@@ -121,6 +150,11 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from edge_runtime.server import build_service
 
+    try:
+        loop, loop_reason = _event_loop(settings.loop)
+    except SettingsError as exc:
+        log.error(str(exc), extra={"event": "config_invalid"})
+        return EXIT_CONFIG
     settle()
     try:
         app, golden, bundle = build_service(settings, settle)
@@ -140,7 +174,7 @@ def run_serve(args: argparse.Namespace) -> int:
         app,
         host=settings.host,
         port=settings.port,
-        loop="asyncio",
+        loop=loop,
         http=_protocol(settings, app),
         ws="none",
         lifespan="off",
@@ -164,8 +198,15 @@ def run_serve(args: argparse.Namespace) -> int:
     gc.freeze()
     settle()
     log.info(
-        "serving",
-        extra={"event": "serving", "host": settings.host, "port": settings.port, "ready": golden.ok, **about},
+        f"serving on the {loop} event loop ({loop_reason})",
+        extra={
+            "event": "serving",
+            "host": settings.host,
+            "port": settings.port,
+            "ready": golden.ok,
+            "loop": loop,
+            **about,
+        },
     )
     try:
         server.run()

@@ -17,6 +17,7 @@ from edge_runtime.errors import InputError
 LOG_LEVELS = ("debug", "info", "warning", "error")
 GOLDEN_FAILURE_MODES = ("exit", "unready")
 HTTP_PARSERS = ("auto", "h11", "httptools")
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 
 
 class SettingsError(InputError):
@@ -53,6 +54,8 @@ class ServeSettings:
     release_startup_pages: bool = True
     # uvicorn's HTTP/1.1 parser: httptools (C) when installed under "auto", else h11 (pure Python).
     http: str = "auto"
+    # The event loop: uvloop (libuv, C) when installed under "auto", else asyncio's own (pure Python selector loop).
+    loop: str = "auto"
     # Optional bearer token on POST /v1/score, read from a file (mode 0600 or a ro mount): a token in the
     # environment would show in `ps` and in the container spec. Probes and /metrics stay open.
     api_token_file: Path | None = None
@@ -164,6 +167,7 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "drain_seconds": _int(0, 3600),
     "release_startup_pages": _bool,
     "http": _choice(HTTP_PARSERS),
+    "loop": _choice(EVENT_LOOPS),
     "api_token_file": _path,
     "field_metrics": _bool,
     "field_window": _int(16, 10_000_000),

@@ -1,13 +1,17 @@
 """The HTTP protocol on a real socket: the direct score route answers exactly as the ASGI path does.
 
 Each test runs uvicorn in a thread with :class:`edge_runtime.http_protocol.ServiceProtocol`, once with the
-direct route and once without it (every request through the ASGI application), and talks raw HTTP/1.1.
+direct route and once without it (every request through the ASGI application), and talks raw HTTP/1.1; each
+on both event loops the service runs on (uvloop where it is installed, asyncio's own where it is not): their
+transports differ (read sizes, write buffering, half-close, abort).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
+import importlib.util
 import json
 import re
 import socket
@@ -27,6 +31,7 @@ from edge_runtime.scoring import Scorer
 from edge_runtime.server import DirectScoreRoute, ScoringService, create_app
 from edge_runtime.settings import ServeSettings
 from otaml.ports import free_port
+from tests.conftest import require
 from tests.fixtures.bundles import synthetic_readings
 
 KEEP_ALIVE_S = 1
@@ -42,8 +47,17 @@ class CountingRoute(DirectScoreRoute):
         return super().open(headers)
 
 
+@pytest.fixture(params=["asyncio", "uvloop"])
+def loop_kind(request: pytest.FixtureRequest) -> str:
+    """The event loop uvicorn runs the protocol on."""
+    if request.param == "uvloop":
+        installed = importlib.util.find_spec("uvloop") is not None
+        require(installed, "uvloop", "pip install -c constraints.txt -e '.[serve]'")
+    return str(request.param)
+
+
 @contextlib.contextmanager
-def serving(bundle: Bundle, direct: bool, **limits: Any) -> Iterator[tuple[int, ScoringService]]:
+def serving(bundle: Bundle, direct: bool, loop: str, **limits: Any) -> Iterator[tuple[int, ScoringService]]:
     settings = ServeSettings(bundle=bundle.path, **limits)
     service = create_app(Scorer.load(bundle, max_streams=settings.max_streams), settings)
     route = service.route = CountingRoute(service) if direct else None  # type: ignore[attr-defined]
@@ -54,6 +68,7 @@ def serving(bundle: Bundle, direct: bool, **limits: Any) -> Iterator[tuple[int, 
         host="127.0.0.1",
         port=port,
         http=protocol,  # type: ignore[arg-type]
+        loop=loop,
         lifespan="off",
         log_config=None,
         access_log=False,
@@ -75,11 +90,11 @@ def serving(bundle: Bundle, direct: bool, **limits: Any) -> Iterator[tuple[int, 
 
 
 @pytest.fixture
-def both(model_bundle: Bundle) -> Iterator[tuple[dict[str, int], CountingRoute]]:
+def both(model_bundle: Bundle, loop_kind: str) -> Iterator[tuple[dict[str, int], CountingRoute]]:
     limits = {"max_body_bytes": 4096, "max_batch": 50}
     with (
-        serving(model_bundle, True, **limits) as (direct, service),
-        serving(model_bundle, False, **limits) as (asgi, _),
+        serving(model_bundle, True, loop_kind, **limits) as (direct, service),
+        serving(model_bundle, False, loop_kind, **limits) as (asgi, _),
     ):
         yield {"direct": direct, "asgi": asgi}, service.route  # type: ignore[attr-defined]
 
@@ -184,9 +199,9 @@ def test_pipelined_requests_are_answered_in_order(both: tuple[dict[str, int], Co
     assert got == responses(asgi)
 
 
-def test_a_late_body_gets_408_and_the_connection_closes(model_bundle: Bundle) -> None:
+def test_a_late_body_gets_408_and_the_connection_closes(model_bundle: Bundle, loop_kind: str) -> None:
     body = score_body(5)
-    with serving(model_bundle, True, read_timeout_seconds=1) as (port, service):
+    with serving(model_bundle, True, loop_kind, read_timeout_seconds=1) as (port, service):
         head = post(body, JSON)[: -len(body)]
         answer, closed = exchange(port, head + body[:10], wait_close=True)
         ((status, headers, error),) = responses(answer)
@@ -197,9 +212,9 @@ def test_a_late_body_gets_408_and_the_connection_closes(model_bundle: Bundle) ->
         assert 'route="/v1/score",status="408"} 1' in service.metrics.render()
 
 
-def test_a_client_gone_mid_body_frees_its_slot_and_is_counted(model_bundle: Bundle) -> None:
+def test_a_client_gone_mid_body_frees_its_slot_and_is_counted(model_bundle: Bundle, loop_kind: str) -> None:
     body = score_body(5)
-    with serving(model_bundle, True, max_concurrent_scores=1) as (port, service):
+    with serving(model_bundle, True, loop_kind, max_concurrent_scores=1) as (port, service):
         with socket.create_connection(("127.0.0.1", port)) as conn:
             conn.sendall(post(body, JSON)[:-20])  # the head and most of the body
             busy, closed = exchange(port, CASES["single reading"])  # the one slot is taken
@@ -220,8 +235,8 @@ def test_a_client_gone_mid_body_frees_its_slot_and_is_counted(model_bundle: Bund
         assert 'route="/v1/score",status="200"} 1' in metrics  # each request counted once
 
 
-def test_a_kept_alive_connection_closes_when_idle_and_serves_until_then(model_bundle: Bundle) -> None:
-    with serving(model_bundle, True) as (port, _), socket.create_connection(("127.0.0.1", port)) as conn:
+def test_a_kept_alive_connection_closes_when_idle_and_serves_until_then(model_bundle: Bundle, loop_kind: str) -> None:
+    with serving(model_bundle, True, loop_kind) as (port, _), socket.create_connection(("127.0.0.1", port)) as conn:
         conn.settimeout(10)
         for seed in range(3):  # one connection, several requests
             conn.sendall(post(score_body(1, seed=seed), JSON))
@@ -231,11 +246,11 @@ def test_a_kept_alive_connection_closes_when_idle_and_serves_until_then(model_bu
         assert time.monotonic() - started >= KEEP_ALIVE_S * 0.9
 
 
-def test_token_is_required_on_the_direct_route(model_bundle: Bundle, tmp_path: Path) -> None:
+def test_token_is_required_on_the_direct_route(model_bundle: Bundle, tmp_path: Path, loop_kind: str) -> None:
     token = tmp_path / "token"
     token.write_text("s3cret-0123456789abcdef\n")
     token.chmod(0o600)
-    with serving(model_bundle, True, api_token_file=token) as (port, _):
+    with serving(model_bundle, True, loop_kind, api_token_file=token) as (port, _):
         refused, closed = exchange(port, CASES["single reading"])
         ((status, headers, _),) = responses(refused)
         assert status == b"HTTP/1.1 401 Unauthorized"
@@ -247,9 +262,9 @@ def test_token_is_required_on_the_direct_route(model_bundle: Bundle, tmp_path: P
         assert responses(allowed)[0][0] == b"HTTP/1.1 200 OK"
 
 
-def test_request_heads_have_a_deadline_on_a_kept_alive_connection(model_bundle: Bundle) -> None:
+def test_request_heads_have_a_deadline_on_a_kept_alive_connection(model_bundle: Bundle, loop_kind: str) -> None:
     with (
-        serving(model_bundle, True, read_timeout_seconds=1) as (port, _),
+        serving(model_bundle, True, loop_kind, read_timeout_seconds=1) as (port, _),
         socket.create_connection(("127.0.0.1", port)) as conn,
     ):
         conn.settimeout(10)
@@ -288,14 +303,14 @@ class StuckTransport(asyncio.Transport):
 
 
 @pytest.mark.parametrize("closed_by", ["half-close", "a refused chunk"])
-def test_a_slot_held_by_a_closing_connection_is_freed(model_bundle: Bundle, closed_by: str) -> None:
+def test_a_slot_held_by_a_closing_connection_is_freed(model_bundle: Bundle, closed_by: str, loop_kind: str) -> None:
     """A client that stops reading, then half-closes (or sends a chunk the parser refuses) mid-body: the body's
     deadline or the EOF frees its score slot, though the connection is never reported lost."""
     settings = ServeSettings(bundle=model_bundle.path, read_timeout_seconds=1, max_concurrent_scores=1)
     service = create_app(Scorer.load(model_bundle, max_streams=settings.max_streams), settings)
     config = uvicorn.Config(service, lifespan="off", log_config=None)
     config.load()
-    loop = asyncio.new_event_loop()
+    loop = asyncio.new_event_loop() if loop_kind == "asyncio" else importlib.import_module("uvloop").new_event_loop()
     try:
         protocol = service_protocol(1, DirectScoreRoute(service))(config, ServerState(), {}, _loop=loop)
         transport = StuckTransport()

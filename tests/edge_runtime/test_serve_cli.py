@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -18,6 +19,8 @@ import httpx
 import pytest
 
 from edge_runtime.bundle import MODEL_JSON, Bundle
+from edge_runtime.serve_cli import _event_loop
+from edge_runtime.settings import SettingsError
 from otaml.ports import free_port
 from tests.conftest import require
 from tests.fixtures.bundles import synthetic_readings
@@ -52,11 +55,27 @@ def wait_ready(url: str, proc: subprocess.Popen[str], timeout: float = 30.0) -> 
     raise AssertionError("server did not answer /readyz in time")
 
 
+def has_uvloop() -> bool:
+    return importlib.util.find_spec("uvloop") is not None
+
+
+@pytest.fixture(params=["uvloop", "asyncio"])
+def loop_kind(request: pytest.FixtureRequest) -> str:
+    """The event loop the service runs on: uvloop (the default where installed) and asyncio's own (the fallback)."""
+    if request.param == "uvloop":
+        require(has_uvloop(), "uvloop", "pip install -c constraints.txt -e '.[serve]'")
+    return str(request.param)
+
+
 @pytest.fixture
-def server(model_bundle: Bundle) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+def server(model_bundle: Bundle, loop_kind: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     port = free_port()
     proc = subprocess.Popen(
-        serve_command(model_bundle.path, port), env=run_env(), stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        serve_command(model_bundle.path, port, "--loop", loop_kind),
+        env=run_env(),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         yield f"http://127.0.0.1:{port}", proc
@@ -64,6 +83,19 @@ def server(model_bundle: Bundle) -> Iterator[tuple[str, subprocess.Popen[str]]]:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def test_the_event_loop_is_uvloop_where_installed_and_asyncio_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _event_loop("asyncio") == ("asyncio", "asked for (OTAML_LOOP=asyncio)")
+    if has_uvloop():
+        assert _event_loop("auto") == ("uvloop", "installed")
+        assert _event_loop("uvloop")[0] == "uvloop"
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # what a platform without a uvloop wheel sees: ImportError
+    loop, why = _event_loop("auto")
+    assert loop == "asyncio"
+    assert "uvloop is not installed" in why
+    with pytest.raises(SettingsError, match=r"OTAML_LOOP.*uvloop cannot be imported.*pip install uvloop"):
+        _event_loop("uvloop")
 
 
 def test_tampered_onnx_refuses_to_start(model_bundle: Bundle, tmp_path: Path) -> None:
@@ -124,7 +156,7 @@ def test_wrong_golden_in_unready_mode_stays_up_with_503(model_bundle: Bundle, tm
 
 @pytest.mark.integration
 def test_real_server_scores_exposes_metrics_and_drains_on_sigterm(
-    server: tuple[str, subprocess.Popen[str]], model_bundle: Bundle
+    server: tuple[str, subprocess.Popen[str]], model_bundle: Bundle, loop_kind: str
 ) -> None:
     url, proc = server
     ready = wait_ready(url, proc)
@@ -160,8 +192,11 @@ def test_real_server_scores_exposes_metrics_and_drains_on_sigterm(
     assert len(json.loads(rest.split(b"\r\n\r\n", 1)[1])["scores"]) == 3
     assert proc.wait(timeout=30) == 0
     stderr = proc.stderr.read() if proc.stderr else ""
-    events = [entry.get("event") for entry in log_lines(stderr)]
-    assert events[-1] == "stopped"
+    lines = log_lines(stderr)
+    assert [entry.get("event") for entry in lines][-1] == "stopped"
+    (serving,) = [entry for entry in lines if entry.get("event") == "serving"]
+    assert serving["loop"] == loop_kind
+    assert f"on the {loop_kind} event loop" in str(serving["msg"])
     assert "POST /v1/score" not in stderr  # no access log unless asked
 
 
@@ -243,10 +278,10 @@ def test_slow_body_flood_stays_within_memory_and_normal_requests_get_answers(
 
 
 @pytest.mark.integration
-def test_slow_request_heads_are_cut_off_and_never_lock_out_the_probes(model_bundle: Bundle) -> None:
+def test_slow_request_heads_are_cut_off_and_never_lock_out_the_probes(model_bundle: Bundle, loop_kind: str) -> None:
     """Clients that send a request head a byte at a time ("slowloris") are disconnected after the read timeout."""
     port = free_port()
-    cmd = serve_command(model_bundle.path, port, "--read-timeout-seconds", "1")
+    cmd = serve_command(model_bundle.path, port, "--read-timeout-seconds", "1", "--loop", loop_kind)
     proc = subprocess.Popen(cmd, env=run_env(), stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     slow = []

@@ -20,6 +20,27 @@ def test_stream_scores_equal_batch_scores(model_bundle: Bundle) -> None:
     np.testing.assert_allclose(streamed, batch, atol=1e-6)
 
 
+def test_one_reading_through_the_bound_buffers_scores_exactly_as_session_run(model_bundle: Bundle) -> None:
+    scorer = Scorer.load(model_bundle)
+    row = scorer._row
+    assert row is not None
+    assert row.native  # the pinned onnxruntime has the C++ entry point: an upgrade that drops it shows here
+    card = model_bundle.card
+    features = batch_features(card.features, synthetic_readings(30, seed=4))
+    session = scorer._session
+    returned = []
+    for one in features:
+        (expected,) = session.run([card.onnx.output_name], {card.onnx.input_name: one[None].astype(np.float32)})  # type: ignore[attr-defined]
+        got = scorer.model_scores(one[None])
+        np.testing.assert_array_equal(got, np.asarray(expected, dtype=np.float64).reshape(-1))
+        assert got.dtype == np.float64
+        returned.append((got, got.copy()))
+    # Each answer is its own array, not a view of the reused output buffer: later rows leave it as it was.
+    for got, copy in returned:
+        np.testing.assert_array_equal(got, copy)
+    assert len({float(copy[0]) for _, copy in returned}) > 1
+
+
 def test_session_is_tuned_for_the_edge(model_bundle: Bundle) -> None:
     scorer = Scorer.load(model_bundle)
     options = scorer._session.get_session_options()  # type: ignore[attr-defined]

@@ -35,7 +35,9 @@ Only numpy is imported here: this module runs on the device.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -188,6 +190,67 @@ def _median(windows: Array) -> Array:
     return (ordered[..., (width - 1) // 2] + ordered[..., width // 2]) / 2
 
 
+class _RowPlan:
+    """The output of one reading's features, made once per spec, with a view per feature group.
+
+    A single reading (the common request on a device) then has its statistics written in place by the ufuncs
+    (``out=``): no temporary and no copy per group, a third fewer numpy calls than :func:`_stats_of_windows`.
+    Every value comes from the same operations on the same operands as there (the sums with the same
+    reductions in the same order), so both give the same bits; ``tests/edge_runtime/test_features.py`` checks it.
+    """
+
+    __slots__ = ("lags", "out", "raw", "rows", "stats", "thread")
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        self.thread = threading.get_ident()  # the scratch is this thread's; others take the allocating path
+        out = np.empty((1, spec.n_sensors, spec.per_sensor), dtype=np.float64)
+        self.out = out
+        self.rows = out.reshape(1, spec.n_features)  # a view of ``out``: what push returns (copied)
+        self.raw = out[:, :, 0]
+        self.stats = [(stat, out[:, :, k]) for k, stat in enumerate(spec.stats, start=1)]
+        self.lags = out[:, :, 1 + len(spec.stats) :] if spec.lags else None
+
+
+def _stats_of_row(values: Array, window: Array, previous: Array, spec: FeatureSpec, plan: _RowPlan) -> Array:
+    """:func:`_stats_of_windows` of one reading (``values`` (1, s), its ``window`` (1, s, w)), bit for bit."""
+    width = window.shape[-1]
+    mean = np.add.reduce(window, axis=-1) / width
+    centred = spec.normalize == "window"
+    if centred:
+        np.subtract(values, mean, out=plan.raw)
+    else:
+        np.copyto(plan.raw, values)
+    for stat, out in plan.stats:
+        if stat == "mean":
+            if centred:  # the batch path's ``mean`` then ``-= mean``
+                np.subtract(mean, mean, out=out)
+            else:
+                np.copyto(out, mean)
+        elif stat == "std":
+            np.sqrt(np.add.reduce((window - mean[..., None]) ** 2, axis=-1) / width, out=out)
+        elif stat == "min" or stat == "max":
+            (np.minimum if stat == "min" else np.maximum).reduce(window, axis=-1, out=out)
+            if centred:
+                np.subtract(out, mean, out=out)
+        elif stat == "delta":
+            np.subtract(values, previous, out=out)
+        elif stat == "dev":
+            np.subtract(values, mean, out=out)
+        elif stat == "mad":
+            median = _median(window)
+            np.copyto(out, _median(np.abs(window - median[..., None])))
+        elif stat == "flat":
+            same = window[..., :0:-1] == window[..., -2::-1]
+            np.copyto(out, np.maximum(np.cumprod(same, axis=-1).sum(axis=-1) - 1, 0))
+    if plan.lags is not None:
+        lagged = window[..., -2 : -2 - spec.lags : -1]
+        if centred:
+            np.subtract(lagged, mean[..., None], out=plan.lags)
+        else:
+            np.copyto(plan.lags, lagged)
+    return plan.rows.copy()
+
+
 def _features(spec: FeatureSpec, x: Array, history: Array, last: Array) -> Array:
     """Features of readings ``x`` that follow ``history`` (the ``window - 1`` readings before, oldest first)."""
     n = x.shape[0]
@@ -228,10 +291,15 @@ class StreamWindow:
     reading (the common case on a device) takes a fast path that reuses one preallocated window.
     """
 
-    __slots__ = ("_count", "_last", "_window", "spec")
+    __slots__ = ("_count", "_last", "_plan", "_window", "spec")
+    _plans: ClassVar[dict[FeatureSpec, _RowPlan]] = {}  # one per spec, shared by its streams, for one thread
 
     def __init__(self, spec: FeatureSpec) -> None:
         self.spec = spec
+        plan = StreamWindow._plans.get(spec)
+        if plan is None:
+            plan = StreamWindow._plans[spec] = _RowPlan(spec)
+        self._plan = plan
         # (1, n_sensors, window): the same layout as one row of the batch path's windows.
         self._window = np.empty((1, spec.n_sensors, spec.window), dtype=np.float64)
         self._last = np.empty((1, spec.n_sensors), dtype=np.float64)
@@ -250,7 +318,11 @@ class StreamWindow:
             window = self._window
             window[0, :, :-1] = window[0, :, 1:]
             window[0, :, -1] = x[0]
-            out = _stats_of_windows(x, window, self._last, self.spec)
+            plan = self._plan
+            if plan.thread == threading.get_ident():
+                out = _stats_of_row(x, window, self._last, self.spec, plan)
+            else:
+                out = _stats_of_windows(x, window, self._last, self.spec)
         else:
             history = self._window[0, :, 1:].T
             out = _features(self.spec, x, history, self._last[0])
@@ -265,6 +337,7 @@ class StreamWindow:
         """An independent copy (two small arrays): push onto it, keep it only if scoring succeeds."""
         other = StreamWindow.__new__(StreamWindow)
         other.spec = self.spec
+        other._plan = self._plan
         other._window = self._window.copy()
         other._last = self._last.copy()
         other._count = self._count

@@ -16,6 +16,10 @@ Loads (the README names which figure comes from which):
 - **100 req/s**: the project's load generator (otaml/loadgen.py), open loop, single readings, keep-alive;
   CPU % of one core over that phase; a slot that could not be sent counts as a failure.
 
+Event loops: ``otaml serve`` runs on uvloop where it is installed (the ``serve`` extra has it; ``OTAML_LOOP``), and
+so does ``mlflow models serve`` in the same environment (uvicorn's default loop is uvloop when installed): both
+sides get the same loop. The floor (uvicorn with an ASGI app that does nothing) is measured on asyncio and on uvloop.
+
 Every request of a phase is counted (wrk's non-2xx and socket errors; the load generator's failed and missed
 slots). Memory is the peak of the server's whole process tree from the moment it is launched (start-up
 included): each process's VmHWM, summed over the tree, beside the largest sampled tree VmRSS; MLflow's
@@ -256,15 +260,15 @@ async def app(scope, receive, send):
         pass
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
     await send({"type": "http.response.body", "body": b"{}"})
-uvicorn.run(app, port=int(sys.argv[1]), http="httptools", loop="asyncio", lifespan="off", log_level="warning")
+uvicorn.run(app, port=int(sys.argv[1]), http="httptools", loop=sys.argv[2], lifespan="off", log_level="warning")
 """
 
 
-def floor(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+def floor(args: argparse.Namespace, workdir: Path, loop: str = "asyncio") -> dict[str, Any]:
     """uvicorn with an ASGI app that does nothing, under the same loads: what the HTTP server alone costs."""
     port = free_port()
-    cmd = [args.otaml_python, "-c", _NOOP_APP, str(port)]
-    with launched(cmd, dict(os.environ), f"http://127.0.0.1:{port}/", workdir / "floor.log") as monitor:
+    cmd = [args.otaml_python, "-c", _NOOP_APP, str(port), loop]
+    with launched(cmd, dict(os.environ), f"http://127.0.0.1:{port}/", workdir / f"floor-{loop}.log") as monitor:
         url = f"http://127.0.0.1:{port}/"
         body = json.dumps({"stream": "@STREAM@", "readings": [[1.0]]})
         wrk(url, body, 1, args.connections, workdir)
@@ -316,11 +320,12 @@ def table(results: dict[str, Any], args: argparse.Namespace) -> str:
             if side in res and len(res[side]["processes"]) > 1:
                 procs = "; ".join(f"{p['hwm_mb']} MB {p['cmd'][:60]}" for p in res[side]["processes"])
                 lines.append(f"{detector:<12} {side} processes: {procs}")
-    f = results["floor"]
-    lines.append(
-        f"floor (uvicorn, no-op ASGI app): {f['single_rps']:,.0f} req/s single; "
-        f"{f['cpu_percent_at_fixed_rps']:.1f} % CPU at {args.fixed_rps:g} req/s; {f['peak_hwm_mb']:.1f} MB"
-    )
+    for key, loop in (("floor", "asyncio"), ("floor_uvloop", "uvloop")):
+        if (f := results.get(key)) is not None:
+            lines.append(
+                f"floor (uvicorn on {loop}, no-op ASGI app): {f['single_rps']:,.0f} req/s single; "
+                f"{f['cpu_percent_at_fixed_rps']:.1f} % CPU at {args.fixed_rps:g} req/s; {f['peak_hwm_mb']:.1f} MB"
+            )
     lines.append(f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
     return "\n".join(lines)
 
@@ -363,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         results: dict[str, Any] = {"detectors": {n: bench_detector(n, models, args, workdir) for n in names}}
         results["floor"] = floor(args, workdir)
+        # The service runs on uvloop where it is installed (OTAML_LOOP=auto): its floor is uvicorn on uvloop.
+        if subprocess.run([args.otaml_python, "-c", "import uvloop"], capture_output=True).returncode == 0:
+            results["floor_uvloop"] = floor(args, workdir, "uvloop")
         results["settings"] = {k: v for k, v in vars(args).items() if k != "json"}
         results["load_average"] = os.getloadavg()
         print(table(results, args), file=sys.stderr if args.json else sys.stdout)

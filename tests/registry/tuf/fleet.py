@@ -3,16 +3,18 @@ timestamp, the controller's rollouts key), a clock."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from securesystemslib.signer import CryptoSigner
+from tuf.api.metadata import Metadata, TargetFile, Targets
 
 from edge_runtime.trust.approval import Approval
 from registry.tuf import keys
-from registry.tuf.repository import ApprovalStatus, FleetRepository, RoleKeys, create
+from registry.tuf.repository import PENDING, ApprovalStatus, FleetRepository, RoleKeys, create
 from registry.tuf.store import DirectoryStore
 
 BASE_DIGEST = "sha256:" + hashlib.sha256(b"otaml base runtime image").hexdigest()
@@ -90,3 +92,17 @@ def image(
         base_digest=BASE_DIGEST,
         staged=staged,
     )
+
+
+def forge_pending(fleet: Fleet, base: Targets, *approvals: Approval, next_version: bool = False) -> None:
+    """What one stolen targets key can do: write a pending file, ``base`` with ``approvals`` put in, signed by the
+    first targets key (``next_version``: as the next targets version). The second approver's check must refuse
+    anything but one approval, one withdrawal or one retry."""
+    md = Metadata(copy.deepcopy(base))
+    md.signed.version += 1 if next_version else 0
+    for a in approvals:
+        md.signed.targets[a.target_path] = TargetFile(
+            length=a.length, hashes={"sha256": a.sha256}, path=a.target_path, unrecognized_fields={"custom": a.custom()}
+        )
+    md.sign(fleet.targets_keys[0])
+    fleet.store.write(PENDING, md.to_bytes())

@@ -15,7 +15,7 @@ from registry.tuf import keys
 from registry.tuf.errors import ApprovalError, ThresholdNotMet, TrustRepositoryError
 from registry.tuf.repository import PENDING, FleetRepository, RoleKeys, create
 from registry.tuf.store import DirectoryStore
-from tests.registry.tuf.fleet import Fleet, image, make_fleet
+from tests.registry.tuf.fleet import Fleet, forge_pending, image, make_fleet
 
 
 @pytest.fixture
@@ -304,9 +304,8 @@ def test_proposing_an_approved_version_again_reports_that_approval(fleet: Fleet)
 
 def test_a_pending_approval_that_also_changes_another_target_is_refused(tmp_path: Path) -> None:
     """The second approver signs the whole file: one stolen key must not slip a second change past them."""
-    import copy
 
-    from tuf.api.metadata import Metadata, TargetFile
+    from tuf.api.metadata import Metadata
 
     from registry.tuf.errors import ApprovalError
     from registry.tuf.repository import PENDING
@@ -316,13 +315,7 @@ def test_a_pending_approval_that_also_changes_another_target_is_refused(tmp_path
     evil = image(8, tag="attacker")
     fleet.repo.propose(image(9), fleet.targets_keys[0])
     pending: Metadata = Metadata.from_bytes(fleet.store.read(PENDING))
-    forged = Metadata(copy.deepcopy(pending.signed))
-    forged.signed.targets[evil.target_path] = TargetFile(
-        length=evil.length, hashes={"sha256": evil.sha256}, path=evil.target_path,
-        unrecognized_fields={"custom": evil.custom()},
-    )  # fmt: skip
-    forged.sign(fleet.targets_keys[0])
-    fleet.store.write(PENDING, forged.to_bytes())
+    forge_pending(fleet, pending.signed, evil)
     with pytest.raises(ApprovalError, match="changes 1 targets"):
         fleet.repo.approve_pending(fleet.targets_keys[1])
     assert [a.digest for a in fleet.repo.approvals()] == [image(8).digest]

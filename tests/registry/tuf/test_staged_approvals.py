@@ -19,7 +19,7 @@ from edge_runtime.trust.approval import ApprovalSet
 from edge_runtime.trust.errors import TrustError
 from registry.fleet.rollout import RolloutInputError, RolloutService, TufRecordStore
 from registry.tuf.errors import ApprovalError
-from tests.registry.tuf.fleet import Fleet, image, make_fleet
+from tests.registry.tuf.fleet import Fleet, forge_pending, image, make_fleet
 
 CHANNEL, MODEL = "production", "pump-anomaly"
 DEVICES = [f"dev-{i}" for i in range(40)]
@@ -128,26 +128,12 @@ def test_the_second_approver_is_shown_whether_a_pending_approval_is_staged(tmp_p
 def test_a_pending_change_cannot_unstage_an_approved_version(tmp_path: Path, retry: int) -> None:
     """One targets key writes a pending file that flips v2's ``staged`` (alone, or beside a genuine retry): the
     second approver's signature must not publish it, or every device would move to v2 at once."""
-    import copy
-
-    from tuf.api.metadata import Metadata, TargetFile
-
-    from registry.tuf.repository import PENDING
-
     fleet = make_fleet(tmp_path / "repo")
     promote(fleet, 1)
     promote(fleet, 2)
     assert versions_run(fleet) == {1: len(DEVICES)}
-    current = fleet.repo.targets()
-    forged = Metadata(copy.deepcopy(current.signed))
-    forged.signed.version += 1
     unstaged = dataclasses.replace(image(2), retry=retry)
-    forged.signed.targets[unstaged.target_path] = TargetFile(
-        length=unstaged.length, hashes={"sha256": unstaged.sha256}, path=unstaged.target_path,
-        unrecognized_fields={"custom": unstaged.custom()},
-    )  # fmt: skip
-    forged.sign(fleet.targets_keys[0])
-    fleet.store.write(PENDING, forged.to_bytes())
+    forge_pending(fleet, fleet.repo.targets().signed, unstaged, next_version=True)
     with pytest.raises(ApprovalError, match="rewrites the approval of production/pump-anomaly/2"):
         fleet.repo.approve_pending(fleet.targets_keys[1])
     assert versions_run(fleet) == {1: len(DEVICES)}
@@ -156,9 +142,7 @@ def test_a_pending_change_cannot_unstage_an_approved_version(tmp_path: Path, ret
 def test_a_pending_rollback_unstages_only_the_version_it_goes_back_to(tmp_path: Path) -> None:
     """The second approver signs the whole file: a withdrawal may clear ``staged`` on the version it goes back to,
     and nothing else — not another version's flag, not the target's image."""
-    import copy
-
-    from tuf.api.metadata import Metadata, TargetFile
+    from tuf.api.metadata import Metadata
 
     from registry.tuf.repository import PENDING
 
@@ -169,14 +153,7 @@ def test_a_pending_rollback_unstages_only_the_version_it_goes_back_to(tmp_path: 
     honest = Metadata.from_bytes(fleet.store.read(PENDING))
     fleet.repo.discard_pending()
     for forge in (image(2), image(3, tag="another image")):  # v2 unstaged beside; v3 unstaged but rewritten
-        forged = Metadata(copy.deepcopy(honest.signed))
-        forged.signed.targets[forge.target_path] = TargetFile(
-            length=forge.length, hashes={"sha256": forge.sha256}, path=forge.target_path,
-            unrecognized_fields={"custom": forge.custom()},
-        )  # fmt: skip
-        forged.signatures.clear()
-        forged.sign(fleet.targets_keys[0])
-        fleet.store.write(PENDING, forged.to_bytes())
+        forge_pending(fleet, honest.signed, forge)
         with pytest.raises(ApprovalError, match="expected one approval, one withdrawal or one retry"):
             fleet.repo.approve_pending(fleet.targets_keys[1])
         fleet.repo.discard_pending()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ class BoundRow:
     def __init__(self, session: Any, input_name: str, output_name: str, n_features: int) -> None:
         import onnxruntime
 
+        self.thread = threading.get_ident()  # the buffers are this thread's; others take session.run
         self._row = np.zeros((1, n_features), dtype=np.float32)
         (probe,) = session.run([output_name], {input_name: self._row})
         self._out = np.empty(probe.shape, dtype=probe.dtype)
@@ -173,8 +175,9 @@ class Scorer:
 
     def model_scores(self, features: npt.NDArray[np.float64]) -> Scores:
         """The model's scores of feature rows (n, n_features), as float64 (n,)."""
-        if self._row is not None and features.shape[0] == 1:
-            return self._row.scores(features)
+        row = self._row
+        if row is not None and features.shape[0] == 1 and row.thread == threading.get_ident():
+            return row.scores(features)
         (out,) = self._session.run(self._outputs, {self._input: features.astype(np.float32)})  # type: ignore[attr-defined]
         return np.asarray(out, dtype=np.float64).reshape(-1)
 

@@ -41,6 +41,24 @@ def test_one_reading_through_the_bound_buffers_scores_exactly_as_session_run(mod
     assert len({float(copy[0]) for _, copy in returned}) > 1
 
 
+def test_the_bound_buffers_serve_their_own_thread_only(model_bundle: Bundle) -> None:
+    import threading
+
+    scorer = Scorer.load(model_bundle)
+    row = scorer._row
+    assert row is not None
+    first, second = batch_features(model_bundle.card.features, synthetic_readings(20, seed=5))[-2:]
+    mine = scorer.model_scores(first[None])
+    np.testing.assert_array_equal(row._row, first[None].astype(np.float32))  # this thread went through the buffers
+    elsewhere: list[np.ndarray] = []
+    worker = threading.Thread(target=lambda: elsewhere.append(scorer.model_scores(second[None])))
+    worker.start()
+    worker.join()
+    np.testing.assert_array_equal(row._row, first[None].astype(np.float32))  # another thread left them alone
+    np.testing.assert_array_equal(scorer.model_scores(first[None]), mine)
+    assert elsewhere[0].shape == (1,)
+
+
 def test_session_is_tuned_for_the_edge(model_bundle: Bundle) -> None:
     scorer = Scorer.load(model_bundle)
     options = scorer._session.get_session_options()  # type: ignore[attr-defined]

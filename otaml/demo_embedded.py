@@ -10,7 +10,6 @@ The base image is a minimal one (a config and no layers): the services run on th
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -20,6 +19,7 @@ from edge_runtime.agent.process import ProcessRuntime
 from edge_runtime.errors import OtamlError
 from edge_runtime.oci import OCI_CONFIG, Descriptor, Platform
 from otaml.demo_device import NAMESPACE, AgentSettings, AgentThread, Site
+from otaml.local_fleet import quiet_agent_logs
 from registry.oci.image import Blob, Index, Manifest, canonical_json
 from registry.oci.layout import Layout
 
@@ -148,15 +148,9 @@ def _start_agent(
         NoDowngrade(),
         trust=build_trust(config),
     )
-    # The agent's log goes to a file, as it would on a device, not into the demo's progress lines.
-    handler = logging.FileHandler(root / "agent.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logger = logging.getLogger("otaml.agent")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    stack.callback(logger.removeHandler, handler)
-    stack.callback(handler.close)
+    # The agent's log goes to a file, as it would on a device, not into the demo's progress lines; the
+    # loggers are put back as they were when the demo ends (it may run inside another program).
+    stack.callback(quiet_agent_logs(root / "agent.log"))
     agent = AgentThread(reconciler, settings.state_dir)
     stack.callback(agent.stop)
     stack.callback(say, "stopping the agent (it finishes its current step)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 import tomllib
@@ -320,6 +321,10 @@ def test_demo_real(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_demo_embedded(tmp_path: Path) -> None:
+    agent_logger = logging.getLogger("otaml.agent")
+    before = (agent_logger.level, agent_logger.propagate, list(agent_logger.handlers))
     summary = run_demo(DemoOptions(workdir=tmp_path / "demo", mode="embedded"), say=print)
     assert summary.mode == "embedded"
     assert_story(summary)
+    # The agent logged to a file while the demo ran; the program around the demo gets its logger back.
+    assert (agent_logger.level, agent_logger.propagate, list(agent_logger.handlers)) == before

@@ -3,14 +3,39 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
 import pytest
 
 from edge_runtime.bundle import Bundle
-from otaml.local_fleet import PI4, X86, BlobCache, FleetHarnessError, fleet_specs, minimal_base, publish_metadata
+from otaml.local_fleet import (
+    PI4,
+    X86,
+    BlobCache,
+    FleetHarnessError,
+    fleet_specs,
+    minimal_base,
+    publish_metadata,
+    quiet_agent_logs,
+)
 from otaml.localstack import LocalBroker
+
+
+def test_agent_logs_go_to_the_file_while_quiet_and_the_loggers_are_put_back_after(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    agent = logging.getLogger("otaml.agent")
+    before = (agent.level, agent.propagate, list(agent.handlers))
+    caplog.set_level(logging.INFO)
+    undo = quiet_agent_logs(tmp_path / "agents.log")
+    agent.info("while quiet")
+    undo()
+    agent.warning("after")
+    assert "while quiet" in (tmp_path / "agents.log").read_text()
+    assert [r.getMessage() for r in caplog.records if r.name == "otaml.agent"] == ["after"]
+    assert (agent.level, agent.propagate, list(agent.handlers)) == before
 
 
 def test_fleet_specs_alternate_hardware_classes_with_their_platforms() -> None:

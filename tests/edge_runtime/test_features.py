@@ -95,6 +95,22 @@ def test_one_reading_at_a_time_equals_batch_exactly(spec: FeatureSpec) -> None:
     assert not np.shares_memory(rows[-1], rows[-2])
 
 
+@pytest.mark.parametrize("window", [16, 7, 2])
+def test_order_statistics_of_one_reading_equal_batch_bit_for_bit_with_ties_and_signed_zeros(window: int) -> None:
+    """``mad`` and ``flat`` of a single reading are computed on Python floats: the same bits as the array path."""
+    spec = FeatureSpec(("a", "b", "c"), window=window, stats=("mad", "flat", "mean"))
+    rng = np.random.default_rng(11)
+    x = rng.choice(np.array([-1.5, -0.0, 0.0, 0.0, 1.0, 2.5, 1e15]), size=(300, 3))
+    x[100:130, 1] = -0.0  # a stuck sensor at a signed zero
+    stream = StreamWindow(spec)
+    single = np.concatenate([stream.push(x[i : i + 1]) for i in range(len(x))])
+    batch = batch_features(spec, x)
+    assert single.tobytes() == batch.tobytes()  # bitwise: -0.0 and 0.0 differ here, unlike assert_array_equal
+    # Columns per sensor: raw, mad, flat, mean. Both statistics move: a's spread, b's stuck run at its cap.
+    assert batch[:, 1].max() > 0
+    assert batch[:, 6].max() == window - 2
+
+
 def test_a_single_reading_from_another_thread_gets_the_same_features() -> None:
     spec = FeatureSpec(("a", "b"), window=6, lags=2, normalize="window")
     x = _readings(20, 2, seed=8)

@@ -298,7 +298,7 @@ def table(results: dict[str, Any], args: argparse.Namespace) -> str:
         ("batch of 100: CPU-s per 1k readings", ("batch", "cpu_s_per_1k_readings"), False, 4),
         (f"{args.fixed_rps:g} req/s single readings: CPU % of a core", ("fixed", "cpu_percent"), False, 1),
         ("peak memory incl. start-up, MB (sum of VmHWM)", ("peak_hwm_mb",), False, 1),
-        ("  of which the largest process (the worker), MB", ("largest_process_hwm_mb",), False, 1),
+        ("  of which the largest process, MB (mlflow: its launcher)", ("largest_process_hwm_mb",), False, 1),
         ("start-up to ready, s", ("startup_s",), False, 1),
     ]
     for detector, res in results["detectors"].items():

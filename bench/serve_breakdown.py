@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 
 from bench_serve import launched, request_bodies, wrk  # noqa: E402
@@ -117,7 +118,8 @@ def run_mode(mode: str, bundle: Path, body: str, args: argparse.Namespace, workd
     port, out = free_port(), workdir / f"{bundle.parent.name}-{mode}.json"
     cmd = [args.otaml_python, "-c", _LAUNCH, mode, str(bundle), str(port), str(out)]
     env = {**os.environ, "PYTHONPATH": str(BENCH.parent)}
-    with launched(cmd, env, f"http://127.0.0.1:{port}/readyz", workdir / f"{mode}.log") as monitor:
+    server_log = workdir / f"{bundle.parent.name}-{mode}.log"
+    with launched(cmd, env, f"http://127.0.0.1:{port}/readyz", server_log) as monitor:
         url = f"http://127.0.0.1:{port}/v1/score"
         wrk(url, body, 1, args.connections, workdir)  # warm-up, not counted
         runs = []
@@ -131,18 +133,22 @@ def run_mode(mode: str, bundle: Path, body: str, args: argparse.Namespace, workd
                 "rps": run["rps"],
                 "user_us": (user1 - user0) * tick / requests,
                 "system_us": (sys1 - sys0) * tick / requests,
+                "cpu_us": (user1 - user0 + sys1 - sys0) * tick / requests,
                 "failed": run["non_2xx"] + run["socket_errors"],
                 "cpu_share": ((user1 - user0) + (sys1 - sys0)) / os.sysconf("SC_CLK_TCK") / (time.monotonic() - t0),
             })  # fmt: skip
         result: dict[str, Any] = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "failed"}
-        result["cpu_us"] = result["user_us"] + result["system_us"]
         result["failed"] = sum(r["failed"] for r in runs)
+        if result["failed"]:  # a breakdown of refusals or errors would say nothing about scoring
+            raise RuntimeError(f"{mode}: {result['failed']} requests failed under load; see {server_log}")
         if mode == "stages":
             os.kill(monitor.root, signal.SIGUSR1)
             for _ in range(50):
                 if out.exists():
                     break
                 time.sleep(0.1)
+            if not out.exists():
+                raise RuntimeError(f"{mode}: the service wrote no stage timings to {out}; see {server_log}")
             result["stages"] = json.loads(out.read_text())
     return result
 

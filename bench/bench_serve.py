@@ -279,6 +279,26 @@ def floor(args: argparse.Namespace, workdir: Path, loop: str = "asyncio") -> dic
         return {"single_rps": rps, "cpu_percent_at_fixed_rps": cpu, "peak_hwm_mb": monitor.hwm_mb}
 
 
+def require_wrk(tool: str) -> None:
+    """Exit 2, saying how to install it, when ``wrk`` (the single-reading and batch load) is missing."""
+    if not shutil.which("wrk"):
+        print(f"{tool}: wrk is not installed: apt-get install -y wrk", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def trained_detectors(tool: str, workdir: Path, detectors: str | None) -> tuple[TrainedModels, list[str]]:
+    """The default detectors trained into ``workdir``, and the names asked for (``None``: all); exit 2 on a typo."""
+    print(f"[{tool} {time.strftime('%H:%M:%S')}] training the default detectors with the pipeline in {workdir} ...",
+          file=sys.stderr, flush=True)  # fmt: skip
+    models = train_default_models(workdir / "models")
+    names = detectors.split(",") if detectors else list(models.bundles)
+    unknown = sorted(set(names) - set(models.bundles))
+    if unknown:
+        print(f"{tool}: unknown detector(s) {unknown}; trained: {sorted(models.bundles)}", file=sys.stderr)
+        raise SystemExit(2)
+    return models, names
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -354,18 +374,10 @@ def main(argv: list[str] | None = None) -> int:
         "--otaml-python", default=sys.executable, help="interpreter for otaml serve, e.g. a serve-only venv's"
     )
     args = parser.parse_args(argv)
-    if not shutil.which("wrk"):
-        print("bench_serve: wrk is not installed: apt-get install -y wrk", file=sys.stderr)
-        return 2
+    require_wrk("bench_serve")
     workdir = Path(tempfile.mkdtemp(prefix="otaml-bench-serve-"))
     try:
-        log(f"training the default detectors with the pipeline in {workdir} ...")
-        models = train_default_models(workdir / "models")
-        names = args.detectors.split(",") if args.detectors else list(models.bundles)
-        unknown = sorted(set(names) - set(models.bundles))
-        if unknown:
-            print(f"bench_serve: unknown detector(s) {unknown}; trained: {sorted(models.bundles)}", file=sys.stderr)
-            return 2
+        models, names = trained_detectors("bench_serve", workdir, args.detectors)
         results: dict[str, Any] = {"detectors": {n: bench_detector(n, models, args, workdir) for n in names}}
         results["floor"] = floor(args, workdir)
         # The service runs on uvloop where it is installed (OTAML_LOOP=auto): its floor is uvicorn on uvloop.

@@ -38,8 +38,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 
-from bench_serve import launched, request_bodies, wrk  # noqa: E402
-from pipeline_models import train_default_models  # noqa: E402
+from bench_serve import launched, request_bodies, require_wrk, trained_detectors, wrk  # noqa: E402
 
 from otaml.ports import free_port  # noqa: E402
 
@@ -197,19 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     parser.add_argument("--otaml-python", default=sys.executable, help="interpreter for the service")
     args = parser.parse_args(argv)
-    if not shutil.which("wrk"):
-        print("serve_breakdown: wrk is not installed: apt-get install -y wrk", file=sys.stderr)
-        return 2
+    require_wrk("serve_breakdown")
     workdir = Path(tempfile.mkdtemp(prefix="otaml-serve-breakdown-"))
     try:
-        log(f"training the default detectors with the pipeline in {workdir} ...")
-        models = train_default_models(workdir / "models")
-        names = args.detectors.split(",")
-        unknown = sorted(set(names) - set(models.fp32_bundles))
-        if unknown:
-            print(f"serve_breakdown: unknown detector(s) {unknown}; trained: {sorted(models.fp32_bundles)}",
-                  file=sys.stderr)  # fmt: skip
-            return 2
+        models, names = trained_detectors("serve_breakdown", workdir, args.detectors)
         telemetry = workdir / "models" / "telemetry.csv"
         results: dict[str, Any] = {
             "detectors": {n: breakdown(n, models.fp32_bundles[n], telemetry, args, workdir) for n in names},
